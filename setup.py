@@ -1,0 +1,27 @@
+"""xlm-jax: JAX/TPU-native pre-training of cross-lingual encoders."""
+import pathlib
+
+import setuptools
+
+_HERE = pathlib.Path(__file__).parent
+_REQUIREMENTS = [
+    line.split("#")[0].strip()
+    for line in (_HERE / "requirements.txt").read_text().splitlines()
+    if line.split("#")[0].strip()
+]
+
+setuptools.setup(
+    name="xlm-jax",
+    version="0.1.0",
+    description="Pre-training cross-lingual encoders (XLM-R and friends) in JAX/Flax.",
+    long_description=(_HERE / "README.md").read_text() if (_HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["xlm_jax", "xlm_jax.*", "data_prep", "data_prep.*"]),
+    install_requires=_REQUIREMENTS,
+    extras_require={
+        "test": ["pytest>=8"],
+        "tpu": [],  # install jax[tpu] matching the pinned jax version; see README
+    },
+    entry_points={"console_scripts": ["xlm-jax=xlm_jax.cli:main"]},
+)

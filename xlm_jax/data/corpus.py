@@ -1,0 +1,185 @@
+"""Read a corpus directory built by `data_prep` (manifest, TFDS sources, plain-text splits, tokenizer).
+
+    <corpus_dir>/manifest.json                          written last: its presence means the build finished
+    <corpus_dir>/text/mono/{train,test}/<lang>.txt      one sentence per line
+    <corpus_dir>/text/parallel/{train,test}/en-<lang>.tsv
+    <corpus_dir>/spm/spm.model
+    <corpus_dir>/tfds/xlmj_mono/<lang>/1.0.0, tfds/xlmj_parallel/en_<lang>/1.0.0   (array_record)
+
+Every check fails with a message that names the path or language and says what to run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+FORMAT_VERSION = 1
+DEFAULT_CORPUS_NAME = "gettext8"
+SPLITS = ("train", "test")
+TFDS_VERSION = "1.0.0"
+MANIFEST_KEYS = ("name", "languages", "created", "packages", "heldout_programs", "counts", "dropped",
+                 "tokenizer", "format_version")
+
+
+def default_data_dir() -> pathlib.Path:
+  """$XLM_JAX_DATA_DIR if set, else ~/.cache/xlm_jax/data."""
+  return pathlib.Path(os.environ.get("XLM_JAX_DATA_DIR") or "~/.cache/xlm_jax/data").expanduser()
+
+
+def default_corpus_dir(name: str = DEFAULT_CORPUS_NAME) -> pathlib.Path:
+  return default_data_dir() / name
+
+
+def build_command(corpus_dir) -> str:
+  return f"xlm-jax data build --corpus-dir {corpus_dir}"
+
+
+def read_manifest(corpus_dir) -> dict:
+  """Loads and checks <corpus_dir>/manifest.json."""
+  corpus_dir = pathlib.Path(corpus_dir).expanduser()
+  path = corpus_dir / "manifest.json"
+  if not corpus_dir.is_dir():
+    raise FileNotFoundError(f"corpus directory {corpus_dir} does not exist; "
+                            f"run `{build_command(corpus_dir)}` to build it")
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} not found, so {corpus_dir} is not a finished corpus (the manifest is "
+                            f"written last); run `{build_command(corpus_dir)} --force` to build it")
+  try:
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+  except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    raise ValueError(f"{path} is not valid JSON ({err}); "
+                     f"rebuild with `{build_command(corpus_dir)} --force`") from err
+  if not isinstance(manifest, dict):
+    raise ValueError(f"{path} must hold a JSON object, not {type(manifest).__name__}; rebuild with --force")
+  missing = [key for key in MANIFEST_KEYS if key not in manifest]
+  if missing:
+    raise ValueError(f"{path} lacks the fields {missing}; rebuild with `{build_command(corpus_dir)} --force`")
+  if manifest["format_version"] != FORMAT_VERSION:
+    raise ValueError(f"{path}: format_version {manifest['format_version']!r} is not {FORMAT_VERSION}, "
+                     f"which this code reads; rebuild with `{build_command(corpus_dir)} --force`")
+  languages = manifest["languages"]
+  if not isinstance(languages, list) or not all(isinstance(l, str) for l in languages):
+    raise ValueError(f"{path}: field 'languages' must be a list of language codes, got {languages!r}")
+  no_counts = [l for l in languages if l not in manifest["counts"]]
+  if no_counts:
+    raise ValueError(f"{path}: field 'counts' has no entry for languages {no_counts}; rebuild with --force")
+  return manifest
+
+
+class EmptySource:
+  """A random-access source with no records (TFDS cannot store an empty split, so none is written)."""
+
+  def __len__(self) -> int:
+    return 0
+
+  def __getitem__(self, index):
+    raise IndexError(f"index {index} out of range: this split has no examples")
+
+  def __repr__(self) -> str:
+    return "EmptySource()"
+
+
+class Corpus:
+  """A built corpus. `languages`, if given, are checked: known to the manifest, non-empty training text."""
+
+  def __init__(self, corpus_dir, languages=None):
+    self.dir = pathlib.Path(corpus_dir).expanduser()
+    self.manifest = read_manifest(self.dir)
+    self.languages = list(self.manifest["languages"])
+    if languages is not None:
+      self.check_languages(languages)
+
+  def check_languages(self, languages) -> None:
+    """ValueError naming any language the corpus lacks or whose training split is empty."""
+    for lang in languages:
+      self._check_language(lang)
+      if self.num_examples(lang, "train") == 0:
+        raise ValueError(f"language {lang!r} has an empty train split in {self.dir} (0 sentences); drop "
+                         "it from data.languages or rebuild with more packages "
+                         f"(`{build_command(self.dir)} --force`)")
+
+  def _check_language(self, lang: str) -> None:
+    if lang not in self.languages:
+      raise ValueError(f"language {lang!r} is not in corpus {self.dir} "
+                       f"(available: {', '.join(self.languages)}); build a corpus with it: "
+                       f"`{build_command('DIR')} --languages ... {lang}`")
+
+  @staticmethod
+  def _check_split(split: str) -> None:
+    if split not in SPLITS:
+      raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+
+  def _check_foreign(self, lang: str) -> None:
+    self._check_language(lang)
+    if lang == "en":
+      raise ValueError("there is no parallel en-en data; parallel sources exist for the non-English "
+                       f"languages {[l for l in self.languages if l != 'en']}")
+
+  @property
+  def tokenizer_path(self) -> pathlib.Path:
+    return self.dir / "spm" / "spm.model"
+
+  def tokenizer(self):
+    """The corpus's SentencePiece tokenizer."""
+    from xlm_jax.data.tokenizer import Tokenizer
+    return Tokenizer(self.tokenizer_path)
+
+  def num_examples(self, lang: str, split: str, kind: str = "mono") -> int:
+    """Number of sentences (kind "mono") or sentence pairs (kind "parallel"), from the manifest."""
+    self._check_language(lang)
+    self._check_split(split)
+    if kind not in ("mono", "parallel"):
+      raise ValueError(f"unknown kind {kind!r}; use 'mono' or 'parallel'")
+    return int(self.manifest["counts"][lang].get(f"{kind}_{split}", 0))
+
+  def _tfds_source(self, dataset_dir: pathlib.Path, split: str):
+    import tensorflow_datasets as tfds  # deferred: only readers of the TFDS files pay for the import
+    if not dataset_dir.is_dir():
+      raise FileNotFoundError(f"TFDS dataset {dataset_dir} is missing from the corpus; "
+                              f"rebuild with `{build_command(self.dir)} --force`")
+    builder = tfds.builder_from_directory(str(dataset_dir))
+    if split not in builder.info.splits:
+      return EmptySource()
+    return builder.as_data_source(split)
+
+  def mono_source(self, lang: str, split: str):
+    """Random access to {"text": bytes, "lang": bytes} records (TFDS array_record data source)."""
+    self._check_language(lang)
+    self._check_split(split)
+    return self._tfds_source(self.dir / "tfds" / "xlmj_mono" / lang / TFDS_VERSION, split)
+
+  def parallel_source(self, lang: str, split: str):
+    """Random access to {"en": bytes, "xx": bytes, "lang": bytes} records for the pair en-<lang>."""
+    self._check_foreign(lang)
+    self._check_split(split)
+    return self._tfds_source(self.dir / "tfds" / "xlmj_parallel" / f"en_{lang}" / TFDS_VERSION, split)
+
+  def _read_lines(self, path: pathlib.Path) -> list[str]:
+    if not path.is_file():
+      raise FileNotFoundError(f"{path} is missing from the corpus; "
+                              f"rebuild with `{build_command(self.dir)} --force`")
+    text = path.read_text(encoding="utf-8")
+    return text.split("\n")[:-1] if text else []
+
+  def mono_texts(self, lang: str, split: str) -> list[str]:
+    """Sentences of one language and split, from text/mono/<split>/<lang>.txt."""
+    self._check_language(lang)
+    self._check_split(split)
+    return self._read_lines(self.dir / "text" / "mono" / split / f"{lang}.txt")
+
+  def parallel_pairs(self, lang: str, split: str) -> list[tuple[str, str]]:
+    """(English, foreign) pairs from text/parallel/<split>/en-<lang>.tsv."""
+    self._check_foreign(lang)
+    self._check_split(split)
+    path = self.dir / "text" / "parallel" / split / f"en-{lang}.tsv"
+    pairs = []
+    for number, line in enumerate(self._read_lines(path), start=1):
+      fields = line.split("\t")
+      if len(fields) != 2:
+        raise ValueError(f"{path} line {number}: expected 'english<TAB>foreign', got {len(fields)} fields")
+      pairs.append((fields[0], fields[1]))
+    return pairs
+
+  def __repr__(self) -> str:
+    return f"Corpus({str(self.dir)!r}, languages={self.languages})"

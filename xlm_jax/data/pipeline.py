@@ -1,0 +1,225 @@
+"""grain input pipeline for monolingual (MLM) batches.
+
+Per language: host shard (every shard_count-th sentence) -> per-epoch shuffle -> chunks of sentences ->
+batched tokenization -> packing into rows (`packing.py`). Languages are then mixed with q_l = p_l^alpha / sum
+p^alpha (`sampling.py`), rows are batched and prefetched in a thread. Every stage is a grain iterator
+with get_state/set_state, so the whole iterator restores exactly (grain.checkpoint.CheckpointSave).
+
+Batches are dicts of int32 numpy arrays [batch_size, seq_len]: input_ids, segment_ids, position_ids,
+lang_ids (see /work/contracts.md, "Batch kinds").
+"""
+from collections.abc import Mapping, Sequence
+import functools
+import math
+import threading
+from typing import Any
+
+import grain
+import numpy as np
+
+from xlm_jax.data import packing as packing_lib
+from xlm_jax.data import sampling
+
+PACKING_MODES = ("stream", "segments")
+
+
+def _texts_of(elements: Sequence[Mapping[str, Any]], lang: str) -> list[str]:
+  """Pulls the UTF-8 "text" field out of a chunk of source records."""
+  texts = []
+  for element in elements:
+    try:
+      text = element["text"]
+    except (KeyError, TypeError, IndexError):
+      raise ValueError(
+        f"source for language {lang!r}: record {element!r:.80} has no 'text' field; mono sources "
+        "must return {'text': bytes|str, ...} (rebuild the corpus with `xlm-jax data build`)."
+      ) from None
+    texts.append(text.decode("utf-8") if isinstance(text, bytes) else str(text))
+  return texts
+
+
+def _tokenize_chunk(texts: list[str], tokenizer: Any, packing: str, seq_len: int) -> Any:
+  token_lists = tokenizer.encode(texts)
+  if packing == "stream":
+    return packing_lib.stream_chunk(token_lists, tokenizer.eos_id)
+  return packing_lib.segment_chunk(token_lists, tokenizer.bos_id, tokenizer.eos_id, seq_len)
+
+
+def _default_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
+  if shard_index is None or shard_count is None:
+    import jax  # Deferred: only the default per-host sharding needs it.
+
+    shard_index = jax.process_index() if shard_index is None else shard_index
+    shard_count = jax.process_count() if shard_count is None else shard_count
+  if shard_count < 1 or not 0 <= shard_index < shard_count:
+    raise ValueError(f"pipeline: need 0 <= shard_index < shard_count, got {shard_index} of {shard_count}.")
+  return shard_index, shard_count
+
+
+class ShardChunks:
+  """Chunk k of this host's shard of one language: the texts of `chunk_size` sentences.
+
+  Sentence i belongs to shard i % shard_count. Each epoch reads the shard in its own permutation
+  (`sampling.epoch_order`) and is cut into chunks that never span epochs. Chunks are addressed by a
+  global index (epoch * chunks_per_epoch + k), so grain can read them in any thread and checkpoint
+  a position as a plain integer. Indexing here rather than with grain's per-sentence shuffle/slice
+  keeps the per-sentence cost to the source read itself (batched when the source has __getitems__).
+  """
+
+  def __init__(self, source: Any, *, lang: str, lang_id: int, shard_index: int, shard_count: int,
+               chunk_size: int, shuffle: bool, seed: int):
+    self._source, self._lang, self._lang_id = source, lang, lang_id
+    self._shuffle, self._seed, self._chunk_size = shuffle, seed, chunk_size
+    self._indices = np.arange(shard_index, len(source), shard_count, dtype=np.int64)
+    if len(self._indices) == 0:
+      raise ValueError(
+        f"pipeline: language {lang!r} has {len(source)} sentences, none for shard {shard_index} of "
+        f"{shard_count}; add data or train on fewer hosts."
+      )
+    self.chunks_per_epoch = math.ceil(len(self._indices) / chunk_size)
+    self._orders: dict[int, np.ndarray] = {}
+    self._lock = threading.Lock()
+
+  def _order(self, epoch: int) -> np.ndarray:
+    if not self._shuffle:
+      return self._indices
+    with self._lock:  # Reader threads share the cache; they straddle at most one epoch boundary.
+      if epoch not in self._orders:
+        self._orders[epoch] = sampling.epoch_order(self._indices, self._seed, self._lang_id, epoch)
+        for old in sorted(self._orders)[:-2]:
+          del self._orders[old]
+      return self._orders[epoch]
+
+  def __call__(self, chunk_index: int, _unused: Any = None) -> list[str]:
+    epoch, k = divmod(int(chunk_index), self.chunks_per_epoch)
+    keys = self._order(epoch)[k * self._chunk_size:(k + 1) * self._chunk_size].tolist()
+    if hasattr(self._source, "__getitems__"):  # TFDS data sources read a whole chunk at once.
+      records = self._source.__getitems__(keys)
+    else:
+      records = [self._source[key] for key in keys]
+    return _texts_of(records, self._lang)
+
+
+def _language_rows(
+  source: Any, *, lang: str, lang_id: int, tokenizer: Any, seq_len: int, packing: str, seed: int,
+  shard_index: int, shard_count: int, num_epochs: int | None, shuffle: bool, tokenize_chunk: int,
+  segment_bins: int, read_options: grain.ReadOptions,
+) -> grain.IterDataset:
+  """Rows of one language on this host (infinite when num_epochs is None)."""
+  reader = ShardChunks(source, lang=lang, lang_id=lang_id, shard_index=shard_index, shard_count=shard_count,
+                       chunk_size=tokenize_chunk, shuffle=shuffle, seed=seed)
+  chunks = grain.MapDataset.range(reader.chunks_per_epoch).repeat(num_epochs).map_with_index(reader)
+  chunks = chunks.map(
+    functools.partial(_tokenize_chunk, tokenizer=tokenizer, packing=packing, seq_len=seq_len)
+  ).to_iter_dataset(read_options)
+  # A whole epoch of empty chunks means no sentence has tokens (only possible to loop on forever).
+  max_empty = reader.chunks_per_epoch + 1 if num_epochs is None else 0
+  name = f"language {lang!r}"
+  if packing == "stream":
+    return packing_lib.StreamPackIterDataset(
+      chunks, seq_len=seq_len, bos_id=tokenizer.bos_id, pad_id=tokenizer.pad_id, lang_id=lang_id,
+      max_empty_chunks=max_empty, name=name)
+  return packing_lib.SegmentPackIterDataset(
+    chunks, seq_len=seq_len, pad_id=tokenizer.pad_id, lang_id=lang_id, num_bins=segment_bins,
+    max_empty_chunks=max_empty, name=name)
+
+
+def make_mono_dataset(
+  sources: Mapping[str, Any],
+  tokenizer: Any,
+  *,
+  languages: Sequence[str],
+  seq_len: int,
+  batch_size: int,
+  alpha: float = 0.3,
+  seed: int = 0,
+  packing: str = "stream",
+  shard_index: int | None = None,
+  shard_count: int | None = None,
+  num_epochs: int | None = None,
+  shuffle: bool = True,
+  tokenize_chunk: int = 512,
+  segment_bins: int = 8,
+  read_threads: int = 1,
+  prefetch: int = 4,
+) -> grain.IterDataset:
+  """Monolingual batches {input_ids, segment_ids, position_ids, lang_ids}: int32 [batch_size, seq_len].
+
+  sources: {lang: random-access source}, `src[i] -> {"text": bytes|str, ...}` (TFDS data sources or
+    lists of dicts). Only `languages` are read; their order defines lang_ids.
+  tokenizer: `encode(list[str]) -> list[list[int]]` (no specials added) and bos_id/eos_id/pad_id.
+  alpha: language sampling exponent; a row comes from language l with q_l (`language_sampling_probs`
+    over the full source sizes, so every host uses the same weights). One language per row.
+  packing: "stream" (XLM-R, no padding) or "segments" (first-fit `<s> s </s>` segments, padded).
+  shard_index/shard_count: this host's slice of every language (sentences i with i % count == index);
+    default jax.process_index()/process_count().
+  num_epochs: None repeats forever and mixes languages with q (rows interleave deterministically in
+    proportion to q). An integer makes a finite pass: each language's rows in `languages` order (mixing
+    would stop at the first exhausted language), the last batch padded with pad rows to batch_size.
+  shuffle: shuffle sentences per language with a per-epoch seed derived from `seed`.
+  tokenize_chunk: sentences per tokenizer call. segment_bins: open rows for first-fit ("segments").
+  read_threads / prefetch: threads per language for reading+tokenizing, and batches prefetched by a
+    background thread (0 disables it).
+
+  The iterator of the returned dataset supports get_state()/set_state() (a JSON-serialisable dict).
+  """
+  if packing not in PACKING_MODES:
+    raise ValueError(f"pipeline: packing must be one of {PACKING_MODES}, got {packing!r}.")
+  min_len = 2 if packing == "stream" else 3
+  if seq_len < min_len:
+    raise ValueError(f"pipeline: seq_len must be >= {min_len} for packing={packing!r}, got {seq_len}.")
+  if batch_size < 1 or tokenize_chunk < 1:
+    raise ValueError(f"pipeline: batch_size and tokenize_chunk must be >= 1, got {batch_size}, {tokenize_chunk}.")
+  if seed < 0:
+    raise ValueError(f"pipeline: seed must be >= 0, got {seed}.")
+  if num_epochs is not None and num_epochs < 1:
+    raise ValueError(f"pipeline: num_epochs must be None (forever) or >= 1, got {num_epochs}.")
+  if not languages or len(set(languages)) != len(languages):
+    raise ValueError(f"pipeline: `languages` must be a non-empty list without repeats, got {list(languages)}.")
+  missing = [lang for lang in languages if lang not in sources]
+  if missing:
+    raise ValueError(f"pipeline: no source for languages {missing}; sources has {sorted(sources)}.")
+  shard_index, shard_count = _default_shard(shard_index, shard_count)
+
+  read_options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2, 2 * read_threads))
+  rows = {
+    lang: _language_rows(
+      sources[lang], lang=lang, lang_id=lang_id, tokenizer=tokenizer, seq_len=seq_len,
+      packing=packing, seed=seed, shard_index=shard_index, shard_count=shard_count,
+      num_epochs=num_epochs, shuffle=shuffle, tokenize_chunk=tokenize_chunk,
+      segment_bins=segment_bins, read_options=read_options)
+    for lang_id, lang in enumerate(languages)
+  }
+  if num_epochs is None:
+    probs = sampling.language_sampling_probs({lang: len(sources[lang]) for lang in languages}, alpha)
+    # Keyed by language so a checkpoint restores each language's position by name.
+    mixed = grain.IterDataset.mix(rows, probs)
+    batches = mixed.batch(batch_size, drop_remainder=True)
+  else:
+    chained = packing_lib.ChainIterDataset([rows[lang] for lang in languages])
+    batches = chained.batch(batch_size, drop_remainder=False).map(
+      functools.partial(packing_lib.pad_batch, batch_size=batch_size, pad_id=tokenizer.pad_id))
+  if prefetch > 0:
+    batches = grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=prefetch)
+  return batches
+
+
+def make_mono_iterator(sources: Mapping[str, Any], tokenizer: Any, **kwargs: Any) -> grain.DatasetIterator:
+  """`iter(make_mono_dataset(...))`: a checkpointable iterator (get_state/set_state)."""
+  return iter(make_mono_dataset(sources, tokenizer, **kwargs))
+
+
+def make_eval_dataset(
+  sources: Mapping[str, Any], tokenizer: Any, *, languages: Sequence[str], seq_len: int,
+  batch_size: int, packing: str = "stream", shard_index: int | None = None,
+  shard_count: int | None = None, **kwargs: Any,
+) -> grain.IterDataset:
+  """One deterministic, unshuffled pass over every sentence of this shard, in fixed-shape batches.
+
+  Languages come one after another in `languages` order; the final batch is padded with pad rows
+  (input_ids pad_id, segment_ids 0), which a loss must ignore through segment_ids / input_ids.
+  Different shards may yield different numbers of batches.
+  """
+  return make_mono_dataset(
+    sources, tokenizer, languages=languages, seq_len=seq_len, batch_size=batch_size, packing=packing,
+    shard_index=shard_index, shard_count=shard_count, num_epochs=1, shuffle=False, **kwargs)

@@ -1,0 +1,45 @@
+"""Language sampling for multilingual pre-training (XLM / XLM-R exponent smoothing).
+
+With p_l the share of sentences in language l, a row comes from language l with probability
+q_l = p_l^alpha / sum_k p_k^alpha. alpha < 1 up-samples low-resource languages (XLM-R 0.3, XLM 0.7);
+alpha = 1 follows the corpus, alpha = 0 is uniform.
+"""
+from collections.abc import Mapping
+
+import numpy as np
+
+
+def language_sampling_probs(counts: Mapping[str, int], alpha: float) -> dict[str, float]:
+  """Returns {lang: q_l} with q_l = p_l^alpha / sum p^alpha and p_l = counts[l] / sum(counts).
+
+  Raises ValueError for an empty mapping, a negative alpha or a language without sentences (a language
+  with no data cannot be sampled; drop it from `languages` instead).
+  """
+  if not counts:
+    raise ValueError("language_sampling_probs: `counts` is empty; pass at least one language.")
+  if alpha < 0:
+    raise ValueError(f"language_sampling_probs: alpha must be >= 0, got {alpha}.")
+  empty = sorted(lang for lang, n in counts.items() if n <= 0)
+  if empty:
+    raise ValueError(
+      f"language_sampling_probs: languages {empty} have no sentences; remove them from `languages` "
+      "or rebuild the corpus."
+    )
+  langs = list(counts)
+  p = np.array([counts[lang] for lang in langs], dtype=np.float64)
+  p /= p.sum()
+  # Work in log space so tiny shares with alpha near 0 do not underflow.
+  logits = alpha * np.log(p)
+  q = np.exp(logits - logits.max())
+  q /= q.sum()
+  return {lang: float(v) for lang, v in zip(langs, q)}
+
+
+def epoch_order(indices: np.ndarray, seed: int, lang_index: int, epoch: int) -> np.ndarray:
+  """`indices` in the shuffled order of one epoch of one language (a fresh permutation per epoch).
+
+  The generator is seeded with (seed, lang_index, epoch) through numpy's SeedSequence, so languages
+  of equal size never share a permutation and nearby run seeds give unrelated orders.
+  """
+  rng = np.random.default_rng([int(seed), int(lang_index), int(epoch)])
+  return indices[rng.permutation(len(indices))]

@@ -1,0 +1,50 @@
+"""Human-readable summaries: the table printed at the end of a run and the eval Markdown file."""
+from __future__ import annotations
+
+import json
+import pathlib
+
+
+def _fmt(value) -> str:
+  if isinstance(value, float):
+    return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+  return str(value)
+
+
+def table(rows: list[tuple[str, object]], title: str = "") -> str:
+  """A two-column Markdown table (renders fine in a terminal too)."""
+  width = max([len(k) for k, _ in rows] + [6])
+  lines = [f"### {title}", ""] if title else []
+  lines += [f"| {'metric'.ljust(width)} | value |", f"|{'-' * (width + 2)}|-------|"]
+  lines += [f"| {k.ljust(width)} | {_fmt(v)} |" for k, v in rows]
+  return "\n".join(lines)
+
+
+def run_summary_rows(summary: dict) -> list[tuple[str, object]]:
+  """The rows that tell what a training run did, in reading order."""
+  rows = [("steps", f"{summary['step']} / {summary['total_steps']}"),
+          ("train wall time (s)", round(summary["train_seconds"], 1))]
+  train = summary.get("train", {})
+  for key in ("loss", "mlm/accuracy", "tokens_per_second", "tflops_per_device"):
+    if key in train:
+      rows.append((f"train {key}", train[key]))
+  evaluation = summary.get("eval", {})
+  for key in ("mlm/loss", "mlm/accuracy", "unigram/loss", "unigram/accuracy",
+              "retrieval/mean_p1", "retrieval/mean_tfidf_p1"):
+    if key in evaluation:
+      rows.append((f"held-out {key}", evaluation[key]))
+  if summary.get("export_dir"):
+    rows.append(("export", summary["export_dir"]))
+  if summary.get("preempted"):
+    rows.append(("status", "preempted: checkpoint saved, rerun the same command to resume"))
+  return rows
+
+
+def write_eval_report(directory: pathlib.Path, results: dict, meta: dict) -> pathlib.Path:
+  """Writes results.json (numbers + config + data manifest) and results.md; returns the folder."""
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / "results.json").write_text(json.dumps({"results": results, **meta}, indent=2,
+                                                     default=str))
+  rows = sorted((k, v) for k, v in results.items())
+  (directory / "results.md").write_text(table(rows, title="evaluation") + "\n")
+  return directory

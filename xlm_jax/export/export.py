@@ -1,0 +1,259 @@
+"""Exported encoders: a self-contained folder, and sentence embeddings from it.
+
+    <export_dir>/
+      params.msgpack   flax.serialization msgpack of the (unboxed, numpy) parameter tree
+      config.json      {"format_version", "xlm_jax_version", "encoder": EncoderConfig fields,
+                        "languages", "special_ids", "metadata": extra metadata}
+      spm.model        the SentencePiece model the encoder was trained with
+
+    enc = load_pretrained("workdir/export")
+    vectors = enc.encode(["Hallo Welt", "Bonjour"], lang="de")     # [2, hidden_size] float32
+"""
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any, NamedTuple, Sequence
+
+import flax.linen as nn
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xlm_jax.data.tokenizer import Tokenizer
+from xlm_jax.models.encoder import EncoderConfig, Model
+
+FORMAT_VERSION = 1
+PARAMS_FILE = "params.msgpack"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "spm.model"
+POOLINGS = ("mean", "cls", "layer")
+
+
+def _package_version() -> str:
+  try:
+    return importlib.metadata.version("xlm-jax")
+  except importlib.metadata.PackageNotFoundError:
+    return "unknown (xlm-jax is not pip-installed)"
+
+
+def _to_numpy(params) -> Any:
+  """Unboxed parameter tree as host numpy arrays (the caller gathers multi-host arrays)."""
+  params = nn.meta.unbox(params)
+  if isinstance(params, dict) and set(params) == {"params"}:
+    params = params["params"]  # accept the variables dict as well as the params collection
+
+  def to_host(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      raise ValueError("export_model got a parameter spread over several hosts; gather it first "
+                       "(jax.experimental.multihost_utils.process_allgather) on every process")
+    return np.asarray(x)
+  return jax.tree.map(to_host, params)
+
+
+def _check_params_match(params, config: EncoderConfig) -> None:
+  ids = jnp.zeros((1, 2), jnp.int32)
+  expected = jax.eval_shape(lambda: Model(config).init(jax.random.key(0), ids, lang_ids=ids))
+  expected = nn.meta.unbox(expected)["params"]
+  want = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(expected)}
+  got = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(params)}
+  if want != got:
+    diff = sorted(set(want.items()) ^ set(got.items()))[:6]
+    raise ValueError(f"export_model: params do not match encoder_config (first differences, "
+                     f"(path, shape): {diff}); export the params the config was trained with")
+
+
+def _write_atomically(export_dir: pathlib.Path, files: dict[str, bytes]) -> None:
+  """Writes `files` into a fresh folder beside export_dir, then renames it into place.
+
+  A crash leaves either the previous export or the new one at export_dir, never a mix; at worst
+  a hidden `.<name>.tmp-*` folder remains beside it.
+  """
+  parent = export_dir.parent
+  parent.mkdir(parents=True, exist_ok=True)
+  staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{export_dir.name}.tmp-", dir=parent))
+  try:
+    os.chmod(staging, 0o755)  # mkdtemp creates it private (0700)
+    for name, data in files.items():
+      with open(staging / name, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    if export_dir.exists():
+      # os.replace cannot overwrite a non-empty folder: move the old one aside first.
+      previous = pathlib.Path(tempfile.mkdtemp(prefix=f".{export_dir.name}.old-", dir=parent))
+      os.replace(export_dir, previous)
+      os.replace(staging, export_dir)
+      shutil.rmtree(previous, ignore_errors=True)
+    else:
+      os.replace(staging, export_dir)
+    fd = os.open(parent, os.O_RDONLY)
+    try:
+      os.fsync(fd)  # make the rename itself durable
+    finally:
+      os.close(fd)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+
+
+def export_model(export_dir, params, encoder_config: dict, tokenizer_bytes: bytes,
+                 extra_metadata: dict | None = None) -> pathlib.Path:
+  """Writes params.msgpack, config.json and spm.model into export_dir, atomically.
+
+  Args:
+    export_dir: target folder; an existing export there is replaced.
+    params: the model's params collection (boxed or not, device or host arrays on one host).
+    encoder_config: EncoderConfig fields (validated; must match the params' shapes).
+    tokenizer_bytes: the serialized SentencePiece model (Tokenizer.serialized()).
+    extra_metadata: JSON-serializable; its "languages" list (in lang_id order) is stored at the
+      top level and is required when the encoder has language embeddings.
+  Returns the export folder.
+  """
+  export_dir = pathlib.Path(export_dir).expanduser().absolute()
+  if export_dir.exists() and not export_dir.is_dir():
+    raise ValueError(f"export_model: {export_dir} exists and is not a folder; choose another path")
+  config = EncoderConfig.from_dict(encoder_config)
+  tokenizer = Tokenizer.from_bytes(tokenizer_bytes)
+  if tokenizer.vocab_size > config.vocab_size or tokenizer.pad_id != config.pad_id:
+    raise ValueError(f"export_model: tokenizer (vocab {tokenizer.vocab_size}, pad {tokenizer.pad_id}) "
+                     f"does not fit encoder_config (vocab_size {config.vocab_size}, pad_id "
+                     f"{config.pad_id}); pass the tokenizer the model was trained with")
+  metadata = dict(extra_metadata or {})
+  languages = [str(lang) for lang in metadata.pop("languages", [])]
+  if config.num_languages and len(languages) != config.num_languages:
+    raise ValueError(f"export_model: the encoder has {config.num_languages} language embeddings; "
+                     f"extra_metadata['languages'] must list them in lang_id order (got {languages})")
+  host_params = _to_numpy(params)
+  _check_params_match(host_params, config)
+  try:
+    config_json = json.dumps({
+        "format_version": FORMAT_VERSION,
+        "xlm_jax_version": _package_version(),
+        "encoder": config.to_dict(),
+        "languages": languages,
+        "special_ids": {"bos": tokenizer.bos_id, "pad": tokenizer.pad_id, "eos": tokenizer.eos_id,
+                        "unk": tokenizer.unk_id, "mask": tokenizer.mask_id,
+                        "all": list(tokenizer.special_ids)},
+        "metadata": metadata,
+    }, indent=2, sort_keys=True)
+  except TypeError as err:
+    raise ValueError(f"export_model: extra_metadata must be JSON-serializable: {err}") from err
+  _write_atomically(export_dir, {
+      PARAMS_FILE: flax.serialization.msgpack_serialize(host_params),
+      CONFIG_FILE: config_json.encode("utf-8"),
+      TOKENIZER_FILE: bytes(tokenizer_bytes),
+  })
+  return export_dir
+
+
+@functools.partial(jax.jit, static_argnames=("model", "pooling", "layer"))
+def _pooled_forward(model: Model, params, input_ids, lang_ids, pooling: str, layer: int):
+  """[B, D] float32 sentence vectors of one padded batch."""
+  c = model.config
+  encode = functools.partial(model.apply, {"params": params}, input_ids, lang_ids=lang_ids,
+                             method=Model.encode)
+  if pooling == "layer":
+    hidden = encode(return_all_layers=True)[1][layer]
+  else:
+    hidden = encode()
+  hidden = hidden.astype(jnp.float32)
+  if pooling == "cls":
+    return hidden[:, 0]
+  real = (input_ids != c.pad_id)[..., None].astype(jnp.float32)
+  return jnp.sum(hidden * real, axis=1) / jnp.maximum(jnp.sum(real, axis=1), 1.0)
+
+
+class Pretrained(NamedTuple):
+  """A loaded encoder: `model, params, tokenizer, config = load_pretrained(path)`."""
+  model: Model
+  params: Any
+  tokenizer: Tokenizer
+  config: dict  # the export's config.json (or {} for an in-training encoder)
+
+  def encode(self, texts: Sequence[str], lang: str | None = None, pooling: str = "mean",
+             layer: int = -1, batch_size: int = 64, max_len: int | None = None) -> np.ndarray:
+    """Sentence vectors [N, hidden_size] (float32) of `texts`.
+
+    Each text becomes `<s> pieces </s>` (pieces cut to max_len - 2). Poolings: "mean" = mean of
+    the last layer over the sentence's tokens (incl. <s> and </s>), "cls" = the last layer at
+    <s>, "layer" = the "mean" pooling of hidden state `layer` (0 = embeddings, -1 = last).
+    `lang` is required when the encoder has language embeddings. Batches are padded to
+    `batch_size` rows and a power-of-two length, so few shapes are ever compiled.
+    """
+    c = self.model.config
+    if isinstance(texts, str):
+      raise TypeError("encode takes a list of strings; wrap a single text as [text]")
+    if pooling not in POOLINGS:
+      raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    if pooling != "layer" and layer != -1:
+      raise ValueError(f"layer={layer} is only used with pooling='layer' (got pooling={pooling!r})")
+    if not -(c.num_layers + 1) <= layer <= c.num_layers:
+      raise ValueError(f"layer must be in [-{c.num_layers + 1}, {c.num_layers}] "
+                       f"(0 = embeddings, {c.num_layers} = last), got {layer}")
+    longest = c.max_positions - c.pad_id - 1  # positions start at pad_id + 1
+    max_len = longest if max_len is None else max_len
+    if not 3 <= max_len <= longest:
+      raise ValueError(f"max_len must be in [3, {longest}] for max_positions={c.max_positions}, "
+                       f"got {max_len}")
+    if batch_size < 1:
+      raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    lang_index = self._language_index(lang)
+
+    tok = self.tokenizer
+    rows = [[tok.bos_id] + ids[:max_len - 2] + [tok.eos_id] for ids in tok.encode(list(texts))]
+    vectors = []
+    for start in range(0, len(rows), batch_size):
+      chunk = rows[start:start + batch_size]
+      width = min(max_len, max(8, 1 << (max(map(len, chunk)) - 1).bit_length()))
+      ids = np.full((batch_size, width), c.pad_id, np.int32)
+      for i, row in enumerate(chunk):
+        ids[i, :len(row)] = row
+      lang_ids = np.full_like(ids, lang_index) if c.num_languages else None
+      pooled = _pooled_forward(self.model, self.params, ids, lang_ids, pooling, layer)
+      vectors.append(np.asarray(pooled)[:len(chunk)])
+    if not vectors:
+      return np.zeros((0, c.hidden_size), np.float32)
+    return np.concatenate(vectors)
+
+  def _language_index(self, lang: str | None) -> int:
+    languages = list(self.config.get("languages", []))
+    if lang is not None and languages and lang not in languages:
+      raise ValueError(f"unknown language {lang!r}; this encoder knows {languages}")
+    if not self.model.config.num_languages:
+      return 0  # no language embeddings (XLM-R): the language does not change the input
+    if lang is None:
+      raise ValueError(f"this encoder has language embeddings; pass lang= one of {languages}")
+    if not languages:
+      raise ValueError("this encoder has language embeddings but its config lists no languages")
+    return languages.index(lang)
+
+
+def load_pretrained(path) -> Pretrained:
+  """Loads an export folder written by export_model."""
+  path = pathlib.Path(path).expanduser()
+  if not path.is_dir():
+    raise FileNotFoundError(f"export folder {path} does not exist; create one with "
+                            "`xlm-jax export --workdir DIR` (or export_model)")
+  for name in (CONFIG_FILE, PARAMS_FILE, TOKENIZER_FILE):
+    if not (path / name).is_file():
+      raise FileNotFoundError(f"{path / name} is missing: {path} is not a complete export; "
+                              "export again with `xlm-jax export --workdir DIR`")
+  try:
+    config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+  except json.JSONDecodeError as err:
+    raise ValueError(f"{path / CONFIG_FILE} is not valid JSON ({err}); export again") from err
+  if config.get("format_version") != FORMAT_VERSION:
+    raise ValueError(f"{path / CONFIG_FILE}: format_version {config.get('format_version')!r} is not "
+                     f"{FORMAT_VERSION}; export it again with this version of xlm-jax")
+  model = Model(EncoderConfig.from_dict(config["encoder"]))
+  params = flax.serialization.msgpack_restore((path / PARAMS_FILE).read_bytes())
+  _check_params_match(params, model.config)
+  tokenizer = Tokenizer(path / TOKENIZER_FILE)
+  return Pretrained(model, jax.device_put(params), tokenizer, config)

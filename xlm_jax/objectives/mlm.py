@@ -1,0 +1,44 @@
+"""Masked language modelling (XLM-R; with language embeddings on, XLM's MLM)."""
+from __future__ import annotations
+
+import jax
+
+from xlm_jax.objectives.base import Objective, ObjectiveContext, weighted_cross_entropy
+from xlm_jax.objectives.masking import mlm_mask
+from xlm_jax.registry import OBJECTIVES
+
+
+def default_config() -> dict:
+  return dict(
+      weight=1.0,              # weight in the summed loss / sampling weight when alternating
+      mask_rate=0.15,
+      mask_token_rate=0.8,
+      random_token_rate=0.1,
+      label_smoothing=0.0,
+  )
+
+
+def model_inputs(batch, ctx: ObjectiveContext) -> dict:
+  """Keyword inputs of the model shared by objectives on the "mono" batch kind."""
+  inputs = dict(position_ids=batch["position_ids"], segment_ids=batch["segment_ids"])
+  if ctx.model.config.num_languages:
+    inputs["lang_ids"] = batch["lang_ids"]
+  return inputs
+
+
+def mlm_loss(params, batch, rng, ctx: ObjectiveContext):
+  """Cross-entropy at masked positions of monolingual streams."""
+  cfg = ctx.config
+  mask_rng, dropout_rng = jax.random.split(rng)
+  masked = mlm_mask(mask_rng, batch["input_ids"], special_ids=ctx.special_ids, mask_id=ctx.mask_id,
+                    vocab_size=ctx.vocab_size, mask_rate=cfg["mask_rate"],
+                    mask_token_rate=cfg["mask_token_rate"],
+                    random_token_rate=cfg["random_token_rate"])
+  logits = ctx.model.apply({"params": params}, masked.input_ids, label_positions=masked.positions,
+                           deterministic=not ctx.train, rngs={"dropout": dropout_rng},
+                           **model_inputs(batch, ctx))
+  return weighted_cross_entropy(logits, masked.labels, masked.weights, cfg["label_smoothing"])
+
+
+OBJECTIVES.register("mlm")(Objective(
+    name="mlm", batch_kind="mono", loss_fn=mlm_loss, default_config=default_config))

@@ -1,0 +1,230 @@
+"""Turns a validated config into the live pieces of a run: corpus, tokenizer, mesh, model,
+objectives, optimizer, sharded state, data iterators, checkpointer, evaluators and export.
+
+`train_and_evaluate`, `xlm-jax eval` and `xlm-jax export` all start here, so they agree on how a
+workdir's model is built.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+
+from data_prep import build as corpus_build
+from xlm_jax.data.corpus import Corpus
+from xlm_jax.data.pipeline import make_mono_dataset
+from xlm_jax.data.tokenizer import Tokenizer
+from xlm_jax.models.encoder import EncoderConfig, Model, flops_per_token
+from xlm_jax.objectives.base import ObjectiveContext
+from xlm_jax.objectives.masking import max_predictions
+from xlm_jax.registry import EVALUATORS, OBJECTIVES
+from xlm_jax.train import checkpoint as ckpt_lib
+from xlm_jax.train import mesh as mesh_lib
+from xlm_jax.train.optimizer import make_optimizer
+from xlm_jax.train.state import create_train_state
+from xlm_jax.train.step import BoundObjective
+
+
+def corpus_dir(config) -> pathlib.Path:
+  """`data.corpus_dir`, else `$XLM_JAX_DATA_DIR/<data.corpus>`, else ~/.cache/xlm_jax/data/<corpus>."""
+  if config.data.corpus_dir:
+    return pathlib.Path(config.data.corpus_dir).expanduser()
+  root = os.environ.get("XLM_JAX_DATA_DIR", "~/.cache/xlm_jax/data")
+  return pathlib.Path(root).expanduser() / config.data.corpus
+
+
+def load_corpus(config) -> Corpus:
+  """Opens the configured corpus, building the default one from Debian packages if allowed."""
+  path = corpus_dir(config)
+  if config.data.build_if_missing and jax.process_index() == 0:
+    corpus_build.ensure_corpus(path, languages=tuple(config.data.languages),
+                               build_if_missing=True, vocab_size=config.data.vocab_size,
+                               seed=config.seed)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("corpus ready")  # other hosts wait for host 0's build
+  corpus = Corpus(path)
+  corpus.check_languages(config.data.languages)
+  return corpus
+
+
+def model_config(config, tokenizer: Tokenizer) -> EncoderConfig:
+  fields = config.model.to_dict()
+  if not fields["vocab_size"]:
+    fields["vocab_size"] = tokenizer.vocab_size
+  elif fields["vocab_size"] < tokenizer.vocab_size:
+    raise ValueError(f"model.vocab_size ({fields['vocab_size']}) is smaller than the tokenizer's "
+                     f"{tokenizer.vocab_size} pieces; set it to 0 to follow the tokenizer")
+  if fields["num_languages"] and fields["num_languages"] < len(config.data.languages):
+    raise ValueError(f"model.num_languages ({fields['num_languages']}) must be 0 (no language "
+                     f"embeddings) or >= len(data.languages) ({len(config.data.languages)})")
+  if fields["pad_id"] != tokenizer.pad_id:
+    raise ValueError(f"model.pad_id ({fields['pad_id']}) differs from the tokenizer's pad id "
+                     f"{tokenizer.pad_id}")
+  return EncoderConfig.from_dict(fields)
+
+
+def bind_objectives(config, model, tokenizer) -> dict[str, BoundObjective]:
+  bound = {}
+  for name, section in config.objectives.items():
+    objective = OBJECTIVES.get(name)
+    cfg = section.to_dict()
+    context = ObjectiveContext(
+        model=model, config=cfg, vocab_size=model.config.vocab_size, mask_id=tokenizer.mask_id,
+        pad_id=tokenizer.pad_id, special_ids=tuple(tokenizer.special_ids),
+        languages=tuple(config.data.languages))
+    bound[name] = BoundObjective(objective, float(cfg.get("weight", 1.0)), context)
+  return bound
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything a training, evaluation or export job needs, built once."""
+  config: ml_collections.ConfigDict
+  workdir: pathlib.Path
+  corpus: Corpus
+  tokenizer: Tokenizer
+  model_config: EncoderConfig
+  model: Model
+  mesh: Any
+  bound: dict
+  tx: Any
+  schedule: Any
+  state: Any
+  shardings: Any
+  abstract_state: Any
+  iterators: dict
+  checkpointer: ckpt_lib.Checkpointer
+  tokens_per_step: int
+  flops_per_step: float
+  _evaluators: dict = dataclasses.field(default_factory=dict)
+
+  def evaluator(self, name: str):
+    if name not in self._evaluators:
+      self._evaluators[name] = EVALUATORS.get(name)(self)
+    return self._evaluators[name]
+
+  def evaluate_heldout(self, state) -> dict:
+    """The cheap periodic evaluation: held-out losses/accuracies of the trained objectives."""
+    return self.evaluator("mlm")(state)
+
+  def evaluate_all(self, state) -> dict:
+    results = {}
+    for name in self.config.eval.evaluators:
+      results.update(self.evaluator(name)(state))
+    return results
+
+  def encoder(self, state):
+    """The in-training model as a `Pretrained` (same `encode` API as an exported checkpoint)."""
+    from xlm_jax.export.export import Pretrained
+    return Pretrained(self.model, state.params, self.tokenizer,
+                      {"languages": list(self.config.data.languages)})
+
+  def close(self) -> None:
+    """Waits for pending checkpoint writes and stops the input threads."""
+    self.checkpointer.close()
+    for it in self.iterators.values():
+      close = getattr(it, "close", None)
+      if close is not None:
+        close()
+
+  def export(self, state, export_dir: str | pathlib.Path | None = None) -> pathlib.Path:
+    from xlm_jax.export.export import export_model
+    target = pathlib.Path(export_dir or self.config.export.dir or self.workdir / "export")
+    if jax.process_index() == 0:
+      export_model(target, jax.device_get(state.params), self.model_config.to_dict(),
+                   self.tokenizer.serialized(),
+                   extra_metadata={"languages": list(self.config.data.languages),
+                                   "step": int(jax.device_get(state.step)),
+                                   "corpus_manifest": self.corpus.manifest.get("packages", [])})
+    return target
+
+
+def build_run(config, workdir: pathlib.Path, with_data: bool = True) -> Run:
+  """Builds a Run. `with_data=False` skips the training iterators (eval/export jobs)."""
+  mesh_lib.maybe_initialize_distributed(config.distributed)
+  workdir.mkdir(parents=True, exist_ok=True)
+  corpus = load_corpus(config)
+  tokenizer = Tokenizer(corpus.tokenizer_path)
+  mcfg = model_config(config, tokenizer)
+  model = Model(mcfg)
+  mesh = mesh_lib.make_mesh(config.mesh)
+  rules = mesh_lib.logical_rules(config.mesh)
+  bound = bind_objectives(config, model, tokenizer)
+
+  total = config.train.total_steps
+  tx, schedule = make_optimizer(config.optimizer, total)
+  objectives = {name: b.objective for name, b in bound.items()}
+  state, shardings, abstract = create_train_state(
+      model, tx, objectives, config.data.seq_len, mesh, rules, config.seed)
+
+  global_batch = config.train.batch_size
+  if global_batch % mesh_lib.data_parallel_size(mesh):
+    raise ValueError(f"train.batch_size ({global_batch}) must be divisible by the data-parallel "
+                     f"size data*fsdp = {mesh_lib.data_parallel_size(mesh)}")
+  iterators = {}
+  kinds = {b.objective.batch_kind for b in bound.values()}
+  if with_data:
+    for kind in sorted(kinds):
+      iterators[kind] = iter(make_batch_dataset(kind, config, corpus, tokenizer, "train"))
+
+  seq_len = config.data.seq_len
+  tokens_per_step = global_batch * seq_len
+  mask_rate = max((b.context.config.get("mask_rate", 0.15) for b in bound.values()), default=0.15)
+  predictions = max_predictions(seq_len, mask_rate) / seq_len
+  flops = flops_per_token(mcfg, seq_len, predictions) * tokens_per_step
+
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints,
+                                       async_save=config.train.async_checkpointing,
+                                       data_kinds=tuple(sorted(kinds)))
+  if jax.process_index() == 0:
+    ckpt_lib.save_json_atomic(workdir / "config.json", config.to_dict())
+  logging.info("model: %s; mesh %s", mcfg, dict(mesh.shape))
+  return Run(config=config, workdir=workdir, corpus=corpus, tokenizer=tokenizer, model_config=mcfg,
+             model=model, mesh=mesh, bound=bound, tx=tx, schedule=schedule, state=state,
+             shardings=shardings, abstract_state=abstract, iterators=iterators,
+             checkpointer=checkpointer, tokens_per_step=tokens_per_step, flops_per_step=flops)
+
+
+class _Head:
+  """The first `n` items of a random-access source (bounded evaluation sets)."""
+
+  def __init__(self, source, n: int):
+    self._source, self._n = source, min(n, len(source))
+
+  def __len__(self):
+    return self._n
+
+  def __getitem__(self, i):
+    if not 0 <= i < self._n:
+      raise IndexError(i)
+    return self._source[i]
+
+  def __getitems__(self, keys):
+    if any(not 0 <= k < self._n for k in keys):
+      raise IndexError(keys)
+    return self._source.__getitems__(keys)  # batched reads: the pipeline's fast path
+
+
+def make_batch_dataset(kind: str, config, corpus: Corpus, tokenizer: Tokenizer, split: str,
+                       num_epochs=None, shuffle=True, max_sentences: int | None = None):
+  """The grain dataset of one batch kind (per-host batches).
+
+  `max_sentences` keeps the first n sentences of each language (fixed evaluation sets).
+  """
+  languages = tuple(config.data.languages)
+  per_host = config.train.batch_size // jax.process_count()
+  if kind != "mono":
+    raise ValueError(f"batch kind {kind!r} has no input pipeline yet (known: 'mono')")
+  sources = {lang: corpus.mono_source(lang, split) for lang in languages}
+  if max_sentences:
+    sources = {lang: _Head(src, max_sentences) for lang, src in sources.items()}
+  return make_mono_dataset(
+      sources, tokenizer, languages=languages, seq_len=config.data.seq_len, batch_size=per_host,
+      alpha=config.data.alpha, seed=config.seed, packing=config.data.packing,
+      num_epochs=num_epochs, shuffle=shuffle, read_threads=config.data.prefetch_threads)

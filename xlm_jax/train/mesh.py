@@ -1,0 +1,96 @@
+"""Device mesh, logical-axis sharding and multi-host start-up.
+
+Sharding is data in the config: `config.mesh` gives the (data, fsdp, tensor) sizes and the rules
+that map the model's logical axis names to mesh axes. Nothing in the model names a mesh axis.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # batch rows are split over both data-like axes
+
+
+def maybe_initialize_distributed(cfg) -> None:
+  """Calls `jax.distributed.initialize` for multi-process runs (TPU pods, multi-node GPU).
+
+  "auto" initializes when the usual environment says we are one of several processes
+  (JAX_COORDINATOR_ADDRESS, or a Cloud TPU pod whose metadata JAX reads itself).
+  """
+  mode = cfg.initialize
+  explicit = bool(cfg.coordinator_address) or cfg.num_processes > 0
+  env = "JAX_COORDINATOR_ADDRESS" in os.environ or "TPU_WORKER_HOSTNAMES" in os.environ
+  if mode == "no" or (mode == "auto" and not (explicit or env)):
+    return
+  if jax.distributed.is_initialized():
+    return
+  kwargs = {}
+  if cfg.coordinator_address:
+    kwargs["coordinator_address"] = cfg.coordinator_address
+  if cfg.num_processes > 0:
+    kwargs["num_processes"] = cfg.num_processes
+  if cfg.process_id >= 0:
+    kwargs["process_id"] = cfg.process_id
+  jax.distributed.initialize(**kwargs)
+  logging.info("jax.distributed: process %d of %d, %d global devices", jax.process_index(),
+               jax.process_count(), jax.device_count())
+
+
+def mesh_shape(cfg, num_devices: int) -> tuple[int, int, int]:
+  """Resolves the one -1 entry of (data, fsdp, tensor) so the product is the device count."""
+  sizes = [int(cfg.data), int(cfg.fsdp), int(cfg.tensor)]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"mesh: at most one of data/fsdp/tensor may be -1, got {sizes}")
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if -1 in sizes:
+    if num_devices % known:
+      raise ValueError(f"mesh: {num_devices} devices cannot be split as data/fsdp/tensor={sizes}")
+    sizes[sizes.index(-1)] = num_devices // known
+  if int(np.prod(sizes)) != num_devices:
+    raise ValueError(f"mesh: data*fsdp*tensor = {sizes} must equal the {num_devices} devices "
+                     f"(set mesh.data=-1 to use all of them)")
+  return tuple(sizes)
+
+
+def make_mesh(cfg, devices=None) -> Mesh:
+  devices = jax.devices() if devices is None else devices
+  shape = mesh_shape(cfg, len(devices))
+  # jax.make_mesh orders devices for the physical topology (ICI rings on TPU). Auto axes: XLA
+  # propagates shardings from the annotated params and inputs (GSPMD), as pjit always did.
+  auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+
+
+def logical_rules(cfg) -> tuple[tuple[str, object], ...]:
+  return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in cfg.rules)
+
+
+def shardings_from_boxed(abstract_tree, mesh: Mesh, rules):
+  """NamedShardings for a tree whose leaves may be `nn.Partitioned` boxes (others replicated)."""
+  specs = nn.get_partition_spec(abstract_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, leading_dims: int = 0) -> NamedSharding:
+  """Sharding of a [*(leading), batch, ...] input array: rows over (data, fsdp)."""
+  return NamedSharding(mesh, P(*([None] * leading_dims), BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def to_global_batch(host_batch, mesh: Mesh, leading_dims: int = 0):
+  """Host-local numpy batch -> global jax.Arrays sharded over the batch axes (multi-host safe)."""
+  sharding = batch_sharding(mesh, leading_dims)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), host_batch)

@@ -1,0 +1,73 @@
+"""Metric sinks (JSONL + TensorBoard) and throughput accounting."""
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from typing import Mapping
+
+import jax
+import numpy as np
+
+
+class MetricWriter:
+  """Appends one JSON object per log step to `metrics.jsonl` and mirrors scalars to TensorBoard.
+
+  Only process 0 writes, so multi-host runs produce one file.
+  """
+
+  def __init__(self, workdir: str | pathlib.Path, tensorboard: bool = True):
+    self.enabled = jax.process_index() == 0
+    self.path = pathlib.Path(workdir) / "metrics.jsonl"
+    self._tb = None
+    if self.enabled and tensorboard:
+      from tensorboardX import SummaryWriter  # imported lazily: heavy and optional at eval time
+      self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+
+  def write(self, step: int, metrics: Mapping[str, float], prefix: str = "") -> None:
+    if not self.enabled:
+      return
+    scalars = {f"{prefix}{k}": float(v) for k, v in metrics.items()}
+    with self.path.open("a") as f:
+      f.write(json.dumps({"step": int(step), "time": time.time(), **scalars}) + "\n")
+    if self._tb is not None:
+      for k, v in scalars.items():
+        self._tb.add_scalar(k, v, int(step))
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+class Throughput:
+  """Tokens/s and useful TFLOP/s per device between two log points."""
+
+  def __init__(self, tokens_per_step: int, flops_per_step: float, num_devices: int):
+    self.tokens_per_step = tokens_per_step
+    self.flops_per_step = flops_per_step
+    self.num_devices = num_devices
+    self._time = time.perf_counter()
+    self._steps = 0
+
+  def tick(self) -> None:
+    self._steps += 1
+
+  def measure(self) -> dict[str, float]:
+    now = time.perf_counter()
+    elapsed, steps = now - self._time, self._steps
+    self._time, self._steps = now, 0
+    if not steps or elapsed <= 0:
+      return {}
+    return {
+        "steps_per_second": steps / elapsed,
+        "tokens_per_second": steps * self.tokens_per_step / elapsed,
+        "tokens_per_second_per_device": steps * self.tokens_per_step / elapsed / self.num_devices,
+        "tflops_per_device": steps * self.flops_per_step / elapsed / self.num_devices / 1e12,
+    }
+
+
+def mean_metrics(history: list[Mapping[str, np.ndarray]]) -> dict[str, float]:
+  """Averages the per-step metric dicts gathered since the last log."""
+  keys = history[0].keys()
+  return {k: float(np.mean([h[k] for h in history])) for k in keys}

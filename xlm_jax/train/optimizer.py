@@ -1,0 +1,42 @@
+"""AdamW with warm-up, a decay schedule, global-norm clipping and weight-decay masking."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
+  """Linear warm-up to `learning_rate`, then linear / cosine / inverse-sqrt / constant."""
+  peak = cfg.learning_rate
+  warmup = max(0, min(cfg.warmup_steps, total_steps))
+  decay_steps = max(1, total_steps - warmup)
+  end = peak * cfg.end_lr_ratio
+  if cfg.schedule == "linear":
+    decay = optax.linear_schedule(peak, end, decay_steps)
+  elif cfg.schedule == "cosine":
+    decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=cfg.end_lr_ratio)
+  elif cfg.schedule == "inverse_sqrt":
+    # fairseq's inverse_sqrt: lr = peak * sqrt(warmup / step) after warm-up.
+    scale = max(warmup, 1)
+    decay = lambda count: peak * jnp.sqrt(scale / (count + scale))
+  else:
+    decay = optax.constant_schedule(peak)
+  if warmup == 0:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def _decay_mask(params):
+  """No weight decay on biases, LayerNorm parameters and 1-D tensors (BERT/XLM-R practice)."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  schedule = learning_rate_schedule(cfg, total_steps)
+  parts = []
+  if cfg.clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(cfg.clip_norm))
+  parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                           weight_decay=cfg.weight_decay, mask=_decay_mask))
+  return optax.chain(*parts), schedule

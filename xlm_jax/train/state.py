@@ -1,0 +1,57 @@
+"""The train state (everything a checkpoint holds besides the data iterator) and its sharded init."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from xlm_jax.objectives.base import Objective
+from xlm_jax.train import mesh as mesh_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array            # int32 scalar: number of optimizer updates done
+  params: Any
+  opt_state: Any
+  rng: jax.Array             # uint32[2] raw key; the per-step key is fold_in(rng, step)
+  extra: Mapping[str, Any]   # objective name -> its extra state (queues, EMA buffers, ...)
+
+
+def _init_fn(model: nn.Module, tx: optax.GradientTransformation,
+             objectives: Mapping[str, Objective], seq_len: int):
+  """Returns rng -> TrainState with logical-axis boxes still on the parameters."""
+  def init(rng):
+    params_rng, dropout_rng, extra_rng, state_rng = jax.random.split(rng, 4)
+    ids = jnp.zeros((1, seq_len), jnp.int32)
+    positions = jnp.zeros((1, 1), jnp.int32)
+    variables = model.init({"params": params_rng, "dropout": dropout_rng}, ids,
+                           label_positions=positions, deterministic=True)
+    params = variables["params"]
+    extra = {}
+    for i, (name, objective) in enumerate(objectives.items()):
+      if objective.init_extra_state is not None:
+        extra[name] = objective.init_extra_state(jax.random.fold_in(extra_rng, i), params)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=state_rng, extra=extra)
+  return init
+
+
+def create_train_state(model, tx, objectives, seq_len: int, mesh, rules, seed: int):
+  """Initialises the state directly sharded over the mesh (never materialised on one device).
+
+  Returns (state, shardings, abstract_state); `abstract_state` holds ShapeDtypeStructs with
+  shardings, which is what a checkpoint restore needs.
+  """
+  init = _init_fn(model, tx, objectives, seq_len)
+  rng = jax.random.PRNGKey(seed)
+  boxed = jax.eval_shape(init, rng)
+  shardings = mesh_lib.shardings_from_boxed(boxed, mesh, rules)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          nn.meta.unbox(boxed), shardings)
+  state = jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings)(rng)
+  return state, shardings, abstract
