@@ -4,7 +4,7 @@ Runs under the peer venv's python (torch + transformers), never the project's, a
 from xlm_jax. It builds the model and optimizer once, warms up, prints `ready ...`, then serves
 commands on stdin, one per line, so the driver can alternate it with our step:
 
-    run N   ->  N train steps; answers `elapsed <seconds> <last loss>`
+    run N   ->  N train steps; answers `elapsed <wall seconds> <cpu seconds> <last loss>`
     quit    ->  exits
 
     /work/peer_venv/bin/python benchmarks/torch_peer.py '{"layers": 6, "hidden": 512, ...}'
@@ -85,9 +85,10 @@ def main(argv) -> int:
     if len(command) != 2 or command[0] != "run":
       print(f"error unknown command {line.strip()!r}; expected 'run N' or 'quit'", flush=True)
       continue
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     loss = train_steps(model, optimizer, inputs, int(command[1]), spec["clip_norm"], autocast)
-    print(f"elapsed {time.perf_counter() - start:.6f} {loss:.6f}", flush=True)
+    print(f"elapsed {time.perf_counter() - start:.6f} {time.process_time() - cpu_start:.6f} "
+          f"{loss:.6f}", flush=True)
   return 0
 
 

@@ -2,7 +2,7 @@
 
     python benchmarks/train_step.py --peer-python /work/peer_venv/bin/python \
       --layers 6 --hidden 512 --heads 8 --ffn 2048 --vocab 32000 --seq-len 128 --batch 16 \
-      --steps-per-round 2 --rounds 8 --json /tmp/train_step.json
+      --steps-per-round 1 --rounds 12 --json /tmp/train_step.json
 
 One run, two processes that take turns: the peer (benchmarks/torch_peer.py, under the peer venv's
 python) builds its model once and waits on stdin; the driver times N of our steps, then asks the
@@ -58,8 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                       help="activation/matmul dtype; parameters and optimizer stay float32")
   parser.add_argument("--dropout", type=float, default=0.1)
-  parser.add_argument("--steps-per-round", type=int, default=2)
-  parser.add_argument("--rounds", type=int, default=8)
+  parser.add_argument("--steps-per-round", type=int, default=1)
+  parser.add_argument("--rounds", type=int, default=12)
   parser.add_argument("--warmup-steps", type=int, default=2, help="untimed steps on each side")
   parser.add_argument("--peer-python", default=os.environ.get("XLM_JAX_PEER_PYTHON", ""),
                       help="python of a venv with torch and transformers (default: "
@@ -125,7 +125,7 @@ def build_our_step(args):
 
 
 class OurSide:
-  """Holds our state between rounds; `run(n)` times n steps and returns (seconds, last loss)."""
+  """Holds our state between rounds; `run(n)` times n steps."""
 
   def __init__(self, args):
     self.step, self.state, self.batches, self.encoder_config, self.config = build_our_step(args)
@@ -135,15 +135,17 @@ class OurSide:
     self.num_params = count_params(self.state.params)
     self.run(args.warmup_steps)
 
-  def run(self, steps: int) -> tuple[float, float]:
-    start = time.perf_counter()
+  def run(self, steps: int) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds of this process, last loss) of `steps` train steps."""
+    start, cpu_start = time.perf_counter(), time.process_time()
     metrics = None
     for _ in range(steps):
       # As in the trainer: a hidden host<->device copy inside the step would be an error.
       with jax.transfer_guard("disallow"):
         self.state, metrics = self.step(self.state, self.batches)
-    loss = float(jax.block_until_ready(metrics)["loss"]) if metrics else float("nan")
-    return time.perf_counter() - start, loss
+    jax.block_until_ready(metrics)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return wall, cpu, float(metrics["loss"]) if metrics else float("nan")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,11 +198,12 @@ class PeerSide:
                          "its traceback is above")
     return line.strip()
 
-  def run(self, steps: int) -> tuple[float, float]:
+  def run(self, steps: int) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds of the peer process, last loss) of `steps` peer steps."""
     self.process.stdin.write(f"run {steps}\n")
     self.process.stdin.flush()
-    _, seconds, loss = self._read("elapsed").split()
-    return float(seconds), float(loss)
+    _, wall, cpu, loss = self._read("elapsed").split()
+    return float(wall), float(cpu), float(loss)
 
   def close(self) -> None:
     if self.process.poll() is None:
@@ -217,36 +220,55 @@ class PeerSide:
 # ---------------------------------------------------------------------------------------------
 
 
-def summarize(step_seconds: list[float], tokens_per_step: int, useful_flops_per_token: float,
-              actual_flops_per_token: float) -> dict:
-  median = statistics.median(step_seconds)
-  return {"median_step_seconds": median, "min_step_seconds": min(step_seconds),
-          "max_step_seconds": max(step_seconds), "tokens_per_second": tokens_per_step / median,
+def summarize(rounds: list[tuple[float, float]], tokens_per_step: int,
+              useful_flops_per_token: float, actual_flops_per_token: float) -> dict:
+  """Median per-step numbers of one side; `rounds` holds (wall, cpu) seconds per step."""
+  wall = [w for w, _ in rounds]
+  median = statistics.median(wall)
+  return {"median_step_seconds": median, "min_step_seconds": min(wall),
+          "max_step_seconds": max(wall),
+          "median_cpu_seconds_per_step": statistics.median(c for _, c in rounds),
+          "tokens_per_second": tokens_per_step / median,
           "useful_tflops": useful_flops_per_token * tokens_per_step / median / 1e12,
           "actual_tflops": actual_flops_per_token * tokens_per_step / median / 1e12,
-          "per_round_step_seconds": step_seconds}
+          "per_round_step_seconds": wall}
 
 
 def print_table(results: dict) -> None:
-  rows = [("", "ours (jax)", "peer (torch)")]
   ours, peer = results["ours"], results.get("peer")
-  def cell(side, key, fmt):
-    return fmt.format(side[key]) if side else "-"
-  for label, key, fmt in (("median s/step", "median_step_seconds", "{:.4f}"),
-                          ("min..max s/step", None, None),
-                          ("tokens/s", "tokens_per_second", "{:,.0f}"),
-                          ("useful TFLOP/s", "useful_tflops", "{:.4f}"),
-                          ("actual TFLOP/s", "actual_tflops", "{:.4f}")):
-    if key is None:
-      spread = lambda s: f"{s['min_step_seconds']:.4f}..{s['max_step_seconds']:.4f}" if s else "-"
-      rows.append((label, spread(ours), spread(peer)))
-    else:
-      rows.append((label, cell(ours, key, fmt), cell(peer, key, fmt)))
+  lines = (("median s/step", lambda s: f"{s['median_step_seconds']:.4f}"),
+           ("min..max s/step", lambda s: f"{s['min_step_seconds']:.3f}..{s['max_step_seconds']:.3f}"),
+           ("CPU s/step", lambda s: f"{s['median_cpu_seconds_per_step']:.3f}"),
+           ("tokens/s", lambda s: f"{s['tokens_per_second']:,.0f}"),
+           ("useful TFLOP/s", lambda s: f"{s['useful_tflops']:.4f}"),
+           ("actual TFLOP/s", lambda s: f"{s['actual_tflops']:.4f}"))
+  rows = [("", "ours (jax)", "peer (torch)")]
+  rows += [(label, show(ours), show(peer) if peer else "-") for label, show in lines]
   width = [max(len(r[i]) for r in rows) for i in range(3)]
   for r in rows:
     print(f"{r[0]:<{width[0]}}  {r[1]:>{width[1]}}  {r[2]:>{width[2]}}")
   if peer:
-    print(f"ratio ours/peer (tokens/s): {results['ratio']:.3f}x")
+    print(f"ratio ours/peer, tokens/s:            {results['ratio']:.3f}x")
+    print(f"ratio ours/peer, median of rounds:    {results['median_round_ratio']:.3f}x")
+    print(f"actual FLOPs/token: ours {results['ours_actual_flops_per_token'] / 1e6:.1f} M, "
+          f"peer {results['peer_actual_flops_per_token'] / 1e6:.1f} M "
+          f"(useful {results['useful_flops_per_token'] / 1e6:.1f} M)")
+
+
+def alternate(ours: OurSide, peer: PeerSide | None, rounds: int, steps: int):
+  """R rounds of (N of our steps, then N peer steps); (wall, cpu) seconds per step of each."""
+  ours_rounds, peer_rounds = [], []
+  for r in range(rounds):
+    wall, cpu, loss = ours.run(steps)
+    ours_rounds.append((wall / steps, cpu / steps))
+    line = f"round {r + 1}: ours {wall / steps:.3f} s/step (loss {loss:.3f})"
+    if peer:
+      wall, cpu, loss = peer.run(steps)
+      peer_rounds.append((wall / steps, cpu / steps))
+      line += (f", peer {wall / steps:.3f} s/step (loss {loss:.3f}), "
+               f"ratio {peer_rounds[-1][0] / ours_rounds[-1][0]:.2f}x")
+    print(line, flush=True)
+  return ours_rounds, peer_rounds
 
 
 def main(argv=None) -> int:
@@ -258,12 +280,9 @@ def main(argv=None) -> int:
   peer = PeerSide(peer_python, args, config.optimizer, mask_rate) if peer_python else None
   try:
     ours = OurSide(args)
-    tokens_per_step = args.batch * args.seq_len
-    # Useful work: the encoder on every token and the head on the 15% that carry a label.
-    useful = flops_per_token(ours.encoder_config, args.seq_len, mask_rate)
     print(f"config: layers={args.layers} hidden={args.hidden} heads={args.heads} ffn={args.ffn} "
           f"vocab={args.vocab} seq_len={args.seq_len} batch={args.batch} dtype={args.dtype} "
-          f"dropout={args.dropout} params={ours.num_params:,} tokens/step={tokens_per_step}")
+          f"dropout={args.dropout} params={ours.num_params:,}")
     print(f"optimizer: AdamW lr={config.optimizer.learning_rate} b1={config.optimizer.b1} "
           f"b2={config.optimizer.b2} eps={config.optimizer.eps} "
           f"weight_decay={config.optimizer.weight_decay} clip_norm={config.optimizer.clip_norm}")
@@ -271,38 +290,40 @@ def main(argv=None) -> int:
           f"compile {ours.compile_seconds:.1f} s")
     if peer:
       print(f"peer: {peer.banner}")
-    print(f"{args.rounds} rounds x {args.steps_per_round} steps each side, "
-          f"after {args.warmup_steps} warm-up steps", flush=True)
-
-    ours_times, peer_times = [], []
-    for r in range(args.rounds):
-      seconds, our_loss = ours.run(args.steps_per_round)
-      ours_times.append(seconds / args.steps_per_round)
-      line = f"round {r + 1}: ours {ours_times[-1]:.4f} s/step (loss {our_loss:.3f})"
-      if peer:
-        seconds, peer_loss = peer.run(args.steps_per_round)
-        peer_times.append(seconds / args.steps_per_round)
-        line += f", peer {peer_times[-1]:.4f} s/step (loss {peer_loss:.3f})"
-      print(line, flush=True)
+    # Other jobs on the machine slow both sides, and not equally (see README): say how busy it was.
+    load_before = os.getloadavg()[0]
+    print(f"{args.rounds} rounds x {args.steps_per_round} steps each side, after "
+          f"{args.warmup_steps} warm-up steps; load average {load_before:.2f} on "
+          f"{os.cpu_count()} cores", flush=True)
+    ours_rounds, peer_rounds = alternate(ours, peer, args.rounds, args.steps_per_round)
+    load_after = os.getloadavg()[0]
   finally:
     if peer:
       peer.close()
 
-  # Our actual work: the head runs on every prediction slot (static count), unused ones too.
+  tokens_per_step = args.batch * args.seq_len
+  # Useful work, the same numerator for both: the encoder on every token, the head on 15%.
+  useful = flops_per_token(ours.encoder_config, args.seq_len, mask_rate)
+  # Ours actually runs the head on every (static) prediction slot, unused ones included.
   ours_actual = flops_per_token(ours.encoder_config, args.seq_len,
                                 max_predictions(args.seq_len, mask_rate) / args.seq_len)
   results = {"config": {k: v for k, v in vars(args).items() if k not in ("json", "peer_python")},
-             "useful_flops_per_token": useful, "ours_actual_flops_per_token": ours_actual,
-             "ours": summarize(ours_times, tokens_per_step, useful, ours_actual)}
+             "tokens_per_step": tokens_per_step, "useful_flops_per_token": useful,
+             "ours_actual_flops_per_token": ours_actual,
+             "load_average": {"before": load_before, "after": load_after},
+             "ours": summarize(ours_rounds, tokens_per_step, useful, ours_actual)}
   if peer:
     # The peer's head (dense + full-vocabulary decoder) runs on every position.
-    actual = flops_per_token(ours.encoder_config, args.seq_len, 1.0)
-    results["peer"] = summarize(peer_times, tokens_per_step, useful, actual)
+    results["peer_actual_flops_per_token"] = flops_per_token(ours.encoder_config, args.seq_len, 1.0)
+    results["peer"] = summarize(peer_rounds, tokens_per_step, useful,
+                                results["peer_actual_flops_per_token"])
     results["peer"]["banner"] = peer.banner
-    results["peer_actual_flops_per_token"] = actual
     results["ratio"] = (results["ours"]["tokens_per_second"]
                         / results["peer"]["tokens_per_second"])
-  print()
+    # Each round's two halves ran back to back, so their ratio is the least load-sensitive.
+    results["median_round_ratio"] = statistics.median(
+        p[0] / o[0] for o, p in zip(ours_rounds, peer_rounds))
+  print(f"\nload average after: {load_after:.2f} (this benchmark itself accounts for about 1-2)")
   print_table(results)
   if args.json:
     args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import hashlib
+import logging
 import os
 import pathlib
 import re
@@ -54,6 +55,22 @@ def _version_from_filename(filename: str) -> str:
   # Debian names a .deb `<name>_<version>_<arch>.deb`, with the epoch colon escaped as %3a.
   parts = urllib.parse.unquote(filename).split("_")
   return parts[1] if len(parts) == 3 else ""
+
+
+def ensure_apt_lists(lists_dir: pathlib.Path = pathlib.Path("/var/lib/apt/lists")) -> None:
+  """A fresh machine (or container) has no package lists; as root, fetch them once.
+
+  Without lists, apt cannot locate any package. Non-root users get an error that says what to run.
+  """
+  if any(lists_dir.glob("*_Packages*")):
+    return
+  if os.geteuid() != 0:
+    raise FileNotFoundError(f"{lists_dir} holds no package lists: {APT_UPDATE_HINT}")
+  logging.warning("no apt package lists under %s: running `apt-get update` once", lists_dir)
+  proc = subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True)
+  if proc.returncode != 0:
+    raise ValueError(f"`apt-get update` failed ({proc.stderr.strip()[-500:]}); the corpus is "
+                       "built from Debian packages, so apt must reach a Debian mirror")
 
 
 def locate_packages(names) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
@@ -147,6 +164,7 @@ def fetch_packages(names, cache_dir=DEFAULT_CACHE_DIR, workers=DOWNLOAD_WORKERS,
     warnings.warn(f"apt-get not found: only .debs already in the cache {cache_dir} can be used")
     located, errors = {}, {n: "apt-get not found and no cached .deb" for n in names}
   else:
+    ensure_apt_lists()
     located, errors = locate_packages(names)
   needed = [n for n in located if not ((cache_dir / located[n][0]).exists()
                                        and file_sha256(cache_dir / located[n][0]) == located[n][1])]

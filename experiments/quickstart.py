@@ -15,25 +15,27 @@ def get_config(arg=None):
   c.data.seq_len = 128
   c.data.alpha = 0.3
 
-  # Tiny encoder: 4 layers, d=256. The architecture is XLM-R's; only the sizes differ.
-  c.model.hidden_size = 256
-  c.model.num_layers = 4
-  c.model.num_heads = 4
-  c.model.mlp_dim = 1024
+  # Tiny encoder: 2 layers, d=128. The architecture is XLM-R's; only the sizes differ. Measured
+  # here: ~4 steps/s on 2 idle cores, held-out MLM accuracy ~15% after 1200 steps (unigram ~5%).
+  c.model.hidden_size = 128
+  c.model.num_layers = 2
+  c.model.num_heads = 2
+  c.model.mlp_dim = 512
   c.model.max_positions = 130
   c.model.dropout_rate = 0.0          # tiny model, few steps: dropout only slows learning
   c.model.attention_dropout_rate = 0.0
 
   c.optimizer.learning_rate = 2e-3
-  c.optimizer.warmup_steps = 60
+  c.optimizer.warmup_steps = 100
   c.optimizer.schedule = "linear"
 
-  c.train.total_steps = 500
+  c.train.total_steps = 1200
   c.train.batch_size = 32
   c.train.log_every = 25
-  c.train.eval_every = 250
-  c.train.checkpoint_every = 250
-  c.train.max_wall_seconds = 300.0    # never spend more than 5 minutes training on a slow machine
+  c.train.eval_every = 400
+  c.train.checkpoint_every = 400
+  # A budget for slow machines: after 6 minutes of training, evaluate and export what exists.
+  c.train.max_wall_seconds = 360.0
 
   c.eval.retrieval_items = 500
 

@@ -148,8 +148,10 @@ def test_in_training_encoder_without_export(exported, tokenizer_bytes):
   # The evaluator wraps live params the same way, without writing anything.
   target, config, params = exported
   from xlm_jax.data.tokenizer import Tokenizer
-  live = Pretrained(Model(config), params, Tokenizer.from_bytes(tokenizer_bytes), {})
-  np.testing.assert_allclose(live.encode(TEXTS), load_pretrained(target).encode(TEXTS), atol=1e-6)
+  live = Pretrained(Model(config), jax.device_put(params), Tokenizer.from_bytes(tokenizer_bytes), {})
+  with jax.transfer_guard("disallow"):  # as in the training loop: no hidden host<->device copies
+    vectors = live.encode(TEXTS)
+  np.testing.assert_allclose(vectors, load_pretrained(target).encode(TEXTS), atol=1e-6)
 
 
 def test_crash_mid_export_leaves_no_partial_folder(exported, tokenizer_bytes, tmp_path,

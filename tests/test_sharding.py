@@ -30,12 +30,13 @@ def _batch(step, rows=8, length=32, vocab=300):
           "lang_ids": np.zeros_like(ids)}
 
 
-def _train(mesh_shape, steps=2, accum=1):
+def _train(mesh_shape, steps=2, accum=1, batch_fn=_batch, dropout=0.1, **mlm):
   config = config_lib.default_config()
+  config.objectives.mlm.update(mlm)
   config.optimizer.warmup_steps = 0
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh_shape
   model = Model(EncoderConfig(vocab_size=300, hidden_size=32, num_layers=2, num_heads=4,
-                              mlp_dim=64, max_positions=40, dropout_rate=0.1,
+                              mlp_dim=64, max_positions=40, dropout_rate=dropout,
                               attention_dropout_rate=0.0))
   objective = OBJECTIVES.get("mlm")
   bound = {"mlm": BoundObjective(objective, 1.0, ObjectiveContext(
@@ -52,7 +53,7 @@ def _train(mesh_shape, steps=2, accum=1):
                  out_shardings=(shardings, mesh_lib.replicated(mesh)))
   history = []
   for i in range(steps):
-    batch = _batch(i)
+    batch = batch_fn(i)
     if accum > 1:
       batch = {k: v.reshape(accum, -1, *v.shape[1:]) for k, v in batch.items()}
     state, metrics = step(state, {"mono": mesh_lib.to_global_batch(batch, mesh, lead)})
@@ -80,3 +81,29 @@ def test_sharded_step_equals_single_device():
       np.testing.assert_allclose(m8[key], m1[key], rtol=RTOL, err_msg=key)
   # And training moved the parameters (the comparison is not between two untouched inits).
   assert single_metrics[-1]["loss"] != single_metrics[0]["loss"]
+
+
+def _unpadded_batch(step, rows=8, length=32, vocab=300):
+  rng = np.random.default_rng(100 + step)
+  ids = rng.integers(5, vocab, (rows, length)).astype(np.int32)
+  ids[:, 0] = 0
+  return {"input_ids": ids, "segment_ids": np.ones_like(ids),
+          "position_ids": np.tile(np.arange(2, 2 + length, dtype=np.int32), (rows, 1)),
+          "lang_ids": np.zeros_like(ids)}
+
+
+def test_gradient_accumulation_equals_full_batch():
+  """4 micro-batches of 2 rows == one batch of 8 rows.
+
+  With dropout off, masking every token with <mask> makes the loss independent of the RNG (which differs per
+  micro-batch by design), and every row has the same number of predictions, so the mean of the
+  micro-batch means is the full-batch mean: gradients, Adam updates and params must agree.
+  """
+  deterministic = dict(dropout=0.0, mask_rate=1.0, mask_token_rate=1.0, random_token_rate=0.0)
+  full, full_metrics, _ = _train((1, 1, 1), steps=2, batch_fn=_unpadded_batch, **deterministic)
+  accum, accum_metrics, _ = _train((1, 1, 1), steps=2, accum=4, batch_fn=_unpadded_batch,
+                                   **deterministic)
+  _assert_trees_close(accum, full)
+  for m_full, m_accum in zip(full_metrics, accum_metrics):
+    np.testing.assert_allclose(m_accum["loss"], m_full["loss"], rtol=RTOL)
+    np.testing.assert_allclose(m_accum["grad_norm"], m_full["grad_norm"], rtol=1e-4)

@@ -71,7 +71,7 @@ def test_resume_equals_uninterrupted(small_corpus, tmp_path, monkeypatch):
   # Preempt after step 3 through the real SIGTERM path (checkpoint, leave the loop).
   monkeypatch.setattr(trainer._StopRequest, "should_stop", lambda self, step: step == 3)
   first = trainer.train_and_evaluate(config, tmp_path / "resumed")
-  assert first["step"] == 3 and first["preempted"] is False
+  assert first["step"] == 3 and first["preempted"] is True
   monkeypatch.setattr(trainer._StopRequest, "should_stop", lambda self, step: False)
   second = trainer.train_and_evaluate(config, tmp_path / "resumed")
   assert second["start_step"] == 3 and second["step"] == 6

@@ -7,6 +7,9 @@ __version__ = "0.1.0"
 
 
 def load_pretrained(path):
-  """Loads an exported encoder; see `xlm_jax.export.export.load_pretrained`."""
+  """Loads an exported encoder as `Pretrained(model, params, tokenizer, config)`.
+
+  See `xlm_jax.export.export.load_pretrained`; imported lazily so `import xlm_jax` stays cheap.
+  """
   from xlm_jax.export.export import load_pretrained as _load
   return _load(path)

@@ -60,10 +60,17 @@ class HeldoutMLM:
     log_p = unigram_log_probs(run.corpus, run.tokenizer, config.data.languages, config.data.alpha)
     ids = np.concatenate([b["input_ids"].ravel() for b in self.batches])
     ids = ids[~np.isin(ids, run.tokenizer.special_ids)]
+    # Token counts of the whole evaluation set: each host only holds its own shard's batches.
+    counts = np.bincount(ids, minlength=log_p.size).astype(np.int32)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      counts = np.asarray(multihost_utils.process_allgather(counts)).sum(axis=0)
+    seen = np.flatnonzero(counts)
+    total = int(counts.sum())
     self.baseline = {
-        "unigram/accuracy": float(np.mean(ids == int(np.argmax(log_p)))),
-        "unigram/loss": float(-np.mean(log_p[ids])),
-        "eval_tokens": int(ids.size),
+        "unigram/accuracy": float(counts[int(np.argmax(log_p))] / max(total, 1)),
+        "unigram/loss": float(-np.dot(counts[seen], log_p[seen]) / max(total, 1)),
+        "eval_tokens": total,
     }
 
   def __call__(self, state) -> dict:

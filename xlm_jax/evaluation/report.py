@@ -35,6 +35,8 @@ def run_summary_rows(summary: dict) -> list[tuple[str, object]]:
       rows.append((f"held-out {key}", evaluation[key]))
   if summary.get("export_dir"):
     rows.append(("export", summary["export_dir"]))
+  if summary.get("stopped_early"):
+    rows.append(("status", "train.max_wall_seconds reached: evaluated the model trained so far"))
   if summary.get("preempted"):
     rows.append(("status", "preempted: checkpoint saved, rerun the same command to resume"))
   return rows

@@ -57,12 +57,17 @@ def _to_numpy(params) -> Any:
   return jax.tree.map(to_host, params)
 
 
+def _shapes_by_path(tree) -> dict[str, tuple[int, ...]]:
+  return {jax.tree_util.keystr(path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
 def _check_params_match(params, config: EncoderConfig) -> None:
+  """Raises unless `params` has exactly the paths and shapes `config` builds (no compute)."""
   ids = jnp.zeros((1, 2), jnp.int32)
   expected = jax.eval_shape(lambda: Model(config).init(jax.random.key(0), ids, lang_ids=ids))
-  expected = nn.meta.unbox(expected)["params"]
-  want = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(expected)}
-  got = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(params)}
+  want = _shapes_by_path(nn.meta.unbox(expected)["params"])
+  got = _shapes_by_path(params)
   if want != got:
     diff = sorted(set(want.items()) ^ set(got.items()))[:6]
     raise ValueError(f"export_model: params do not match encoder_config (first differences, "
@@ -216,8 +221,10 @@ class Pretrained(NamedTuple):
       for i, row in enumerate(chunk):
         ids[i, :len(row)] = row
       lang_ids = np.full_like(ids, lang_index) if c.num_languages else None
+      # Explicit transfers both ways, so this also runs under jax.transfer_guard("disallow").
+      ids, lang_ids = jax.device_put((ids, lang_ids))
       pooled = _pooled_forward(self.model, self.params, ids, lang_ids, pooling, layer)
-      vectors.append(np.asarray(pooled)[:len(chunk)])
+      vectors.append(jax.device_get(pooled)[:len(chunk)])
     if not vectors:
       return np.zeros((0, c.hidden_size), np.float32)
     return np.concatenate(vectors)

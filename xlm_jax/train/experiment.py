@@ -122,7 +122,11 @@ class Run:
   def encoder(self, state):
     """The in-training model as a `Pretrained` (same `encode` API as an exported checkpoint)."""
     from xlm_jax.export.export import Pretrained
-    return Pretrained(self.model, state.params, self.tokenizer,
+    params = state.params
+    if jax.process_count() > 1:
+      # `encode` runs on this host's devices; the mesh's params may live partly on other hosts.
+      params = jax.device_put(mesh_lib.host_copy(params), jax.local_devices()[0])
+    return Pretrained(self.model, params, self.tokenizer,
                       {"languages": list(self.config.data.languages)})
 
   def close(self) -> None:
@@ -136,11 +140,13 @@ class Run:
   def export(self, state, export_dir: str | pathlib.Path | None = None) -> pathlib.Path:
     from xlm_jax.export.export import export_model
     target = pathlib.Path(export_dir or self.config.export.dir or self.workdir / "export")
+    # Gathered on every host (a collective: FSDP shards live on several), written by one.
+    params, step = mesh_lib.host_copy((state.params, state.step))
     if jax.process_index() == 0:
-      export_model(target, jax.device_get(state.params), self.model_config.to_dict(),
+      export_model(target, params, self.model_config.to_dict(),
                    self.tokenizer.serialized(),
                    extra_metadata={"languages": list(self.config.data.languages),
-                                   "step": int(jax.device_get(state.step)),
+                                   "step": int(step),
                                    "corpus_manifest": self.corpus.manifest.get("packages", [])})
     return target
 
@@ -167,6 +173,7 @@ def build_run(config, workdir: pathlib.Path, with_data: bool = True) -> Run:
   if global_batch % mesh_lib.data_parallel_size(mesh):
     raise ValueError(f"train.batch_size ({global_batch}) must be divisible by the data-parallel "
                      f"size data*fsdp = {mesh_lib.data_parallel_size(mesh)}")
+  mesh_lib.check_hosts_split_batch(mesh, global_batch)
   iterators = {}
   kinds = {b.objective.batch_kind for b in bound.values()}
   if with_data:

@@ -90,6 +90,39 @@ def data_parallel_size(mesh: Mesh) -> int:
   return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
+def check_hosts_split_batch(mesh: Mesh, global_batch: int) -> None:
+  """Raises unless every process feeds its own batch_size / process_count rows of the batch.
+
+  The input pipeline gives each host its own shard of the sentences and batch_size / hosts rows,
+  which is only right when the batch axes (data, fsdp) split the rows evenly over the hosts. A
+  mesh that replicates rows over hosts (batch axes smaller than the host count, or laid out
+  across the tensor axis) would assemble a global batch from hosts that disagree on its rows.
+  """
+  hosts = jax.process_count()
+  if hosts == 1:
+    return
+  indices = batch_sharding(mesh).addressable_devices_indices_map((global_batch,))
+  rows = {i for index in indices.values() for i in range(*index[0].indices(global_batch))}
+  if len(rows) != global_batch // hosts or global_batch % hosts:
+    raise ValueError(
+        f"mesh {dict(mesh.shape)}: process {jax.process_index()} holds {len(rows)} of the "
+        f"{global_batch} batch rows, but each of the {hosts} hosts must hold batch_size / hosts "
+        f"= {global_batch / hosts:g} of its own. Make data*fsdp a multiple of the host count and "
+        "keep mesh.tensor within a host (tensor <= devices per host).")
+
+
+def host_copy(tree):
+  """Numpy copy of a tree of jax.Arrays, also when they are sharded over several hosts.
+
+  Multi-host: a collective (every process must call it), after which every process holds the
+  whole tree.
+  """
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def to_global_batch(host_batch, mesh: Mesh, leading_dims: int = 0):
   """Host-local numpy batch -> global jax.Arrays sharded over the batch axes (multi-host safe)."""
   sharding = batch_sharding(mesh, leading_dims)

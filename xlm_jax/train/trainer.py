@@ -54,6 +54,14 @@ class _StopRequest:
     return self.requested
 
 
+def _any_host(flag: bool) -> bool:
+  """True on every host when `flag` is True on any: hosts must all leave the loop at one step."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
 def _objective_groups(run) -> list[list[str]]:
   """"sum" trains all objectives every step; "alternate" one per step, picked by weight."""
   names = list(run.bound)
@@ -129,7 +137,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
   started = time.time()
   bar = tqdm.tqdm(total=total, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
                   disable=not (config.train.progress_bar and jax.process_index() == 0))
-  step, preempted = start_step, False
+  step, preempted, stopped_early = start_step, False, False
   try:
     while step < total:
       group = _group_for_step(run, groups, step)
@@ -149,13 +157,20 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
                         tok_s=f"{last_train.get('tokens_per_second', 0):.0f}")
       if config.train.eval_every and step % config.train.eval_every == 0 and step < total:
         writer.write(step, run.evaluate_heldout(run.state), prefix="eval/")
-      out_of_time = (config.train.max_wall_seconds
-                     and time.time() - started > config.train.max_wall_seconds)
-      if stop.should_stop(step) or out_of_time:
-        preempted = bool(stop.requested)
+      # Host clocks differ: agree, or one host would evaluate while the others keep training.
+      out_of_time = bool(config.train.max_wall_seconds) and _any_host(
+          time.time() - started > config.train.max_wall_seconds)
+      if stop.should_stop(step):
+        preempted = True
         run.checkpointer.save(step, run.state, run.iterators, _meta(run, step), force=True)
-        logging.warning("stopped at step %d (%s); checkpoint saved, rerun to resume", step,
-                        "SIGTERM" if preempted else "max_wall_seconds")
+        logging.warning("preempted at step %d: checkpoint saved, rerun to resume", step)
+        break
+      if out_of_time:
+        # A time budget ends training early but still evaluates and exports what was trained.
+        stopped_early = True
+        run.checkpointer.save(step, run.state, run.iterators, _meta(run, step), force=True)
+        logging.warning("train.max_wall_seconds reached at step %d of %d: evaluating now; "
+                        "rerun with a larger budget to continue", step, total)
         break
       if step % config.train.checkpoint_every == 0 or step == total:
         run.checkpointer.save(step, run.state, run.iterators, _meta(run, step))
@@ -166,8 +181,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
 
   summary = {"workdir": str(workdir), "start_step": start_step, "step": step,
              "total_steps": total, "train_seconds": time.time() - started,
-             "preempted": preempted, "train": last_train}
-  if preempted or step < total:
+             "preempted": preempted, "stopped_early": stopped_early, "train": last_train}
+  if preempted:
     run.close()
     writer.close()
     return summary
@@ -180,5 +195,6 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     summary["export_dir"] = str(run.export(run.state))
   run.close()
   writer.close()
-  ckpt_lib.save_json_atomic(workdir / "summary.json", summary)
+  if jax.process_index() == 0:  # hosts share the workdir: concurrent tmp+rename writes collide
+    ckpt_lib.save_json_atomic(workdir / "summary.json", summary)
   return summary
