@@ -1,6 +1,6 @@
 """`xlm-jax train` in a subprocess, with the two hooks tests/test_multiprocess.py needs.
 
-    python tests/multiprocess_worker.py [--sigterm-at-step N] [--as-hosts K] train --config ... [--config.x=y ...]
+    python tests/multiprocess_worker.py [--sigterm-at-step N] [--as-hosts K] train --config ...
 
 --sigterm-at-step N  this process raises SIGTERM on itself right after step N, as a scheduler that
                      preempts one host does. The trainer's own handler and its all-host agreement
@@ -8,7 +8,7 @@
 --as-hosts K         a single-process run that trains on exactly the global batches K hosts build:
                      host k's pipeline (sentences i % K == k, batch_size / K rows) stacked in host
                      order, which is where jax.make_array_from_process_local_data puts host k's rows
-                     when the mesh lists each host's devices together (as jax.make_mesh does on CPU).
+                     when the mesh lists each host's devices together (jax.make_mesh on CPU).
 """
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ class _HostStack:
 
 
 class _HostStackIterator:
-  """Stops at the first exhausted host, as HeldoutMLM cuts every host to the shortest one's batches.
+  """Stops at the first exhausted host, as HeldoutMLM cuts every host to the shortest one.
 
-  get_state/set_state use bytes, the form grain's checkpoint handler expects from non-grain iterators.
+  get_state/set_state use bytes: what grain's checkpoint handler expects from non-grain iterators.
   """
 
   def __init__(self, iterators):
@@ -65,7 +65,7 @@ class _HostStackIterator:
 
 
 def feed_as_hosts(num_hosts: int) -> None:
-  """Makes every pipeline of this (single) process yield the global batch `num_hosts` hosts build."""
+  """Makes every pipeline of this (single) process yield the global batches of `num_hosts` hosts."""
   from xlm_jax.train import experiment
   original = experiment.make_mono_dataset
 

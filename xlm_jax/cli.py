@@ -71,15 +71,17 @@ def cmd_train(args, overrides) -> int:
 
 
 def cmd_eval(args, overrides) -> int:
+  import jax
   from xlm_jax.evaluation import report
   workdir = pathlib.Path(args.workdir)
   run, step = _restored_run(workdir, overrides)
-  results = run.evaluate_all(run.state)
-  folder = report.write_eval_report(workdir / "eval" / str(step), results,
-                                    {"step": step, "config": run.config.to_dict(),
-                                     "manifest": run.corpus.manifest})
-  print(report.table(sorted(results.items()), title=f"evaluation of {workdir} at step {step}"))
-  print(f"\nwritten to {folder}")
+  results = run.evaluate_all(run.state)  # every host takes part in the evaluation ...
+  if jax.process_index() == 0:           # ... and one writes the report
+    folder = report.write_eval_report(workdir / "eval" / str(step), results,
+                                      {"step": step, "config": run.config.to_dict(),
+                                       "manifest": run.corpus.manifest})
+    print(report.table(sorted(results.items()), title=f"evaluation of {workdir} at step {step}"))
+    print(f"\nwritten to {folder}")
   run.checkpointer.close()
   return 0
 
