@@ -64,6 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--peer-python", default=os.environ.get("XLM_JAX_PEER_PYTHON", ""),
                       help="python of a venv with torch and transformers (default: "
                            "$XLM_JAX_PEER_PYTHON); without it only our step is timed")
+  parser.add_argument("--quiet-share", type=float, default=0.1,
+                      help="a round is quiet when other processes took less than this share of "
+                           "the machine's CPU during both of its halves")
   parser.add_argument("--json", type=pathlib.Path, default=None, help="also write the numbers here")
   args = parser.parse_args(argv)
   if min(args.layers, args.hidden, args.heads, args.ffn, args.vocab, args.seq_len, args.batch,
@@ -220,25 +223,68 @@ class PeerSide:
 # ---------------------------------------------------------------------------------------------
 
 
-def summarize(rounds: list[tuple[float, float]], tokens_per_step: int,
-              useful_flops_per_token: float, actual_flops_per_token: float) -> dict:
-  """Median per-step numbers of one side; `rounds` holds (wall, cpu) seconds per step."""
-  wall = [w for w, _ in rounds]
+def machine_busy_seconds() -> float | None:
+  """CPU seconds all processes have used since boot (Linux /proc/stat), None elsewhere."""
+  try:
+    with open("/proc/stat") as f:
+      fields = [int(x) for x in f.readline().split()[1:]]
+  except (OSError, ValueError):
+    return None
+  # user nice system idle iowait irq softirq steal ...: everything but idle and iowait is busy.
+  busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)
+  return busy / os.sysconf("SC_CLK_TCK")
+
+
+def timed_round(side, steps: int) -> tuple[dict, float]:
+  """Runs one side for `steps` steps; per-step wall and CPU seconds, and the share of the
+  machine's CPU that *other* processes took meanwhile (what makes a round unrepresentative)."""
+  busy, driver_cpu = machine_busy_seconds(), time.process_time()
+  wall, cpu, loss = side.run(steps)
+  driver_cpu = time.process_time() - driver_cpu
+  others = None
+  if busy is not None:
+    # Our own CPU: the side's process, plus this driver while it waited for the peer.
+    own = cpu + driver_cpu if isinstance(side, PeerSide) else cpu
+    others = max(0.0, machine_busy_seconds() - busy - own) / (wall * os.cpu_count())
+  return {"wall": wall / steps, "cpu": cpu / steps, "others": others}, loss
+
+
+def summarize(rounds: list[dict], tokens_per_step: int, useful_flops_per_token: float,
+              actual_flops_per_token: float) -> dict:
+  """Median per-step numbers of one side over all rounds."""
+  wall = [r["wall"] for r in rounds]
   median = statistics.median(wall)
+  others = [r["others"] for r in rounds if r["others"] is not None]
   return {"median_step_seconds": median, "min_step_seconds": min(wall),
           "max_step_seconds": max(wall),
-          "median_cpu_seconds_per_step": statistics.median(c for _, c in rounds),
+          "median_cpu_seconds_per_step": statistics.median(r["cpu"] for r in rounds),
+          "median_others_cpu_share": statistics.median(others) if others else None,
           "tokens_per_second": tokens_per_step / median,
           "useful_tflops": useful_flops_per_token * tokens_per_step / median / 1e12,
           "actual_tflops": actual_flops_per_token * tokens_per_step / median / 1e12,
-          "per_round_step_seconds": wall}
+          "rounds": rounds}
+
+
+def compare(ours_rounds: list[dict], peer_rounds: list[dict], quiet_share: float) -> dict:
+  """Ratios ours/peer: of median tokens/s, median of per-round ratios, and over quiet rounds."""
+  per_round = [p["wall"] / o["wall"] for o, p in zip(ours_rounds, peer_rounds)]
+  quiet = [ratio for ratio, o, p in zip(per_round, ours_rounds, peer_rounds)
+           if o["others"] is not None and max(o["others"], p["others"]) < quiet_share]
+  return {"ratio": (statistics.median(p["wall"] for p in peer_rounds)
+                    / statistics.median(o["wall"] for o in ours_rounds)),
+          "median_round_ratio": statistics.median(per_round),
+          "quiet_rounds": len(quiet), "quiet_share": quiet_share,
+          "quiet_round_ratio": statistics.median(quiet) if quiet else None}
 
 
 def print_table(results: dict) -> None:
   ours, peer = results["ours"], results.get("peer")
+  share = lambda s: ("-" if s["median_others_cpu_share"] is None
+                     else f"{100 * s['median_others_cpu_share']:.0f}%")
   lines = (("median s/step", lambda s: f"{s['median_step_seconds']:.4f}"),
            ("min..max s/step", lambda s: f"{s['min_step_seconds']:.3f}..{s['max_step_seconds']:.3f}"),
            ("CPU s/step", lambda s: f"{s['median_cpu_seconds_per_step']:.3f}"),
+           ("other jobs' CPU", share),
            ("tokens/s", lambda s: f"{s['tokens_per_second']:,.0f}"),
            ("useful TFLOP/s", lambda s: f"{s['useful_tflops']:.4f}"),
            ("actual TFLOP/s", lambda s: f"{s['actual_tflops']:.4f}"))
@@ -248,25 +294,31 @@ def print_table(results: dict) -> None:
   for r in rows:
     print(f"{r[0]:<{width[0]}}  {r[1]:>{width[1]}}  {r[2]:>{width[2]}}")
   if peer:
-    print(f"ratio ours/peer, tokens/s:            {results['ratio']:.3f}x")
-    print(f"ratio ours/peer, median of rounds:    {results['median_round_ratio']:.3f}x")
+    c = results["comparison"]
+    print(f"ratio ours/peer, tokens/s:          {c['ratio']:.3f}x")
+    print(f"ratio ours/peer, median of rounds:  {c['median_round_ratio']:.3f}x")
+    quiet = "-" if c["quiet_round_ratio"] is None else f"{c['quiet_round_ratio']:.3f}x"
+    print(f"ratio ours/peer, quiet rounds:      {quiet} ({c['quiet_rounds']} rounds where other "
+          f"jobs took < {100 * c['quiet_share']:.0f}% of the CPU on both sides)")
     print(f"actual FLOPs/token: ours {results['ours_actual_flops_per_token'] / 1e6:.1f} M, "
           f"peer {results['peer_actual_flops_per_token'] / 1e6:.1f} M "
           f"(useful {results['useful_flops_per_token'] / 1e6:.1f} M)")
 
 
 def alternate(ours: OurSide, peer: PeerSide | None, rounds: int, steps: int):
-  """R rounds of (N of our steps, then N peer steps); (wall, cpu) seconds per step of each."""
+  """R rounds of (N of our steps, then N peer steps); per-step records of each side."""
   ours_rounds, peer_rounds = [], []
+  def show(record, loss):
+    others = "" if record["others"] is None else f", others {100 * record['others']:.0f}%"
+    return f"{record['wall']:.3f} s/step (loss {loss:.3f}{others})"
   for r in range(rounds):
-    wall, cpu, loss = ours.run(steps)
-    ours_rounds.append((wall / steps, cpu / steps))
-    line = f"round {r + 1}: ours {wall / steps:.3f} s/step (loss {loss:.3f})"
+    record, loss = timed_round(ours, steps)
+    ours_rounds.append(record)
+    line = f"round {r + 1}: ours {show(record, loss)}"
     if peer:
-      wall, cpu, loss = peer.run(steps)
-      peer_rounds.append((wall / steps, cpu / steps))
-      line += (f", peer {wall / steps:.3f} s/step (loss {loss:.3f}), "
-               f"ratio {peer_rounds[-1][0] / ours_rounds[-1][0]:.2f}x")
+      record, loss = timed_round(peer, steps)
+      peer_rounds.append(record)
+      line += f", peer {show(record, loss)}, ratio {record['wall'] / ours_rounds[-1]['wall']:.2f}x"
     print(line, flush=True)
   return ours_rounds, peer_rounds
 
@@ -318,11 +370,7 @@ def main(argv=None) -> int:
     results["peer"] = summarize(peer_rounds, tokens_per_step, useful,
                                 results["peer_actual_flops_per_token"])
     results["peer"]["banner"] = peer.banner
-    results["ratio"] = (results["ours"]["tokens_per_second"]
-                        / results["peer"]["tokens_per_second"])
-    # Each round's two halves ran back to back, so their ratio is the least load-sensitive.
-    results["median_round_ratio"] = statistics.median(
-        p[0] / o[0] for o, p in zip(ours_rounds, peer_rounds))
+    results["comparison"] = compare(ours_rounds, peer_rounds, args.quiet_share)
   print(f"\nload average after: {load_after:.2f} (this benchmark itself accounts for about 1-2)")
   print_table(results)
   if args.json:

@@ -164,3 +164,23 @@ def test_workdir_with_other_model_shape_is_rejected(small_corpus, tmp_path, caps
   err = capsys.readouterr().err
   assert code == 2
   assert "different shape" in err and "model.hidden_size: checkpoint 32, config 48" in err
+
+
+def test_eval_and_export_commands_act_on_a_workdir(small_corpus, tmp_path, capsys):
+  import xlm_jax
+  workdir = tmp_path / "w"
+  config = tiny_config(small_corpus.dir, **{"train.total_steps": 2})
+  trainer.train_and_evaluate(config, workdir)
+  assert cli.main(["eval", "--workdir", str(workdir)]) == 0
+  results = json.loads((workdir / "eval" / "2" / "results.json").read_text())["results"]
+  assert 0.0 <= results["mlm/accuracy"] <= 1.0 and results["mlm/predictions"] > 0
+  assert "retrieval/mean_p1" in results and (workdir / "eval" / "2" / "results.md").is_file()
+
+  out = tmp_path / "exported"
+  assert cli.main(["export", "--workdir", str(workdir), "--out", str(out)]) == 0
+  assert f"exported step 2 to {out}" in capsys.readouterr().out
+  model, params, tokenizer, export_config = xlm_jax.load_pretrained(out)
+  checkpoint_params, _ = _params(workdir, config)
+  for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(checkpoint_params)):
+    np.testing.assert_array_equal(np.asarray(x), y)
+  assert export_config["languages"] == list(config.data.languages)

@@ -152,7 +152,8 @@ class Run:
 
 
 def build_run(config, workdir: pathlib.Path, with_data: bool = True) -> Run:
-  """Builds a Run. `with_data=False` skips the training iterators (eval/export jobs)."""
+  """Builds a Run. `with_data=False` (eval/export jobs) skips the training iterators and the
+  state's initialisation: the caller restores `run.state` from a checkpoint."""
   mesh_lib.maybe_initialize_distributed(config.distributed)
   workdir.mkdir(parents=True, exist_ok=True)
   corpus = load_corpus(config)
@@ -166,8 +167,9 @@ def build_run(config, workdir: pathlib.Path, with_data: bool = True) -> Run:
   total = config.train.total_steps
   tx, schedule = make_optimizer(config.optimizer, total)
   objectives = {name: b.objective for name, b in bound.items()}
+  # Eval/export jobs restore a checkpoint into `abstract`: no random init to throw away.
   state, shardings, abstract = create_train_state(
-      model, tx, objectives, config.data.seq_len, mesh, rules, config.seed)
+      model, tx, objectives, config.data.seq_len, mesh, rules, config.seed, initialize=with_data)
 
   global_batch = config.train.batch_size
   if global_batch % mesh_lib.data_parallel_size(mesh):

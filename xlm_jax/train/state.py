@@ -41,11 +41,13 @@ def _init_fn(model: nn.Module, tx: optax.GradientTransformation,
   return init
 
 
-def create_train_state(model, tx, objectives, seq_len: int, mesh, rules, seed: int):
+def create_train_state(model, tx, objectives, seq_len: int, mesh, rules, seed: int,
+                       initialize: bool = True):
   """Initialises the state directly sharded over the mesh (never materialised on one device).
 
   Returns (state, shardings, abstract_state); `abstract_state` holds ShapeDtypeStructs with
-  shardings, which is what a checkpoint restore needs.
+  shardings, which is what a checkpoint restore needs. With `initialize=False` no array is
+  allocated and `state` is None (jobs that restore a checkpoint anyway: eval, export).
   """
   init = _init_fn(model, tx, objectives, seq_len)
   rng = jax.random.PRNGKey(seed)
@@ -53,5 +55,7 @@ def create_train_state(model, tx, objectives, seq_len: int, mesh, rules, seed: i
   shardings = mesh_lib.shardings_from_boxed(boxed, mesh, rules)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           nn.meta.unbox(boxed), shardings)
+  if not initialize:
+    return None, shardings, abstract
   state = jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings)(rng)
   return state, shardings, abstract
