@@ -1,0 +1,150 @@
+"""Line-by-line reading of plain, .gz and .xz text files, with per-line defects counted or raised.
+
+Files are read in binary blocks and decoded a block at a time, so memory does not depend on the file size,
+and an invalid UTF-8 sequence can be reported with its file, line number and byte offset. A line longer
+than MAX_LINE_BYTES is skipped in pieces and never held whole: one gigabyte without a newline is a broken
+file, not a sentence, and must not take the build's memory with it.
+
+Per-line defects (invalid UTF-8, a line over MAX_LINE_BYTES, a TSV line with the wrong number of columns)
+are skipped and counted by default, with one warning per kind naming the first bad line: a crawled
+corpus of many gigabytes nearly always has a few, and failing after an hour of work for one of them helps
+nobody. `strict=True` turns the first one into a ValueError instead. Defects of a whole input (an empty
+file, parallel files of different lengths, an unknown language) always fail.
+"""
+from __future__ import annotations
+
+import collections
+import gzip
+import itertools
+import lzma
+import pathlib
+import warnings
+
+# Longer lines are dropped (counted as "line_too_long"); no natural sentence or paragraph comes close.
+MAX_LINE_BYTES = 1 << 20
+COMPRESSED_SUFFIXES = (".gz", ".xz")
+# Bytes read (and decoded) at a time.
+READ_BYTES = 1 << 20
+_BOM = b"\xef\xbb\xbf"
+
+
+class LineDefects:
+  """Counts skipped lines by reason and remembers the first of each; raises instead when strict."""
+
+  def __init__(self, strict: bool = False):
+    self.strict = strict
+    self.dropped = collections.Counter()
+    self.first: dict[str, str] = {}
+
+  def skip(self, reason: str, where: str, problem: str) -> None:
+    """Records one bad line (`where` = "file:line"); ValueError when strict."""
+    if self.strict:
+      raise ValueError(f"{where}: {problem}; fix or remove the line, or build with strict=False "
+                       "(drop --strict) to skip and count such lines")
+    self.dropped[reason] += 1
+    if reason not in self.first:
+      self.first[reason] = f"{where}: {problem}"
+      warnings.warn(f"{where}: {problem}; skipping such lines and counting them as dropped[{reason!r}] "
+                    "(strict=True / --strict fails instead)", stacklevel=2)
+
+
+def open_binary(path: pathlib.Path):
+  """Opens a plain, .gz or .xz file for binary reading (decompressing as it streams)."""
+  if path.suffix == ".gz":
+    return gzip.open(path, "rb")
+  if path.suffix == ".xz":
+    return lzma.open(path, "rb")
+  return open(path, "rb", buffering=0)  # we read large blocks ourselves
+
+
+def strip_compression(name: str) -> str:
+  """"de.txt.xz" -> "de.txt"."""
+  for suffix in COMPRESSED_SUFFIXES:
+    if name.endswith(suffix):
+      return name[:-len(suffix)]
+  return name
+
+
+def _decode_lines(body: bytes, path: pathlib.Path, first_number: int, first_offset: int,
+                  defects: LineDefects, stats: collections.Counter, strip: bool) -> list:
+  """The lines of `body` (complete lines without their final newline) as str, None where bad."""
+  raw_lines = body.split(b"\n")
+  if max(map(len, raw_lines)) <= MAX_LINE_BYTES:
+    try:  # the common case: one decode and one split for the whole block, both in C
+      lines = body.decode("utf-8").split("\n")
+      return [line.strip() for line in lines] if strip else lines
+    except UnicodeDecodeError:
+      pass
+  texts, offset = [], first_offset
+  compressed = path.suffix in COMPRESSED_SUFFIXES
+  for number, raw in enumerate(raw_lines, start=first_number):
+    where = f"{path}:{number}"
+    if len(raw) > MAX_LINE_BYTES:
+      defects.skip("line_too_long", where, f"line of {len(raw)} bytes, longer than {MAX_LINE_BYTES}")
+      texts.append(None)
+    else:
+      try:
+        text = raw.decode("utf-8")
+        texts.append(text.strip() if strip else text)
+      except UnicodeDecodeError as err:
+        within = "of the decompressed text" if compressed else "in the file"
+        defects.skip("invalid_utf8", where,
+                     f"invalid UTF-8 ({err.reason}) at byte offset {offset + err.start} {within} "
+                     f"(byte {err.start} of the line: {raw[err.start:err.start + 4]!r})")
+        texts.append(None)
+    if texts[-1] is None:
+      stats["bad_lines"] += 1
+    offset += len(raw) + 1
+  return texts
+
+
+def _skip_long_line(f, length: int) -> tuple[int, bytes | None]:
+  """Reads on to the end of an over-long line: (its length, the bytes after its newline or None at EOF)."""
+  while chunk := f.read(READ_BYTES):
+    end = chunk.find(b"\n")
+    if end >= 0:
+      return length + end, chunk[end + 1:]
+    length += len(chunk)
+  return length, None
+
+
+def _line_blocks(path: pathlib.Path, defects: LineDefects, stats: collections.Counter, strip: bool):
+  """Lists of decoded lines, READ_BYTES of the file at a time; see read_lines."""
+  number, offset, carry = 1, 0, b""  # number: of the next line; offset: where it starts
+  with open_binary(path) as f:
+    while chunk := f.read(READ_BYTES):
+      if offset == 0 and number == 1 and not carry and chunk.startswith(_BOM):
+        chunk, offset = chunk[len(_BOM):], len(_BOM)  # a byte-order mark (Windows editors) is not text
+      data = carry + chunk
+      end = data.rfind(b"\n")
+      if end < 0:  # no line ends in this chunk
+        carry = data
+        if len(carry) > MAX_LINE_BYTES:  # hold no more of it: skip to its end, count it once
+          length, rest = _skip_long_line(f, len(carry))
+          defects.skip("line_too_long", f"{path}:{number}",
+                       f"line of {length} bytes, longer than {MAX_LINE_BYTES}")
+          stats["bad_lines"] += 1
+          yield [None]
+          number, offset, carry = number + 1, offset + length + (rest is not None), rest or b""
+        continue
+      body, carry = data[:end], data[end + 1:]
+      texts = _decode_lines(body, path, number, offset, defects, stats, strip)
+      number, offset = number + len(texts), offset + end + 1
+      yield texts
+    if carry:  # last line without a newline
+      yield _decode_lines(carry, path, number, offset, defects, stats, strip)
+      number, offset = number + 1, offset + len(carry)
+  stats["lines"] += number - 1
+  stats["bytes"] += offset
+
+
+def read_lines(path: pathlib.Path, defects: LineDefects, stats: collections.Counter, strip: bool = True):
+  """Iterates over the lines of `path` in order (line n is item n), stripped of surrounding whitespace
+  unless not `strip` (TSV: a trailing tab is an empty column, not whitespace).
+
+  Blank lines come as "" (they separate documents). A bad line is reported to `defects` and comes as None,
+  so that line-aligned files stay aligned. `stats` gains "lines", "bytes" (decompressed) and "bad_lines"
+  once the file is read to its end. The file is read and decoded in blocks of READ_BYTES (the per-line
+  Python work is what limits throughput), and memory stays below a few blocks plus MAX_LINE_BYTES.
+  """
+  return itertools.chain.from_iterable(_line_blocks(path, defects, stats, strip))
