@@ -20,11 +20,11 @@ import io
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 import unicodedata
 
 import numpy as np
+
+from xlm_jax.atomic_files import write_directory_atomically
 
 SPECIAL_IDS = (0, 1, 2, 3, 4)  # <s> <pad> </s> <unk> <mask> (contract)
 CONTROL_IDS = (0, 1, 2)        # <s> <pad> </s>: sentence boundaries, never part of a word
@@ -315,28 +315,6 @@ def _jsonl_bytes(seqs, labels=None) -> bytes:
   rows = [{"ids": seq} if labels is None else {"ids": seq, "labels": labels[k]}
           for k, seq in enumerate(seqs)]
   return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
-
-
-def write_directory_atomically(directory: pathlib.Path, files: dict[str, bytes]) -> None:
-  """Fills a staging folder beside `directory`, then renames it into place: readers see old or new."""
-  directory.parent.mkdir(parents=True, exist_ok=True)
-  staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-  try:
-    os.chmod(staging, 0o755)  # mkdtemp makes it private
-    for name, data in files.items():
-      (staging / name).parent.mkdir(parents=True, exist_ok=True)
-      (staging / name).write_bytes(data)
-    if directory.exists():
-      # os.replace cannot overwrite a non-empty folder: move the old one aside first.
-      previous = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-      os.replace(directory, previous / "old")
-      os.replace(staging, directory)
-      shutil.rmtree(previous, ignore_errors=True)
-    else:
-      os.replace(staging, directory)
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
 
 
 # --- Alignment of the two embedding tables ------------------------------------------------------------------

@@ -21,7 +21,7 @@ import numpy as np
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
-from data_prep.synthetic import write_directory_atomically
+from xlm_jax.atomic_files import write_directory_atomically
 from data_prep.tokenizer_training import DEFAULT_MAX_SENTENCES, alpha_sample, train_sentencepiece
 
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")  # ids 0..4 (contract)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from xlm_jax.export import export as export_lib
+from xlm_jax import atomic_files
 from xlm_jax.export import Pretrained, export_model, load_pretrained
 from xlm_jax.models.encoder import EncoderConfig, Model
 
@@ -164,7 +164,7 @@ def test_crash_mid_export_leaves_no_partial_folder(exported, tokenizer_bytes, tm
     if len(calls) == 2:
       raise OSError("simulated crash while writing the export")
 
-  monkeypatch.setattr(export_lib.os, "fsync", crash_after_first_file)
+  monkeypatch.setattr(atomic_files.os, "fsync", crash_after_first_file)
   with pytest.raises(OSError, match="simulated crash"):
     export_model(tmp_path / "new", params, config.to_dict(), tokenizer_bytes, {})
   assert os.listdir(tmp_path) == []  # neither the target nor a staging folder
@@ -172,7 +172,7 @@ def test_crash_mid_export_leaves_no_partial_folder(exported, tokenizer_bytes, tm
   monkeypatch.undo()
   export_model(tmp_path / "old", params, config.to_dict(), tokenizer_bytes, {"step": 1})
   before = {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()}
-  monkeypatch.setattr(export_lib.os, "fsync", crash_after_first_file)
+  monkeypatch.setattr(atomic_files.os, "fsync", crash_after_first_file)
   calls.clear()
   with pytest.raises(OSError, match="simulated crash"):
     export_model(tmp_path / "old", params, config.to_dict(), tokenizer_bytes, {"step": 2})

@@ -14,10 +14,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import json
-import os
 import pathlib
-import shutil
-import tempfile
 from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -26,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xlm_jax.atomic_files import write_directory_atomically
 from xlm_jax.data.tokenizer import Tokenizer
 from xlm_jax.models.encoder import EncoderConfig, Model
 
@@ -74,40 +72,6 @@ def _check_params_match(params, config: EncoderConfig) -> None:
                      f"(path, shape): {diff}); export the params the config was trained with")
 
 
-def _write_atomically(export_dir: pathlib.Path, files: dict[str, bytes]) -> None:
-  """Writes `files` into a fresh folder beside export_dir, then renames it into place.
-
-  A crash leaves either the previous export or the new one at export_dir, never a mix; at worst
-  a hidden `.<name>.tmp-*` folder remains beside it.
-  """
-  parent = export_dir.parent
-  parent.mkdir(parents=True, exist_ok=True)
-  staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{export_dir.name}.tmp-", dir=parent))
-  try:
-    os.chmod(staging, 0o755)  # mkdtemp creates it private (0700)
-    for name, data in files.items():
-      with open(staging / name, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    if export_dir.exists():
-      # os.replace cannot overwrite a non-empty folder: move the old one aside first.
-      previous = pathlib.Path(tempfile.mkdtemp(prefix=f".{export_dir.name}.old-", dir=parent))
-      os.replace(export_dir, previous)
-      os.replace(staging, export_dir)
-      shutil.rmtree(previous, ignore_errors=True)
-    else:
-      os.replace(staging, export_dir)
-    fd = os.open(parent, os.O_RDONLY)
-    try:
-      os.fsync(fd)  # make the rename itself durable
-    finally:
-      os.close(fd)
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
-
-
 def export_model(export_dir, params, encoder_config: dict, tokenizer_bytes: bytes,
                  extra_metadata: dict | None = None) -> pathlib.Path:
   """Writes params.msgpack, config.json and spm.model into export_dir, atomically.
@@ -150,7 +114,7 @@ def export_model(export_dir, params, encoder_config: dict, tokenizer_bytes: byte
     }, indent=2, sort_keys=True)
   except TypeError as err:
     raise ValueError(f"export_model: extra_metadata must be JSON-serializable: {err}") from err
-  _write_atomically(export_dir, {
+  write_directory_atomically(export_dir, {
       PARAMS_FILE: flax.serialization.msgpack_serialize(host_params),
       CONFIG_FILE: config_json.encode("utf-8"),
       TOKENIZER_FILE: bytes(tokenizer_bytes),

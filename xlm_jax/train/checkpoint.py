@@ -6,8 +6,6 @@ asynchronous: the train loop continues while the arrays are written.
 """
 from __future__ import annotations
 
-import json
-import logging
 import pathlib
 from typing import Any
 
@@ -74,10 +72,3 @@ def check_same_model(saved_model: dict, model: dict, directory: pathlib.Path) ->
         f"workdir checkpoint {directory} holds a model of a different shape:\n  "
         + "\n  ".join(diffs)
         + "\nUse a new --workdir, or set these fields back to the checkpoint's values.")
-
-
-def save_json_atomic(path: pathlib.Path, obj: Any) -> None:
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-  tmp.replace(path)
-  logging.debug("wrote %s", path)

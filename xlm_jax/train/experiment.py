@@ -23,6 +23,7 @@ from xlm_jax.models.encoder import EncoderConfig, Model, flops_per_token
 from xlm_jax.objectives.base import ObjectiveContext
 from xlm_jax.objectives.masking import max_predictions
 from xlm_jax.registry import EVALUATORS, OBJECTIVES
+from xlm_jax.atomic_files import write_json_atomically
 from xlm_jax.train import checkpoint as ckpt_lib
 from xlm_jax.train import mesh as mesh_lib
 from xlm_jax.train.optimizer import make_optimizer
@@ -192,7 +193,7 @@ def build_run(config, workdir: pathlib.Path, with_data: bool = True) -> Run:
                                        async_save=config.train.async_checkpointing,
                                        data_kinds=tuple(sorted(kinds)))
   if jax.process_index() == 0:
-    ckpt_lib.save_json_atomic(workdir / "config.json", config.to_dict())
+    write_json_atomically(workdir / "config.json", config.to_dict())
   logging.info("model: %s; mesh %s", mcfg, dict(mesh.shape))
   return Run(config=config, workdir=workdir, corpus=corpus, tokenizer=tokenizer, model_config=mcfg,
              model=model, mesh=mesh, bound=bound, tx=tx, schedule=schedule, state=state,

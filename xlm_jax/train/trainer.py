@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import tqdm
 
+from xlm_jax.atomic_files import write_json_atomically
 from xlm_jax.train import checkpoint as ckpt_lib
 from xlm_jax.train import mesh as mesh_lib
 from xlm_jax.train import metrics as metrics_lib
@@ -196,5 +197,5 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
   run.close()
   writer.close()
   if jax.process_index() == 0:  # hosts share the workdir: concurrent tmp+rename writes collide
-    ckpt_lib.save_json_atomic(workdir / "summary.json", summary)
+    write_json_atomically(workdir / "summary.json", summary)
   return summary

@@ -1,0 +1,60 @@
+"""Crash-safe writes: a reader sees the old content or the new one, never a half-written mix.
+
+Used by every artifact the project writes outside Orbax (exports, derived corpora, tokenizers,
+run summaries). Orbax checkpoints and the corpus build have their own rename-on-finish steps.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any
+
+
+def _fsync_dir(path: pathlib.Path) -> None:
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)  # makes a rename inside `path` durable
+  finally:
+    os.close(fd)
+
+
+def write_directory_atomically(directory: pathlib.Path, files: dict[str, bytes]) -> None:
+  """Writes `files` ({relative name: bytes}) into a staging folder beside `directory`, then
+  renames it into place. At worst a crash leaves a hidden `.<name>.tmp-*` folder beside it.
+  """
+  directory = pathlib.Path(directory)
+  parent = directory.parent
+  parent.mkdir(parents=True, exist_ok=True)
+  staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))
+  try:
+    os.chmod(staging, 0o755)  # mkdtemp creates it private (0700)
+    for name, data in files.items():
+      target = staging / name
+      target.parent.mkdir(parents=True, exist_ok=True)
+      with open(target, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    if directory.exists():
+      # os.replace cannot overwrite a non-empty folder: move the old one aside first.
+      previous = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=parent))
+      os.replace(directory, previous / "old")
+      os.replace(staging, directory)
+      shutil.rmtree(previous, ignore_errors=True)
+    else:
+      os.replace(staging, directory)
+    _fsync_dir(parent)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+
+
+def write_json_atomically(path: pathlib.Path, obj: Any) -> None:
+  """JSON to `path` via a temporary file and a rename."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+  os.replace(tmp, path)
