@@ -1,0 +1,398 @@
+"""Bilingual en<->xx word dictionaries (for DICT-MLM, ALIGN-MLM, extra anchors and BLI) from FreeDict.
+
+Both FreeDict directions (eng-deu, deu-eng) are merged into single-word (English, foreign) pairs, kept where
+both words are common (wordfreq zipf >= 3 by default: entries are noisy, many are rare technical terms).
+Every filter is explicit and counts the pairs it removes, so that candidates == kept + sum(dropped):
+  multiword       a side holds whitespace ("jagendes Tier")
+  not_a_word      a side holds something other than letters, inner hyphens or apostrophes ("sb.", "G8")
+  wrong_script    a letter outside the language's script (eng-jpn glosses read as Japanese: "region")
+  identical       the same word on both sides ("Angola"): trivially found by BLI, useless as an anchor
+  duplicate       the same pair again (both directions, spelling variants, case)
+  rare_en/rare_xx below the zipf threshold on that side
+Chinese has no FreeDict pair in Debian, so its pairs come from single-word gettext UI terms ("File" ->
+"文件") through the same filters (gettext_term_pairs). Splits are by English headword: no BLI test word is
+an English word of a training pair. Artifacts (TSV + token-id .npy + JSON): save_dictionary, load_dictionary.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import os
+import pathlib
+import re
+import tempfile
+import unicodedata
+
+import numpy as np
+import polib
+
+from data_prep import freedict, gettext_corpus
+
+DEFAULT_MIN_ZIPF = 3.0
+DEFAULT_TEST_FRACTION = 0.1
+DEFAULT_MIN_TEST_PAIRS = 500
+DEFAULT_MAX_TEST_FRACTION = 0.5
+
+# Unicode name prefixes of the letters each language is written in; a language not listed is not checked.
+SCRIPTS = {**{lang: ("LATIN",) for lang in ("en", "de", "fr", "es", "it", "pl", "nl", "pt", "sv", "cs")},
+           "ru": ("CYRILLIC",), "ja": ("HIRAGANA", "KATAKANA", "CJK", "IDEOGRAPHIC"),
+           "zh": ("CJK", "IDEOGRAPHIC")}
+# German capitalises every noun: "Haus" is the spelling, "haus" is not a word the corpus contains.
+CASE_SENSITIVE_LANGUAGES = ("de",)
+# Characters allowed inside a word besides letters and combining marks ("e-mail", "aujourd'hui").
+_WORD_JOINERS = "-'"
+_WHITESPACE = re.compile(r"\s")
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u02bc": "'", "\u2010": "-", "\u2011": "-"})
+
+
+def freedict_packages(lang: str) -> list[str]:
+  """The Debian packages of both FreeDict directions for en<->lang (apt may lack one or both)."""
+  return [freedict.freedict_package("en", lang), freedict.freedict_package(lang, "en")]
+
+
+def normalise_word(word: str, lang: str) -> str:
+  """NFC, ASCII apostrophes and hyphens, and lower case where case is not part of the spelling.
+
+  A capitalised or lower-case word is lower-cased (sentence-initial or proper-noun capitals: "Arctic" ->
+  "arctic"); acronyms and mixed case ("USB", "iPod") and every German word keep their case.
+  """
+  word = unicodedata.normalize("NFC", word).translate(_APOSTROPHES)
+  if lang not in CASE_SENSITIVE_LANGUAGES and word[1:] == word[1:].lower():
+    return word.lower()
+  return word
+
+
+@functools.lru_cache(maxsize=1 << 20)  # candidates repeat words: de has 1.6M candidates of 0.3M words
+def word_problem(word: str, lang: str) -> str:
+  """Why `word` is no single word of `lang` ("multiword", "not_a_word", "wrong_script"), or "" if it is."""
+  if not word or _WHITESPACE.search(word):
+    return "multiword"
+  if not (word[0].isalpha() and word[-1].isalpha()):
+    return "not_a_word"
+  scripts = SCRIPTS.get(lang)
+  for ch in word:
+    if ch.isalpha():
+      if scripts and not unicodedata.name(ch, "").startswith(scripts):
+        return "wrong_script"
+    elif ch not in _WORD_JOINERS and not unicodedata.category(ch).startswith("M"):
+      return "not_a_word"
+  return ""
+
+
+def word_zipf(word: str, lang: str) -> float:
+  """wordfreq's Zipf frequency of `word` (log10 of uses per billion words; 3 = once per million).
+
+  Languages wordfreq splits with a regex use `wordfreq.zipf_frequency`. For ja and zh, wordfreq would need
+  MeCab or jieba to split the word; we look it up as one token of wordfreq's list (after wordfreq's own
+  normalisation) instead, which asks for exactly what we want: a common single word."""
+  return _zipf_function(lang)(word)
+
+
+@functools.lru_cache(maxsize=None)
+def _zipf_function(lang: str):
+  """word -> zipf for one language (cached: wordfreq.available_languages() globs the disk on every call)."""
+  try:
+    import langcodes
+    import wordfreq
+    from wordfreq.language_info import get_language_info
+    from wordfreq.preprocess import preprocess_text
+  except ImportError as err:
+    raise ImportError("the dictionary frequency filter needs wordfreq: pip install wordfreq") from err
+  if lang not in wordfreq.available_languages():
+    raise ValueError(f"wordfreq has no word list for language {lang!r}; pass min_zipf=0 to skip the filter")
+  if get_language_info(lang)["tokenizer"] == "regex":
+    return lambda word: wordfreq.zipf_frequency(word, lang)
+  language, frequencies = langcodes.Language.get(lang), wordfreq.get_frequency_dict(lang)
+
+  def exact_token_zipf(word):
+    freq = frequencies.get(preprocess_text(word, language), 0.0)
+    return round(wordfreq.freq_to_zipf(freq), 2) if freq else 0.0
+  return exact_token_zipf
+
+
+def clean_pairs(candidates, lang: str, dropped: collections.Counter) -> list[tuple[str, str]]:
+  """Normalised single-word (English, foreign) pairs from raw candidates, unique, in first-seen order."""
+  kept = {}
+  for en, xx in candidates:
+    problem = word_problem(en, "en") or word_problem(xx, lang)
+    if problem:
+      dropped[problem] += 1
+      continue
+    pair = (normalise_word(en, "en"), normalise_word(xx, lang))
+    if pair[0].casefold() == pair[1].casefold():
+      dropped["identical"] += 1
+    elif pair in kept:
+      dropped["duplicate"] += 1
+    else:
+      kept[pair] = None
+  return list(kept)
+
+
+def filter_by_frequency(pairs, lang: str, dropped: collections.Counter, min_zipf: float = DEFAULT_MIN_ZIPF,
+                        zipf=word_zipf) -> list[tuple[str, str]]:
+  """Pairs whose English and foreign words both have zipf >= min_zipf (`zipf(word, lang)`); 0 keeps all."""
+  if min_zipf <= 0:
+    return list(pairs)
+  words = {(en, "en") for en, _ in pairs} | {(xx, lang) for _, xx in pairs}
+  common = {key for key in words if zipf(*key) >= min_zipf}
+  kept = []
+  for en, xx in pairs:
+    if (en, "en") not in common:
+      dropped["rare_en"] += 1
+    elif (xx, lang) not in common:
+      dropped["rare_xx"] += 1
+    else:
+      kept.append((en, xx))
+  return kept
+
+
+def gettext_term_pairs(messages, dropped: collections.Counter | None = None) -> list[tuple[str, str]]:
+  """Candidates from one-word gettext messages (msgid, msgstr): "_File" / "文件(_F)" gives ("File", "文件").
+
+  Accelerators and a trailing ellipsis or colon are removed ("Open…" -> "Open"). Counted in `dropped`:
+  "phrase" (several English words: not a term), "placeholder" (all-capitals metavariables of --help texts
+  such as "COMMAND"; their translations are placeholders too: "BEFEHL") and "empty". Feed the result to
+  build_dictionary like FreeDict's candidates."""
+  candidates, dropped = [], collections.Counter() if dropped is None else dropped
+  for msgid, msgstr in messages:
+    en, xx = (gettext_corpus.strip_accelerators(t).strip().rstrip(".…:：").strip() for t in (msgid, msgstr))
+    if len(en.split()) != 1:
+      dropped["phrase"] += 1
+    elif en.isupper() and len(en) > 1:
+      dropped["placeholder"] += 1
+    elif not xx:
+      dropped["empty"] += 1
+    else:
+      candidates.append((en, xx))
+  return candidates
+
+
+def read_gettext_messages(roots, lang: str) -> list[tuple[str, str]]:
+  """Raw (msgid, msgstr) of every translated singular message of `lang` in the unpacked package trees."""
+  messages = []
+  for root in roots:
+    for locale, _, path in gettext_corpus.find_catalogues(root):
+      if gettext_corpus.language_of_locale(locale) == lang:
+        messages += [(e.msgid, e.msgstr) for e in polib.mofile(str(path)) if e.msgid and e.msgstr]
+  return messages
+
+
+def headword_position(headword: str) -> float:
+  """A headword's fixed place in [0, 1) (md5, so the split is the same on every machine and Python run)."""
+  return int(hashlib.md5(headword.encode("utf-8")).hexdigest(), 16) / 2.0**128
+
+
+def split_by_headword(pairs, test_fraction: float = DEFAULT_TEST_FRACTION,
+                      min_test_pairs: int = DEFAULT_MIN_TEST_PAIRS,
+                      max_test_fraction: float = DEFAULT_MAX_TEST_FRACTION):
+  """(train, test) pairs; all translations of an English headword go to the same side.
+
+  Headwords are taken into the test set in md5 order: the first ceil(test_fraction * headwords), then more
+  while the test set has fewer than `min_test_pairs` pairs and would not exceed `max_test_fraction` of all
+  pairs (small dictionaries such as en-ru still get a usable BLI test set and keep a training half)."""
+  by_headword = collections.defaultdict(list)
+  for en, xx in pairs:
+    by_headword[en].append((en, xx))
+  order = sorted(by_headword, key=lambda h: (headword_position(h), h))
+  test_heads, test_size = set(), 0
+  for i, headword in enumerate(order):
+    size = len(by_headword[headword])
+    if i >= math.ceil(test_fraction * len(order)) and (
+        test_size >= min_test_pairs or test_size + size > max_test_fraction * len(pairs)):
+      break
+    test_heads.add(headword)
+    test_size += size
+  train = [pair for pair in pairs if pair[0] not in test_heads]
+  test = [pair for pair in pairs if pair[0] in test_heads]
+  return train, test
+
+
+@dataclasses.dataclass
+class LanguageDictionary:
+  """The en<->lang dictionary: train and test pairs, the counts of each stage, and what was dropped."""
+  lang: str
+  train: list[tuple[str, str]]
+  test: list[tuple[str, str]]
+  counts: dict[str, int]
+  dropped: collections.Counter
+
+
+def build_dictionary(lang: str, candidates, counts: dict[str, int] | None = None,
+                     min_zipf: float = DEFAULT_MIN_ZIPF, zipf=word_zipf, **split_args) -> LanguageDictionary:
+  """Cleans, filters and splits raw (English, foreign) candidates into a LanguageDictionary.
+
+  `counts` may carry earlier stages (entries per direction); candidates / pairs / frequent_pairs /
+  train_pairs / test_pairs / test_headwords are added.
+  """
+  dropped = collections.Counter()
+  candidates = list(candidates)
+  pairs = clean_pairs(candidates, lang, dropped)
+  frequent = sorted(filter_by_frequency(pairs, lang, dropped, min_zipf, zipf))
+  train, test = split_by_headword(frequent, **split_args)
+  counts = dict(counts or {}, candidates=len(candidates), pairs=len(pairs), frequent_pairs=len(frequent),
+                train_pairs=len(train), test_pairs=len(test), test_headwords=len({en for en, _ in test}))
+  return LanguageDictionary(lang, train, test, counts, dropped)
+
+
+def freedict_dictionary(lang: str, roots: dict, map_fn=map, **build_args) -> LanguageDictionary:
+  """The en<->lang dictionary from whichever FreeDict directions were fetched.
+
+  `roots` maps package names to unpacked package trees (missing packages are simply absent). The reader's
+  skipped entries and lines go to `dropped` prefixed "freedict_". `map_fn` may be a pool's map."""
+  jobs = [(roots[freedict.freedict_package(s, t)], s, t) for s, t in [("en", lang), (lang, "en")]
+          if freedict.freedict_package(s, t) in roots]
+  read = dict(zip([(s, t) for _, s, t in jobs], map_fn(freedict.read_direction, jobs)))
+  empty = ([], collections.Counter())
+  en_to_xx, xx_to_en = read.get(("en", lang), empty)[0], read.get((lang, "en"), empty)[0]
+  counts = {"entries_en_xx": len(en_to_xx), "entries_xx_en": len(xx_to_en)}
+  skipped = collections.Counter()
+  candidates = freedict.candidate_pairs(en_to_xx, xx_to_en, skipped)
+  result = build_dictionary(lang, candidates, counts, **build_args)
+  for _, direction_skipped in read.values():
+    skipped.update(direction_skipped)
+  result.dropped.update({f"freedict_{reason}": n for reason, n in skipped.items()})
+  return result
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Artifacts
+
+FORMAT_VERSION = 1
+WORD_BOUNDARY_PIECE = "\u2581"  # SentencePiece's "▁"
+_REBUILD_HINT = "rebuild it with the corpus's tokenizer (save_dictionary(path, pairs, tokenizer))"
+
+
+def artifact_paths(path) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
+  """(word-pair TSV, token-id .npy, JSON sidecar) of the dictionary artifact at `path` (the TSV)."""
+  path = pathlib.Path(path)
+  return path, path.with_suffix(".ids.npy"), path.with_suffix(".json")
+
+
+def single_piece_ids(tokenizer, words) -> dict[str, int | None]:
+  """The id of each word that is one tokenizer piece, else None.
+
+  A word encodes either as one piece ("▁house") or as the bare word-boundary piece plus one piece ("▁" +
+  "犬": how words of unspaced scripts, and rarer words, appear in running text). Both count; the id kept is
+  the content piece. Special pieces (<unk>) never count.
+  """
+  words = list(dict.fromkeys(words))
+  special = set(getattr(tokenizer, "special_ids", ()))
+  result = {}
+  for word, ids in zip(words, tokenizer.encode(words)):
+    if len(ids) == 2 and tokenizer.id_to_piece(ids[0]) == WORD_BOUNDARY_PIECE:
+      ids = ids[1:]
+    result[word] = ids[0] if len(ids) == 1 and ids[0] not in special else None
+  return result
+
+
+def token_pairs(pairs, tokenizer, dropped: collections.Counter) -> np.ndarray:
+  """int32 [N, 2] ids of the pairs whose words are both one piece; unique, in pair order."""
+  ids = single_piece_ids(tokenizer, [w for pair in pairs for w in pair])
+  kept = {}
+  for en, xx in pairs:
+    if ids[en] is None or ids[xx] is None:
+      dropped["not_single_piece"] += 1
+    elif ids[en] == ids[xx]:
+      dropped["same_piece"] += 1  # cos(E[i], E[i]) = 1: nothing to align
+    elif (ids[en], ids[xx]) in kept:
+      dropped["duplicate_ids"] += 1
+    else:
+      kept[ids[en], ids[xx]] = None
+  return np.array(list(kept), dtype=np.int32).reshape(-1, 2)
+
+
+def _replace_atomically(path: pathlib.Path, write) -> None:
+  """Calls write(binary file) on a temporary file next to `path`, then renames it over `path`."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      write(f)
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def save_dictionary(path, pairs, tokenizer=None, metadata: dict | None = None) -> dict:
+  """Writes the dictionary artifact at `path` (e.g. <dir>/en-de.tsv); returns the sidecar.
+
+    en-de.tsv       "english<TAB>foreign" per line, UTF-8
+    en-de.ids.npy   with a tokenizer: int32 [N, 2] (English id, foreign id) of the pairs whose words are
+                    both one piece (single_piece_ids)
+    en-de.json      counts, dropped, vocab_size and tokenizer sha256 (the ids mean nothing with another
+                    model), and `metadata` (e.g. the LanguageDictionary counts) under "build"
+  Each file is replaced atomically; without a tokenizer a stale .ids.npy of an earlier save is removed.
+  """
+  tsv_path, ids_path, json_path = artifact_paths(path)
+  pairs = [(en, xx) for en, xx in pairs]
+  for lineno, (en, xx) in enumerate(pairs, 1):
+    if not en or not xx or any(ch in "\t\n\r" for ch in en + xx):
+      raise ValueError(f"pair {lineno} ({en!r}, {xx!r}) cannot be written to {tsv_path}: words must be "
+                       "non-empty and hold no tab or newline")
+  sidecar = {"format_version": FORMAT_VERSION, "word_pairs": len(pairs), "token_pairs": None,
+             "vocab_size": None, "tokenizer_sha256": None, "dropped": {}, "build": metadata or {}}
+  if tokenizer is not None:
+    dropped = collections.Counter()
+    ids = token_pairs(pairs, tokenizer, dropped)
+    serialized = tokenizer.serialized() if hasattr(tokenizer, "serialized") else None
+    sidecar.update(token_pairs=len(ids), vocab_size=int(tokenizer.vocab_size), dropped=dict(dropped),
+                   tokenizer_sha256=hashlib.sha256(serialized).hexdigest() if serialized else None)
+    _replace_atomically(ids_path, lambda f: np.save(f, ids, allow_pickle=False))
+  else:
+    ids_path.unlink(missing_ok=True)
+  sidecar_text = json.dumps(sidecar, indent=1, ensure_ascii=False)
+  _replace_atomically(json_path, lambda f: f.write(sidecar_text.encode("utf-8")))
+  text = "".join(f"{en}\t{xx}\n" for en, xx in pairs)
+  _replace_atomically(tsv_path, lambda f: f.write(text.encode("utf-8")))
+  return sidecar
+
+
+@dataclasses.dataclass
+class Dictionary:
+  """A loaded dictionary artifact: word pairs, token-id pairs ([N, 2] int32, or None) and the sidecar."""
+  pairs: list[tuple[str, str]]
+  token_ids: np.ndarray | None
+  metadata: dict
+
+
+def load_dictionary(path, vocab_size: int | None = None) -> Dictionary:
+  """Reads and validates a save_dictionary artifact. ValueError for a malformed TSV line (naming file and
+  line), a token-id file that is not int [N, 2], and, given vocab_size, a token id outside [0, vocab_size)
+  (naming file and row) or a sidecar that says the ids were made for another vocabulary size."""
+  tsv_path, ids_path, json_path = artifact_paths(path)
+  if not tsv_path.is_file():
+    raise FileNotFoundError(f"dictionary {tsv_path} not found; build it with `xlm-jax data build`")
+  pairs = []
+  with open(tsv_path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      fields = line.rstrip("\n").split("\t")
+      if len(fields) != 2 or not all(fields):
+        raise ValueError(f"{tsv_path}:{lineno}: expected 'english<TAB>foreign' with two non-empty words, got "
+                         f"{line.rstrip()!r}; fix the line or rebuild the dictionary (`xlm-jax data build`)")
+      pairs.append((fields[0], fields[1]))
+  metadata = json.loads(json_path.read_text(encoding="utf-8")) if json_path.is_file() else {}
+  if not ids_path.is_file():
+    return Dictionary(pairs, None, metadata)
+  try:
+    ids = np.load(ids_path, allow_pickle=False)
+  except (OSError, ValueError) as err:
+    raise ValueError(f"{ids_path} is not a token-id .npy file ({err}); {_REBUILD_HINT}") from err
+  if ids.ndim != 2 or ids.shape[1] != 2 or not np.issubdtype(ids.dtype, np.integer):
+    raise ValueError(f"{ids_path}: expected integer token-id pairs of shape [N, 2], got {ids.dtype} "
+                     f"{list(ids.shape)}; {_REBUILD_HINT}")
+  if vocab_size is not None:
+    bad = np.argwhere((ids < 0) | (ids >= vocab_size))
+    if len(bad):
+      row, col = (int(v) for v in bad[0])
+      raise ValueError(f"{ids_path}: row {row} holds token id {int(ids[row, col])}, outside [0, {vocab_size})"
+                       f" of this tokenizer, so it was made with another tokenizer: {_REBUILD_HINT}")
+    built_for = metadata.get("vocab_size")
+    if built_for is not None and built_for != vocab_size:
+      raise ValueError(f"{json_path}: token ids were made for vocab_size {built_for}, not {vocab_size}; "
+                       f"{_REBUILD_HINT}")
+  return Dictionary(pairs, ids.astype(np.int32), metadata)
