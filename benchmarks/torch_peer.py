@@ -65,7 +65,7 @@ def train_steps(model, optimizer, inputs, steps: int, clip_norm: float, autocast
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
     optimizer.step()
-  return float(loss.detach())
+  return float("nan") if loss is None else float(loss.detach())
 
 
 def main(argv) -> int:
@@ -75,8 +75,10 @@ def main(argv) -> int:
   model, optimizer, inputs = build(spec)
   loss = train_steps(model, optimizer, inputs, spec["warmup_steps"], spec["clip_norm"], autocast)
   attention = getattr(model.config, "_attn_implementation", "default")
+  wait_policy = os.environ.get("OMP_WAIT_POLICY", "-")
   print(f"ready torch={torch.__version__} transformers={transformers.__version__} "
-        f"threads={torch.get_num_threads()} attention={attention} warmup_loss={loss:.4f}",
+        f"threads={torch.get_num_threads()} OMP_WAIT_POLICY={wait_policy} "
+        f"attention={attention} warmup_loss={loss:.4f}",
         flush=True)
   for line in sys.stdin:
     command = line.split()

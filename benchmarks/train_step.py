@@ -64,6 +64,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--peer-python", default=os.environ.get("XLM_JAX_PEER_PYTHON", ""),
                       help="python of a venv with torch and transformers (default: "
                            "$XLM_JAX_PEER_PYTHON); without it only our step is timed")
+  parser.add_argument("--peer-omp-wait-policy", default="",
+                      help="OMP_WAIT_POLICY of the peer (default: inherit). Torch's OpenMP "
+                           "threads spin at barriers, which makes it several times slower on a "
+                           "busy machine; PASSIVE avoids that but costs ~5-8%% on a quiet one")
   parser.add_argument("--quiet-share", type=float, default=0.1,
                       help="a round is quiet when other processes took less than this share of "
                            "the machine's CPU during both of its halves")
@@ -72,6 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   if min(args.layers, args.hidden, args.heads, args.ffn, args.vocab, args.seq_len, args.batch,
          args.steps_per_round, args.rounds) < 1:
     parser.error("sizes, --steps-per-round and --rounds must be >= 1")
+  if args.warmup_steps < 0 or not 0 < args.quiet_share <= 1:
+    parser.error("--warmup-steps must be >= 0 and --quiet-share in (0, 1]")
   return args
 
 
@@ -189,7 +195,10 @@ class PeerSide:
             "weight_decay": optimizer_cfg.weight_decay, "clip_norm": optimizer_cfg.clip_norm,
             "mask_rate": mask_rate, "warmup_steps": args.warmup_steps, "seed": 0,
             "threads": len(os.sched_getaffinity(0))}  # torch threads = cores we may use
-    self.process = subprocess.Popen([python, str(PEER_SCRIPT), json.dumps(spec)],
+    env = dict(os.environ)
+    if args.peer_omp_wait_policy:
+      env["OMP_WAIT_POLICY"] = args.peer_omp_wait_policy
+    self.process = subprocess.Popen([python, str(PEER_SCRIPT), json.dumps(spec)], env=env,
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     self.banner = self._read("ready")
 
@@ -282,7 +291,8 @@ def print_table(results: dict) -> None:
   share = lambda s: ("-" if s["median_others_cpu_share"] is None
                      else f"{100 * s['median_others_cpu_share']:.0f}%")
   lines = (("median s/step", lambda s: f"{s['median_step_seconds']:.4f}"),
-           ("min..max s/step", lambda s: f"{s['min_step_seconds']:.3f}..{s['max_step_seconds']:.3f}"),
+           ("min..max s/step",
+            lambda s: f"{s['min_step_seconds']:.3f}..{s['max_step_seconds']:.3f}"),
            ("CPU s/step", lambda s: f"{s['median_cpu_seconds_per_step']:.3f}"),
            ("other jobs' CPU", share),
            ("tokens/s", lambda s: f"{s['tokens_per_second']:,.0f}"),
@@ -300,6 +310,10 @@ def print_table(results: dict) -> None:
     quiet = "-" if c["quiet_round_ratio"] is None else f"{c['quiet_round_ratio']:.3f}x"
     print(f"ratio ours/peer, quiet rounds:      {quiet} ({c['quiet_rounds']} rounds where other "
           f"jobs took < {100 * c['quiet_share']:.0f}% of the CPU on both sides)")
+    if c["quiet_round_ratio"] is None and "OMP_WAIT_POLICY=PASSIVE" not in peer["banner"]:
+      print("warning: no quiet round. Other jobs make torch's spinning OpenMP threads several "
+            "times slower, which inflates the ratio; rerun on a quiet machine, or pass "
+            "--peer-omp-wait-policy PASSIVE for a closer estimate")
     print(f"actual FLOPs/token: ours {results['ours_actual_flops_per_token'] / 1e6:.1f} M, "
           f"peer {results['peer_actual_flops_per_token'] / 1e6:.1f} M "
           f"(useful {results['useful_flops_per_token'] / 1e6:.1f} M)")
@@ -342,7 +356,7 @@ def main(argv=None) -> int:
           f"compile {ours.compile_seconds:.1f} s")
     if peer:
       print(f"peer: {peer.banner}")
-    # Other jobs on the machine slow both sides, and not equally (see README): say how busy it was.
+    # Other jobs slow both sides, and not equally (see README): say how busy the machine was.
     load_before = os.getloadavg()[0]
     print(f"{args.rounds} rounds x {args.steps_per_round} steps each side, after "
           f"{args.warmup_steps} warm-up steps; load average {load_before:.2f} on "
@@ -371,7 +385,7 @@ def main(argv=None) -> int:
                                 results["peer_actual_flops_per_token"])
     results["peer"]["banner"] = peer.banner
     results["comparison"] = compare(ours_rounds, peer_rounds, args.quiet_share)
-  print(f"\nload average after: {load_after:.2f} (this benchmark itself accounts for about 1-2)")
+  print(f"\nload average after: {load_after:.2f}")
   print_table(results)
   if args.json:
     args.json.write_text(json.dumps(results, indent=2) + "\n")
