@@ -21,6 +21,26 @@ DEFAULT_MAX_SENTENCES = 300_000
 MODEL_TYPES = ("unigram", "bpe", "char", "word")
 
 
+def alpha_sample_plan(counts: dict[str, int], alpha: float, max_sentences: int,
+                      seed: int = 0) -> dict[str, tuple[int, np.ndarray]]:
+  """Which sentences the alpha sample takes: {lang: (whole repeats, sorted extra line indices)}.
+
+  Separate from reading the text so that lists (alpha_sample) and streamed files
+  (user_corpora.views.alpha_sample_files) draw exactly the same sample.
+  """
+  probs = language_sampling_probs(counts, alpha)
+  total = min(max_sentences, sum(counts.values()))
+  plan = {}
+  for index, lang in enumerate(sorted(counts)):
+    want = int(round(probs[lang] * total))
+    # One generator per language (seeded from the run seed and the language's position in sorted order), so
+    # adding a language does not change what the others draw.
+    rng = np.random.default_rng([seed, index])
+    repeats, rest = divmod(want, counts[lang])
+    plan[lang] = (repeats, np.sort(rng.choice(counts[lang], size=rest, replace=False)))
+  return plan
+
+
 def alpha_sample(texts_by_lang: dict[str, list[str]], alpha: float = DEFAULT_ALPHA,
                  max_sentences: int = DEFAULT_MAX_SENTENCES, seed: int = 0) -> list[str]:
   """Samples about min(max_sentences, total) sentences, language l getting a share q_l ∝ p_l^alpha.
@@ -28,19 +48,13 @@ def alpha_sample(texts_by_lang: dict[str, list[str]], alpha: float = DEFAULT_ALP
   A language whose share exceeds its size is repeated whole, then topped up without replacement, so no
   sentence of a small language is dropped while another is repeated three times. Returns a sorted list.
   """
-  counts = {lang: len(texts) for lang, texts in texts_by_lang.items()}
-  probs = language_sampling_probs(counts, alpha)
-  total = min(max_sentences, sum(counts.values()))
+  plan = alpha_sample_plan({lang: len(texts) for lang, texts in texts_by_lang.items()}, alpha,
+                           max_sentences, seed)
   sampled = []
-  for index, lang in enumerate(sorted(texts_by_lang)):
+  for lang, (repeats, chosen) in plan.items():
     texts = texts_by_lang[lang]
-    want = int(round(probs[lang] * total))
-    # One generator per language (seeded from the run seed and the language's position in sorted order), so
-    # adding a language does not change what the others draw.
-    rng = np.random.default_rng([seed, index])
-    repeats, rest = divmod(want, len(texts))
     sampled.extend(texts * repeats)
-    sampled.extend(texts[i] for i in rng.choice(len(texts), size=rest, replace=False))
+    sampled.extend(texts[i] for i in chosen)
   return sorted(sampled)
 
 

@@ -153,3 +153,22 @@ def split_sentences(text: str) -> list[str]:
   if tail:
     sentences.append(tail)
   return sentences
+
+
+def collect_unique(results, dropped) -> list[TextUnit]:
+  """Flattens per-file (units, dropped) results, keeping each (lang, text) once.
+
+  Fortune collections and man pages copy each other's text, so duplicates are dropped (and
+  counted) in file order, which makes the kept copy deterministic.
+  """
+  units, seen = [], set()
+  for file_units, file_dropped in results:
+    dropped.update(file_dropped)
+    for unit in file_units:
+      if (unit.lang, unit.text) in seen:
+        dropped["duplicate"] += 1
+        continue
+      seen.add((unit.lang, unit.text))
+      units.append(unit)
+  return units
+

@@ -133,13 +133,4 @@ def read_fortunes(roots, languages, map_fn=map) -> tuple[list[base.TextUnit], co
   """
   dropped = collections.Counter()
   jobs = find_fortune_files(roots, languages, dropped)
-  units, seen = [], set()
-  for file_units, file_dropped in map_fn(read_fortune_file, jobs):
-    dropped.update(file_dropped)
-    for unit in file_units:
-      if (unit.lang, unit.text) in seen:
-        dropped["duplicate"] += 1
-        continue
-      seen.add((unit.lang, unit.text))
-      units.append(unit)
-  return units, dropped
+  return base.collect_unique(map_fn(read_fortune_file, jobs), dropped), dropped

@@ -140,13 +140,4 @@ def read_manpages(roots, languages, map_fn=map) -> tuple[list[base.TextUnit], co
   """
   dropped = collections.Counter()
   jobs = find_man_pages(roots, languages, dropped)
-  units, seen = [], set()
-  for page_units, page_dropped in map_fn(read_man_page, jobs):
-    dropped.update(page_dropped)
-    for unit in page_units:
-      if (unit.lang, unit.text) in seen:
-        dropped["duplicate"] += 1
-        continue
-      seen.add((unit.lang, unit.text))
-      units.append(unit)
-  return units, dropped
+  return base.collect_unique(map_fn(read_man_page, jobs), dropped), dropped

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import pathlib
 
-import numpy as np
-
+from data_prep import tokenizer_training
 from data_prep.user_corpora.build_text import text_path
 from xlm_jax.data.corpus import SPLITS
-from xlm_jax.data.sampling import language_sampling_probs
 
 
 class TextLines:
@@ -72,18 +70,12 @@ def alpha_sample_files(texts_by_lang: dict[str, TextLines], alpha: float, max_se
   Draws exactly what alpha_sample draws from the lists of the same lines (same per-language generators,
   same rng.choice calls), so a corpus built from files gets the tokenizer a list-based build would.
   """
-  counts = {lang: len(texts) for lang, texts in texts_by_lang.items()}
-  probs = language_sampling_probs(counts, alpha)
-  total = min(max_sentences, sum(counts.values()))
+  plan = tokenizer_training.alpha_sample_plan(
+      {lang: len(texts) for lang, texts in texts_by_lang.items()}, alpha, max_sentences, seed)
   sampled = []
-  for index, lang in enumerate(sorted(texts_by_lang)):
-    texts = texts_by_lang[lang]
-    want = int(round(probs[lang] * total))
-    rng = np.random.default_rng([seed, index])
-    repeats, rest = divmod(want, len(texts))
-    chosen = np.sort(rng.choice(len(texts), size=rest, replace=False)).tolist()  # at most max_sentences
-    pointer = 0
-    for number, line in enumerate(texts):
+  for lang, (repeats, chosen) in plan.items():
+    chosen, pointer = chosen.tolist(), 0
+    for number, line in enumerate(texts_by_lang[lang]):
       extra = pointer < len(chosen) and chosen[pointer] == number
       pointer += extra
       sampled.extend([line] * (repeats + extra))
