@@ -20,9 +20,10 @@ import time
 
 import tqdm
 
-from data_prep import debian, gettext_corpus, splits as splits_lib, tfds_writer, tokenizer_training
+from data_prep import debian, debian8, gettext_corpus, splits as splits_lib, tfds_writer, tokenizer_training
+from data_prep.stats import stats_table  # noqa: F401  (moved to stats.py; build.stats_table still works)
 from xlm_jax.data.corpus import FORMAT_VERSION, Corpus, build_command, read_manifest
-from xlm_jax.data.sampling import language_sampling_probs
+from xlm_jax.data.tokenizer import Tokenizer
 
 DEFAULT_LANGUAGES = ("en", "de", "fr", "es", "it", "ru", "ja", "zh")
 # The 28 Debian packages with gettext catalogues (data.md): ~46 MB of .debs, all 8 default languages.
@@ -33,9 +34,9 @@ GETTEXT_PACKAGES = (
     "vim-runtime", "debconf-i18n", "make")
 # Below this many training sentences a language is treated as empty: too little to learn or evaluate on.
 DEFAULT_MIN_SENTENCES = 1000
-# Sampling exponents shown by `stats`: XLM-R's 0.3, the tokenizer's default 0.5, and the raw shares (1.0).
-STATS_ALPHAS = (0.3, 0.5, 1.0)
 REGISTER_NOTE = "software/IT user-interface strings (gettext catalogues of Debian programs)"
+DEBIAN8_REGISTER_NOTE = ("software/IT: gettext UI strings, LibreOffice help, man pages; plus fortune cookies "
+                         "(quotes, jokes, poems) and FreeDict word pairs")
 
 
 def _say(progress: bool, message: str) -> None:
@@ -61,7 +62,8 @@ def _remove_stale_partials(corpus_dir: pathlib.Path) -> None:
       shutil.rmtree(partial, ignore_errors=True)
 
 
-def _existing_corpus(corpus_dir: pathlib.Path, languages) -> Corpus | None:
+def _existing_corpus(corpus_dir: pathlib.Path, languages,
+                     recipe: str = debian8.DEFAULT_RECIPE) -> Corpus | None:
   """The finished corpus at corpus_dir if it covers `languages`; None if there is none; else ValueError."""
   if not (corpus_dir / "manifest.json").is_file():
     if corpus_dir.exists() and any(corpus_dir.iterdir()):
@@ -69,6 +71,10 @@ def _existing_corpus(corpus_dir: pathlib.Path, languages) -> Corpus | None:
                        "pass force=True (--force) to replace it, or choose another --corpus-dir")
     return None
   manifest = read_manifest(corpus_dir)
+  built = manifest.get("recipe", "gettext8")  # corpora from before recipes existed are gettext8
+  if built != recipe:
+    raise ValueError(f"corpus {corpus_dir} was built with recipe {built!r}, not {recipe!r}; pass force=True "
+                     "(--force) to rebuild it, or choose another --corpus-dir")
   lacking = [lang for lang in languages if lang not in manifest["languages"]]
   if lacking:
     raise ValueError(f"corpus {corpus_dir} was built for {manifest['languages']} and lacks {lacking}; "
@@ -162,7 +168,7 @@ def build_corpus(corpus_dir, languages=DEFAULT_LANGUAGES, packages=None, vocab_s
                  progress: bool = True, cache_dir=None, model_type: str = "unigram",
                  alpha: float = tokenizer_training.DEFAULT_ALPHA,
                  max_tokenizer_sentences: int = tokenizer_training.DEFAULT_MAX_SENTENCES,
-                 workers: int | None = None) -> Corpus:
+                 workers: int | None = None, recipe: str = debian8.DEFAULT_RECIPE) -> Corpus:
   """Builds (or returns the existing) corpus at corpus_dir and returns it as a Corpus.
 
   An existing finished corpus whose manifest covers `languages` is returned as it is unless `force`.
@@ -170,17 +176,23 @@ def build_corpus(corpus_dir, languages=DEFAULT_LANGUAGES, packages=None, vocab_s
   Raises ValueError ("empty language") when a language ends with fewer than `min_sentences_per_language`
   training sentences, naming the languages and the packages that could not be fetched.
 
+  recipe "gettext8" reads gettext catalogues only; "debian8" adds LibreOffice help, fortunes, man pages and
+  FreeDict (data_prep.debian8), splits each by its unit and writes evaluation sets under eval/ and
+  dictionaries under dictionaries/ (`packages` then names the gettext packages only).
+
   Catalogue parsing and TFDS writing run in `workers` (default: one per CPU) "spawn" processes, which
   re-import the caller's main module: a script calling this needs the usual `if __name__ == "__main__":`
   guard, or workers=1 (no worker processes).
   """
   corpus_dir = pathlib.Path(corpus_dir).expanduser().absolute()
   languages = list(dict.fromkeys(languages))
+  if recipe not in debian8.RECIPES:
+    raise ValueError(f"unknown recipe {recipe!r}; choose one of {list(debian8.RECIPES)}")
   if not languages:
     raise ValueError("languages is empty; pass at least one language code, e.g. en de")
   packages = list(packages) if packages else list(GETTEXT_PACKAGES)
   if not force:
-    existing = _existing_corpus(corpus_dir, languages)
+    existing = _existing_corpus(corpus_dir, languages, recipe)
     if existing is not None:
       _say(progress, f"corpus {corpus_dir} already built for {existing.languages}; reusing it "
            "(--force rebuilds)")
@@ -197,7 +209,13 @@ def build_corpus(corpus_dir, languages=DEFAULT_LANGUAGES, packages=None, vocab_s
   pool = None if workers <= 1 else concurrent.futures.ProcessPoolExecutor(
       max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
   try:
-    fetched, splits, dropped = _gettext_splits(packages, languages, cache_dir, pool, progress, timings)
+    map_fn = map if pool is None else functools.partial(pool.map, chunksize=4)
+    recipe_data = None
+    if recipe == "debian8":
+      fetched, splits, dropped, recipe_data = debian8.collect_and_split(packages, languages, cache_dir,
+                                                                        map_fn, progress, timings)
+    else:
+      fetched, splits, dropped = _gettext_splits(packages, languages, cache_dir, pool, progress, timings)
     _check_enough_text(splits, languages, fetched, min_sentences_per_language)
     _write_text(splits, work)
 
@@ -209,11 +227,16 @@ def build_corpus(corpus_dir, languages=DEFAULT_LANGUAGES, packages=None, vocab_s
     timings["tokenizer"] = time.perf_counter() - start - sum(timings.values())
     _write_tfds(splits, work, pool, progress)
     timings["tfds"] = time.perf_counter() - start - sum(timings.values())
+    extra = {}
+    if recipe_data is not None:
+      extra = debian8.write_extras(recipe_data, work, Tokenizer(work / "spm" / "spm.model"))
+      timings["eval_sets"] = time.perf_counter() - start - sum(timings.values())
 
     manifest = {
         "name": corpus_dir.name, "languages": languages,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "source": "gettext", "register": REGISTER_NOTE,
+        "recipe": recipe, "source": "gettext" if recipe == "gettext8" else "debian8",
+        "register": REGISTER_NOTE if recipe == "gettext8" else DEBIAN8_REGISTER_NOTE,
         "packages": [p.manifest_entry() for p in fetched],
         "heldout_programs": splits.heldout_programs, "counts": splits.counts(),
         "dropped": dict(sorted(dropped.items())),
@@ -221,7 +244,7 @@ def build_corpus(corpus_dir, languages=DEFAULT_LANGUAGES, packages=None, vocab_s
                       "sentences": len(sample), "sha256": tokenizer_sha256},
         "min_sentences_per_language": min_sentences_per_language,
         "build_seconds": {k: round(v, 1) for k, v in timings.items()},
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION, **extra,
     }
     # Written last: a folder with a manifest is a finished corpus.
     (work / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n",
@@ -260,32 +283,6 @@ def ensure_corpus(corpus_dir, languages=DEFAULT_LANGUAGES, build_if_missing: boo
                               f"`{build_command(corpus_dir)} --languages {' '.join(languages)}`")
     build_corpus(corpus_dir, languages, **build_kwargs)
   return Corpus(corpus_dir, languages)
-
-
-def stats_table(corpus: Corpus) -> str:
-  """Per-language table: mono and parallel sizes, and the share q_l ∝ p_l^alpha a sampler gives each."""
-  manifest = corpus.manifest
-  counts = manifest["counts"]
-  train = {lang: counts[lang]["mono_train"] for lang in corpus.languages if counts[lang]["mono_train"] > 0}
-  probs = {alpha: language_sampling_probs(train, alpha) for alpha in STATS_ALPHAS} if train else {}
-  header = (f"{'lang':<5} {'mono_train':>10} {'mono_test':>9} {'par_train':>9} {'par_test':>8}"
-            + "".join(f" {'q@' + str(a):>7}" for a in STATS_ALPHAS))
-  lines = [f"corpus {corpus.dir} ({manifest['name']}, created {manifest['created']})", header]
-  for lang in corpus.languages:
-    c = counts[lang]
-    shares = "".join(f" {probs[a].get(lang, 0.0):>7.3f}" for a in probs)
-    lines.append(f"{lang:<5} {c['mono_train']:>10} {c['mono_test']:>9} {c['parallel_train']:>9} "
-                 f"{c['parallel_test']:>8}{shares}")
-  packages = manifest["packages"]
-  missing = [p["name"] for p in packages if p["status"] != "ok"]
-  lines.append(f"packages: {len(packages) - len(missing)} ok, {len(missing)} missing"
-               + (f": {', '.join(missing)}" if missing else ""))
-  lines.append(f"held-out programs (test): {', '.join(manifest['heldout_programs'])}")
-  lines.append("dropped: " + ", ".join(f"{k} {v}" for k, v in manifest["dropped"].items()))
-  tok = manifest["tokenizer"]
-  lines.append(f"tokenizer: {tok['model_type']} vocab {tok['vocab_size']} alpha {tok['alpha']} "
-               f"sha256 {tok['sha256'][:12]}")
-  return "\n".join(lines)
 
 
 def build_main(argv) -> int:

@@ -146,8 +146,8 @@ def test_blocks_empty_sides_tabs_and_long_units(tmp_path):
 def _reference(mono_docs: dict, parallel_blocks: dict, fraction: float, max_unit: int) -> dict:
   """The split/dedup/overlap rules on lists in memory, for comparison with the streaming build."""
   outputs = {}
-  for kind, units in (("mono", mono_docs), ("parallel", parallel_blocks)):
-    for lang, docs in units.items():
+  for kind, by_lang in (("mono", mono_docs), ("parallel", parallel_blocks)):
+    for lang, docs in by_lang.items():
       for doc in docs:
         for start in range(0, len(doc), max_unit):
           unit = doc[start:start + max_unit]

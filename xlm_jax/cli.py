@@ -3,7 +3,7 @@
     xlm-jax train  --config experiments/quickstart.py[:variant] --workdir DIR [--config.f=v ...]
     xlm-jax eval   --workdir DIR [--config.f=v ...]
     xlm-jax export --workdir DIR [--out DIR]
-    xlm-jax data   build|stats [...]
+    xlm-jax data   build|stats|inspect [...]
 """
 from __future__ import annotations
 
