@@ -1,19 +1,22 @@
-"""Command line for corpora: `python -m data_prep build|stats|inspect` (and `xlm-jax data ...`).
+"""Command line for corpora: `python -m data_prep build|stats|inspect|tokenizers|derive` (and `xlm-jax data ...`).
 
     python -m data_prep build [--recipe gettext8|debian8] [--corpus-dir DIR] [--languages en de ...] [--force]
     python -m data_prep build --corpus-dir DIR --mono-dir cc100/ --parallel en:a.en de:a.de   (users' text)
     python -m data_prep stats --corpus-dir ~/.cache/xlm_jax/data/gettext8
     python -m data_prep inspect --corpus-dir ~/.cache/xlm_jax/data/gettext8
+    python -m data_prep tokenizers --corpus-dir DIR --kind union|no_anchors [--vocab-size-per-lang N]
+    python -m data_prep derive --corpus-dir DIR --op trans+inv [--lang en] [--overlap FILE] [--seed S]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
-from data_prep import build, debian8, inspect_batches, tokenizer_training, user_build
+from data_prep import build, debian8, inspect_batches, synthetic, tokenizer_training, tokenizer_variants, user_build
 from data_prep.stats import stats_table
 from data_prep.user_corpora import cli_args as user_args
-from xlm_jax.data.corpus import Corpus, default_corpus_dir
+from xlm_jax.data.corpus import Corpus, build_command, default_corpus_dir
 
 
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,15 +90,138 @@ def inspect_main(args: argparse.Namespace) -> Corpus:
   return Corpus(args.corpus_dir)
 
 
+# --- Vocabulary variants and synthetic languages (Conneau, Wu et al. 2020; Deshpande et al. 2022) ---------
+
+TOKENIZER_KINDS = ("union", "no_anchors")
+# Per language, not in all: the union of 8 languages' 4000 pieces is ~15-25k ids once anchors merge.
+DEFAULT_VOCAB_SIZE_PER_LANG = 4000
+
+
+def add_tokenizers_arguments(parser: argparse.ArgumentParser) -> None:
+  """Flags of `tokenizers`."""
+  add_stats_arguments(parser)
+  parser.add_argument("--kind", required=True, choices=TOKENIZER_KINDS,
+                      help="union: one vocabulary, pieces learned by several languages shared (anchors); "
+                      "no_anchors: each language in its own id range, nothing shared but ids 0..4")
+  parser.add_argument("--vocab-size-per-lang", type=int, default=DEFAULT_VOCAB_SIZE_PER_LANG,
+                      help="pieces of each language's SentencePiece model (lower it for small corpora)")
+  # Subword models only, as in the studies these variants reproduce.
+  parser.add_argument("--model-type", default="unigram", choices=("unigram", "bpe"))
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--languages", nargs="+", default=None, help="default: all languages of the corpus")
+
+
+def tokenizers_main(args: argparse.Namespace) -> Corpus:
+  """Trains one SentencePiece model per language on its mono training text and writes the `kind` variant
+  to <corpus>/tokenizers/<kind>/; prints its size and anchors (union) or id ranges (no_anchors)."""
+  corpus = Corpus(args.corpus_dir)
+  languages = list(args.languages or corpus.languages)
+  repeated = sorted({lang for lang in languages if languages.count(lang) > 1})
+  if repeated:
+    raise ValueError(f"--languages names {repeated} more than once; give each language once")
+  corpus.check_languages(languages)
+  texts = {lang: corpus.mono_texts(lang, "train") for lang in languages}
+  out_dir = corpus.dir / "tokenizers" / args.kind
+  options = dict(vocab_size_per_lang=args.vocab_size_per_lang, model_type=args.model_type, seed=args.seed)
+  if args.kind == "union":
+    summary = tokenizer_variants.build_union_tokenizer(texts, out_dir, **options)
+    print(f"union tokenizer of {' '.join(languages)} ({args.model_type}, {args.vocab_size_per_lang} pieces "
+          f"per language, seed {args.seed}) -> {out_dir}")
+    print(f"  vocab_size {summary['vocab_size']}; {summary['num_anchors']} anchors (pieces shared by >= 2 "
+          f"languages, listed in {out_dir / 'anchors.json'})")
+  else:
+    tokenizer = tokenizer_variants.build_no_anchors_tokenizer(texts, out_dir, **options)
+    print(f"no-anchors tokenizer of {' '.join(languages)} ({args.model_type}, {args.vocab_size_per_lang} "
+          f"pieces per language, seed {args.seed}) -> {out_dir}")
+    print(f"  vocab_size {tokenizer.vocab_size}; ids 0..4 are the shared specials; per-language id ranges:")
+    for lang, (start, end) in tokenizer.language_ranges.items():
+      print(f"    {lang:<4} [{start}, {end})")
+  return corpus
+
+
+def add_derive_arguments(parser: argparse.ArgumentParser) -> None:
+  """Flags of `derive`."""
+  add_stats_arguments(parser)
+  parser.add_argument("--op", required=True,
+                      help=f"one of {', '.join(synthetic.OPS)}; '+' may replace '∘' (trans+inv)")
+  parser.add_argument("--lang", default="en", help="source language of the derived one")
+  parser.add_argument("--overlap", default=None,
+                      help="file of ids or pieces (one a line) that trans leaves shared")
+  parser.add_argument("--seed", type=int, default=0)
+
+
+def canonical_op(op: str) -> str:
+  """The OPS spelling of an op ("inv+trans" -> "trans∘inv"); ValueError listing OPS for an unknown one."""
+  parsed = synthetic.parse_op(op)
+  return next(known for known in synthetic.OPS if synthetic.parse_op(known) == parsed)
+
+
+def classification_test_rows(corpus: Corpus, lang: str) -> list[dict]:
+  """Rows of <corpus>/eval/classification/test.jsonl in `lang`, in file order ([] without the file)."""
+  path = corpus.dir / "eval" / "classification" / "test.jsonl"
+  if not path.is_file():
+    return []
+  rows = []
+  for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+      if row["lang"] == lang:
+        rows.append({"id": row["id"], "text": row["text"]})
+    except (ValueError, KeyError, TypeError) as err:
+      raise ValueError(f"{path}:{number}: not a classification row with id, lang and text ({err}); "
+                       f"rebuild the corpus (`{build_command(corpus.dir)} --force`)") from err
+  return rows
+
+
+def derive_main(args: argparse.Namespace) -> Corpus:
+  """Derives a synthetic language from `lang`'s training text with the corpus tokenizer and writes it to
+  <corpus>/derived/<op with '+'>/: shuffled train text, implicit dictionary, derived eval sets (the
+  language's test split; its classification test rows when the corpus has eval/classification)."""
+  op = canonical_op(args.op)
+  corpus = Corpus(args.corpus_dir)
+  corpus.check_languages([args.lang])
+  eval_texts = {"test": corpus.mono_texts(args.lang, "test")}
+  eval_sources = {"test": f"text/mono/test/{args.lang}.txt"}
+  rows = classification_test_rows(corpus, args.lang)
+  if rows:
+    eval_texts["classification_test"] = [row["text"] for row in rows]
+    # The derived rows keep this order; the ids join them back to their labels in the source file.
+    eval_sources["classification_test"] = {"file": "eval/classification/test.jsonl", "lang": args.lang,
+                                           "ids": [row["id"] for row in rows]}
+  result = synthetic.derive_corpus(corpus.mono_texts(args.lang, "train"), corpus.tokenizer(), op, args.seed,
+                                   overlap=args.overlap, eval_texts=eval_texts, source_language=args.lang)
+  result.manifest["eval_sources"] = eval_sources
+  # ASCII folder names: "∘" is awkward in shells and on some file systems.
+  out_dir = corpus.dir / "derived" / op.replace("∘", "+")
+  synthetic.write_derived_corpus(result, out_dir)
+  source_size = result.vocab_size // 2
+  print(f"derived language {op!r} of {args.lang} (seed {args.seed}) -> {out_dir}")
+  print(f"  train {len(result.ids)} sequences; vocab_size {result.vocab_size} (source {source_size} + "
+        f"derived); {len(result.manifest['overlap_ids'])} overlap ids")
+  print("  eval sets: " + ", ".join(f"{name} {len(seqs)} rows (eval/{name}.jsonl)"
+                                    for name, seqs in result.eval_ids.items()))
+  print(f"  implicit dictionary: {len(result.dictionary)} pairs (i, i + {source_size}) in "
+        f"{out_dir / 'dictionary.npy'} (+ dictionary.json)")
+  return corpus
+
+
 def run(argv, prog: str = "python -m data_prep") -> Corpus:
-  """Parses `build|stats|inspect ...` and runs it; errors (ValueError, FileNotFoundError) propagate."""
+  """Parses `build|stats|inspect|tokenizers|derive ...` and runs it; errors (ValueError,
+  FileNotFoundError) propagate."""
   parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
   commands = parser.add_subparsers(dest="command", required=True)
   add_build_arguments(commands.add_parser("build", help="build a corpus from Debian packages"))
   add_stats_arguments(commands.add_parser("stats", help="print per-language counts of a built corpus"))
   add_inspect_arguments(commands.add_parser("inspect", help="show tokenized examples of each batch kind"))
+  add_tokenizers_arguments(commands.add_parser(
+      "tokenizers", help="train per-language tokenizers: their union, or disjoint id ranges (no anchors)"))
+  add_derive_arguments(commands.add_parser(
+      "derive", help="derive a synthetic language (trans, inv, perm, ...) from a language's training text"))
   args = parser.parse_args(argv)
-  return {"build": build_main, "stats": stats_main, "inspect": inspect_main}[args.command](args)
+  return {"build": build_main, "stats": stats_main, "inspect": inspect_main, "tokenizers": tokenizers_main,
+          "derive": derive_main}[args.command](args)
 
 
 def main(argv=None) -> int:

@@ -3,7 +3,7 @@
     xlm-jax train  --config experiments/quickstart.py[:variant] --workdir DIR [--config.f=v ...]
     xlm-jax eval   --workdir DIR [--config.f=v ...]
     xlm-jax export --workdir DIR [--out DIR]
-    xlm-jax data   build|stats|inspect [...]
+    xlm-jax data   build|stats|inspect|tokenizers|derive [...]
 """
 from __future__ import annotations
 
@@ -115,9 +115,16 @@ def main(argv: list[str] | None = None) -> int:
   p = sub.add_parser("export", help="export the latest checkpoint of a workdir")
   p.add_argument("--workdir", required=True)
   p.add_argument("--out", default=None, help="export folder (default <workdir>/export)")
-  p = sub.add_parser("data", help="build / inspect corpora (see `xlm-jax data -h`)", add_help=False)
+  p = sub.add_parser("data", help="build, inspect and derive corpora and tokenizers (`xlm-jax data -h`)",
+                     add_help=False)
   p.add_argument("data_args", nargs=argparse.REMAINDER)
-  args = parser.parse_args(rest)
+  command_at = next((i for i, a in enumerate(rest) if not a.startswith("-")), len(rest))
+  if rest[command_at:command_at + 1] == ["data"]:
+    # `xlm-jax data ...` hands every later argument (its own -h too) to data_prep's parser.
+    args = parser.parse_args(rest[:command_at + 1])
+    args.data_args = rest[command_at + 1:]
+  else:
+    args = parser.parse_args(rest)
   logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
   if overrides and args.command == "data":
     parser.error("--config.* overrides do not apply to `xlm-jax data`")
