@@ -30,6 +30,8 @@ import time
 import jax
 import numpy as np
 
+from machine_load import machine_busy_seconds  # benchmarks/ is on sys.path[0]
+
 from xlm_jax import config as config_lib
 from xlm_jax.models.encoder import EncoderConfig, Model, count_params, flops_per_token
 from xlm_jax.objectives.base import ObjectiveContext
@@ -230,18 +232,6 @@ class PeerSide:
 # ---------------------------------------------------------------------------------------------
 # Measurement and report.
 # ---------------------------------------------------------------------------------------------
-
-
-def machine_busy_seconds() -> float | None:
-  """CPU seconds all processes have used since boot (Linux /proc/stat), None elsewhere."""
-  try:
-    with open("/proc/stat") as f:
-      fields = [int(x) for x in f.readline().split()[1:]]
-  except (OSError, ValueError):
-    return None
-  # user nice system idle iowait irq softirq steal ...: everything but idle and iowait is busy.
-  busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)
-  return busy / os.sysconf("SC_CLK_TCK")
 
 
 def timed_round(side, steps: int) -> tuple[dict, float]:
