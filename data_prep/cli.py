@@ -1,6 +1,6 @@
 """Command line for corpora: `python -m data_prep build|stats|inspect|tokenizers|derive` (and `xlm-jax data ...`).
 
-    python -m data_prep build [--recipe gettext8|debian8] [--corpus-dir DIR] [--languages en de ...] [--force]
+    python -m data_prep build [--recipe debian8|gettext8] [--corpus-dir DIR] [--languages en de ...] [--force]
     python -m data_prep build --corpus-dir DIR --mono-dir cc100/ --parallel en:a.en de:a.de   (users' text)
     python -m data_prep stats --corpus-dir ~/.cache/xlm_jax/data/gettext8
     python -m data_prep inspect --corpus-dir ~/.cache/xlm_jax/data/gettext8
@@ -21,9 +21,10 @@ from xlm_jax.data.corpus import Corpus, build_command, default_corpus_dir
 
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
   """Flags of `build` (shared with `xlm-jax data build`)."""
-  parser.add_argument("--recipe", default=debian8.DEFAULT_RECIPE, choices=debian8.RECIPES,
-                      help="gettext8: gettext catalogues only (default); debian8: + LibreOffice help, "
-                      "fortunes, man pages, FreeDict, with evaluation sets under eval/")
+  parser.add_argument("--recipe", default="debian8", choices=debian8.RECIPES,
+                      help="debian8 (default): gettext, LibreOffice help, fortunes, man pages, FreeDict, "
+                      "with evaluation sets under eval/; gettext8: gettext catalogues only (the "
+                      "quickstart's corpus, built on the fly by `xlm-jax train`)")
   parser.add_argument("--corpus-dir", default=None,
                       help="output folder (default: $XLM_JAX_DATA_DIR/<recipe>, "
                       "else ~/.cache/xlm_jax/data/<recipe>)")
@@ -44,9 +45,16 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
   user_args.add_user_corpus_arguments(parser)
 
 
+def _default_built_corpus() -> str:
+  """The debian8 corpus if it was built (the default of `build`), else the quickstart's gettext8."""
+  full = default_corpus_dir("debian8")
+  return str(full if (full / "manifest.json").is_file() else default_corpus_dir("gettext8"))
+
+
 def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
   """Flags of `stats` and `inspect`."""
-  parser.add_argument("--corpus-dir", default=str(default_corpus_dir()), help="a built corpus folder")
+  parser.add_argument("--corpus-dir", default=_default_built_corpus(),
+                      help="a built corpus folder (default: debian8 if built, else gettext8)")
 
 
 def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:

@@ -44,7 +44,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.corpus = "gettext8"          # sub-folder of the data dir ($XLM_JAX_DATA_DIR or ~/.cache/xlm_jax/data)
+  # Sub-folder of the data dir ($XLM_JAX_DATA_DIR or ~/.cache/xlm_jax/data). The Debian recipes
+  # gettext8 (quickstart) and debian8 (all sources) are built on first use.
+  c.data.corpus = "gettext8"
   c.data.corpus_dir = ""              # explicit path; overrides `corpus`
   c.data.build_if_missing = True      # build the default corpus from Debian packages when absent
   c.data.languages = DEFAULT_LANGUAGES

@@ -16,6 +16,7 @@ import jax
 import ml_collections
 
 from data_prep import build as corpus_build
+from data_prep.debian8 import RECIPES
 from xlm_jax.data.corpus import Corpus
 from xlm_jax.data.pipeline import make_mono_dataset
 from xlm_jax.data.tokenizer import Tokenizer
@@ -40,12 +41,18 @@ def corpus_dir(config) -> pathlib.Path:
 
 
 def load_corpus(config) -> Corpus:
-  """Opens the configured corpus, building the default one from Debian packages if allowed."""
+  """Opens the configured corpus, building it from Debian packages if allowed.
+
+  Only the Debian recipes (`data.corpus` = gettext8 | debian8) can be built on the fly; any other
+  corpus must exist (`xlm-jax data build ...` with your own text).
+  """
   path = corpus_dir(config)
-  if config.data.build_if_missing and jax.process_index() == 0:
+  recipe = config.data.corpus
+  can_build = config.data.build_if_missing and recipe in RECIPES
+  if can_build and jax.process_index() == 0:
     corpus_build.ensure_corpus(path, languages=tuple(config.data.languages),
                                build_if_missing=True, vocab_size=config.data.vocab_size,
-                               seed=config.seed)
+                               seed=config.seed, recipe=recipe)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("corpus ready")  # other hosts wait for host 0's build
