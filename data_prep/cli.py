@@ -21,7 +21,7 @@ from xlm_jax.data.corpus import Corpus, build_command, default_corpus_dir
 
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
   """Flags of `build` (shared with `xlm-jax data build`)."""
-  parser.add_argument("--recipe", default="debian8", choices=debian8.RECIPES,
+  parser.add_argument("--recipe", default=debian8.FULL_RECIPE, choices=debian8.RECIPES,
                       help="debian8 (default): gettext, LibreOffice help, fortunes, man pages, FreeDict, "
                       "with evaluation sets under eval/; gettext8: gettext catalogues only (the "
                       "quickstart's corpus, built on the fly by `xlm-jax train`)")
@@ -47,8 +47,8 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _default_built_corpus() -> str:
   """The debian8 corpus if it was built (the default of `build`), else the quickstart's gettext8."""
-  full = default_corpus_dir("debian8")
-  return str(full if (full / "manifest.json").is_file() else default_corpus_dir("gettext8"))
+  full = default_corpus_dir(debian8.FULL_RECIPE)
+  return str(full if (full / "manifest.json").is_file() else default_corpus_dir(debian8.DEFAULT_RECIPE))
 
 
 def add_stats_arguments(parser: argparse.ArgumentParser) -> None:

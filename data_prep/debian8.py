@@ -22,7 +22,10 @@ from data_prep import (debian, dictionaries, eval_writer, gettext_corpus, splits
 from data_prep.sources import base, fortunes, libreoffice_help, manpages
 
 RECIPES = ("gettext8", "debian8")
+# build_corpus()'s default, which `xlm-jax train` uses to build the quickstart corpus on the fly.
+# `xlm-jax data build` asks for the full "debian8" explicitly (data_prep/cli.py).
 DEFAULT_RECIPE = "gettext8"
+FULL_RECIPE = "debian8"
 SOURCES = ("gettext", "libreoffice_help", "fortunes", "manpages", "freedict")
 
 

@@ -29,9 +29,8 @@ def unigram_log_probs(corpus, tokenizer, languages, alpha: float) -> np.ndarray:
   mixture = np.zeros(tokenizer.vocab_size, np.float64)
   for lang in languages:
     texts = corpus.mono_texts(lang, "train")[:_UNIGRAM_SENTENCES]
-    per_lang = np.ones(tokenizer.vocab_size, np.float64)  # add-one smoothing
-    for ids in tokenizer.encode(texts):
-      np.add.at(per_lang, ids, 1.0)
+    ids = np.fromiter((i for row in tokenizer.encode(texts) for i in row), np.int64)
+    per_lang = 1.0 + np.bincount(ids, minlength=tokenizer.vocab_size).astype(np.float64)  # add-one
     per_lang[list(tokenizer.special_ids)] = 0.0
     mixture += weights[lang] * per_lang / per_lang.sum()
   with np.errstate(divide="ignore"):
