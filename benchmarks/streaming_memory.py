@@ -1,21 +1,28 @@
-"""Peak memory and throughput of the user-corpus text build (data_prep.user_corpora) on large inputs.
+"""Peak memory and wall time of a whole `xlm-jax data build --mono-dir` on generated multi-GB text, per stage.
 
-    python benchmarks/streaming_memory.py                      # 200 MB and 2 GB, in a temporary folder
+    python benchmarks/streaming_memory.py                      # 0.5 GB and 2 GB, in a temporary folder
     python benchmarks/streaming_memory.py --sizes-mb 50 --json /tmp/streaming.json
 
 For each size it writes a synthetic CC-100-style file <tmp>/mono/de.txt (sentences of made-up words, a
-blank line between documents, 5% of lines repeated from a pool of boilerplate so that dedup has work),
-builds the text layout from it in a child process, and deletes everything again. The child measures
-itself: its peak RSS (VmHWM in /proc/self/status, the high-water mark of the process's own memory) and its
-RSS after the imports, before the build, so the build's own share is the difference. (Not getrusage's
+blank line between documents, 5% of lines repeated from a pool of boilerplate so that dedup has work; no
+third-party text), then runs the real command line, `python -m data_prep build --corpus-dir <tmp>/corpus
+--mono-dir <tmp>/mono`, in a child process, and deletes everything again. Every stage of the build
+(data_prep.stages: text, tokenizer, tfds, tokens) is measured from inside the child by an observer: at a
+stage's start the kernel's high-water mark of the process's memory is reset (writing 5 to
+/proc/self/clear_refs), at its end VmHWM is that stage's peak RSS. The time between stages (argument
+parsing, the stats table printed at the end) is measured the same way as "other". (Not getrusage's
 ru_maxrss: on Linux a child started by fork + exec inherits the parent's high-water mark, here the
-generator's.) Throughput is input MB per second of build wall time (all three passes: split + write,
-dedup, filter).
+generator's.) Each stage's CPU seconds (all threads of the child) are recorded too, and the share of the
+machine's CPU that other processes took during the build: on a shared machine the wall time alone says
+little. The memory that does not depend on the input (imports, the SentencePiece trainer on its
+bounded sample, the TFDS writer's 64 MiB sort buffer) is the same at every size; flat means the peaks
+do not grow from 0.5 to 2 GB.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -24,6 +31,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from machine_load import machine_busy_seconds  # benchmarks/ is on sys.path[0]
 
 CHUNK_BYTES = 16 << 20
 
@@ -73,16 +82,41 @@ def _status_mb(field: str) -> float:
   raise RuntimeError(f"no {field} in /proc/self/status; this benchmark needs Linux")
 
 
-def run_build(mono_dir: str, work_dir: str) -> dict:
-  """The child's job: build the text layout from mono_dir, measuring this process only."""
-  from data_prep.user_corpora import build_user_text, collect_inputs
+def _reset_peak() -> None:
+  pathlib.Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+
+
+def run_build(mono_dir: str, corpus_dir: str) -> dict:
+  """The child's job: `python -m data_prep build --mono-dir` as the command line runs it, measuring
+  the peak RSS of each stage of this process."""
+  from data_prep import cli, stages
+  peaks, other, cpu, started = {}, [0.0], {}, {}
+
+  def observe(stage: str, event: str) -> None:
+    if event == "start":
+      other[0] = max(other[0], _status_mb("VmHWM"))  # since the last stage ended
+      started[stage] = time.process_time()
+    else:
+      peaks[stage] = max(peaks.get(stage, 0.0), _status_mb("VmHWM"))
+      cpu[stage] = cpu.get(stage, 0.0) + time.process_time() - started[stage]
+    _reset_peak()
+
+  stages.OBSERVERS.append(observe)
   baseline = _status_mb("VmRSS")
+  _reset_peak()
   start = time.perf_counter()
-  report = build_user_text(work_dir, collect_inputs(mono_dirs=[mono_dir]), test_fraction=0.01)
+  code = cli.main(["build", "--corpus-dir", corpus_dir, "--mono-dir", mono_dir, "--quiet"])
   seconds = time.perf_counter() - start
-  return {"seconds": seconds, "rss_after_imports_mb": baseline,
-          "peak_rss_mb": _status_mb("VmHWM"),
-          "counts": report["counts"]["de"], "dropped": report["dropped"], "inputs": report["inputs"]}
+  other[0] = max(other[0], _status_mb("VmHWM"))
+  if code != 0:
+    raise SystemExit(f"data build failed with exit code {code}")
+  manifest = json.loads((pathlib.Path(corpus_dir) / "manifest.json").read_text(encoding="utf-8"))
+  return {"seconds": seconds, "cpu_seconds": time.process_time(), "stage_cpu_seconds": cpu,
+          "rss_after_imports_mb": baseline, "stage_peak_rss_mb": peaks,
+          "other_peak_rss_mb": other[0], "peak_rss_mb": max([other[0], *peaks.values()]),
+          "stage_seconds": manifest["build_seconds"], "counts": manifest["counts"]["de"],
+          "dropped": manifest["dropped"], "tokens": manifest["tokens"]["de"],
+          "inputs": manifest["user_corpora"]["inputs"]}
 
 
 def measure(size_mb: float, tmp_root: str | None) -> dict:
@@ -92,10 +126,18 @@ def measure(size_mb: float, tmp_root: str | None) -> dict:
     start = time.perf_counter()
     size = write_synthetic_text(folder / "mono" / "de.txt", int(size_mb * (1 << 20)))
     generate_seconds = time.perf_counter() - start
+    busy, wall = machine_busy_seconds(), time.perf_counter()
     child = subprocess.run(
-        [sys.executable, __file__, "--run-build", str(folder / "mono"), str(folder / "work")],
-        check=True, capture_output=True, text=True)
+        [sys.executable, __file__, "--run-build", str(folder / "mono"), str(folder / "corpus")],
+        capture_output=True, text=True)
+    wall = time.perf_counter() - wall
+    busy = machine_busy_seconds() - busy if busy is not None else None
+    if child.returncode != 0:
+      raise SystemExit(f"the build child failed:\n{child.stderr[-4000:]}")
     result = json.loads(child.stdout.strip().splitlines()[-1])
+    if busy is not None:  # CPU the other processes took, as a share of all cores over the child's run
+      result["others_cpu_share"] = max(0.0, busy - result["cpu_seconds"]) / (wall * os.cpu_count())
+    result["corpus_mb"] = sum(p.stat().st_size for p in (folder / "corpus").rglob("*") if p.is_file()) / 2**20
   finally:
     shutil.rmtree(folder, ignore_errors=True)
   result.update(input_mb=size / (1 << 20), generate_seconds=generate_seconds,
@@ -103,23 +145,32 @@ def measure(size_mb: float, tmp_root: str | None) -> dict:
   return result
 
 
+STAGES = ("text", "tokenizer", "tfds", "tokens")
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--sizes-mb", type=float, nargs="+", default=[200, 2048])
+  parser.add_argument("--sizes-mb", type=float, nargs="+", default=[512, 2048])
   parser.add_argument("--tmp-dir", default=None, help="where the input and output go (default: $TMPDIR)")
   parser.add_argument("--json", default=None, help="also write the results here")
-  parser.add_argument("--run-build", nargs=2, metavar=("MONO_DIR", "WORK_DIR"), help=argparse.SUPPRESS)
+  parser.add_argument("--run-build", nargs=2, metavar=("MONO_DIR", "CORPUS_DIR"), help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.run_build:
     print(json.dumps(run_build(*args.run_build)))
     return 0
   results = []
-  print(f"{'input MB':>9} {'lines':>11} {'build s':>8} {'MB/s':>6} {'peak RSS MB':>11} {'RSS at start':>12}")
+  print("per stage: peak RSS MB / wall s / CPU s;  others: share of the CPU other processes took")
+  print(f"{'input MB':>9} {'lines':>11} {'wall s':>7} {'CPU s':>6} {'others':>6} {'peak RSS MB':>11} "
+        f"{'at start':>8} | " + " ".join(f"{stage:>16}" for stage in STAGES) + f" {'other MB':>8}")
   for size_mb in args.sizes_mb:
     r = measure(size_mb, args.tmp_dir)
     results.append(r)
-    print(f"{r['input_mb']:>9.0f} {r['inputs'][0]['lines']:>11} {r['seconds']:>8.1f} {r['mb_per_s']:>6.1f} "
-          f"{r['peak_rss_mb']:>11.0f} {r['rss_after_imports_mb']:>12.0f}", flush=True)
+    per_stage = " ".join(f"{r['stage_peak_rss_mb'][s]:>6.0f}/{r['stage_seconds'][s]:.0f}/"
+                         f"{r['stage_cpu_seconds'][s]:<5.0f}" for s in STAGES)
+    print(f"{r['input_mb']:>9.0f} {r['inputs'][0]['lines']:>11} {r['seconds']:>7.0f} "
+          f"{r['cpu_seconds']:>6.0f} "
+          f"{r.get('others_cpu_share', float('nan')):>6.0%} {r['peak_rss_mb']:>11.0f} "
+          f"{r['rss_after_imports_mb']:>8.0f} | {per_stage} {r['other_peak_rss_mb']:>8.0f}", flush=True)
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
   return 0

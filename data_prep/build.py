@@ -93,8 +93,9 @@ def _extract_all(packages, root: pathlib.Path, progress: bool) -> list[pathlib.P
     return [job.result() for job in jobs]
 
 
-def _check_enough_text(splits: splits_lib.Splits, languages, packages, min_sentences: int) -> None:
-  counts = splits.counts()
+def check_enough_text(counts: dict, languages, packages, min_sentences: int) -> None:
+  """ValueError ("empty language") naming each language with fewer than min_sentences training sentences
+  in `counts` (the manifest's), and the packages that could not be fetched."""
   short = {lang: counts[lang]["mono_train"] for lang in languages
            if counts[lang]["mono_train"] < min_sentences}
   if not short:
@@ -163,6 +164,30 @@ def _gettext_splits(packages, languages, cache_dir, pool, progress: bool, timing
   return fetched, splits, dropped
 
 
+def collect_recipe(recipe: str, packages, languages, cache_dir, pool, progress: bool, timings: dict):
+  """Fetches, reads and splits a recipe's packages: (fetched, Splits, dropped, recipe_data or None).
+
+  recipe_data (debian8 only) is what debian8.write_extras needs once the tokenizer exists; `pool` is a
+  process pool for the catalogue parsing, or None.
+  """
+  if recipe not in debian8.RECIPES:
+    raise ValueError(f"unknown recipe {recipe!r}; choose one of {list(debian8.RECIPES)}")
+  if recipe == "debian8":
+    map_fn = map if pool is None else functools.partial(pool.map, chunksize=4)
+    return debian8.collect_and_split(packages, languages, cache_dir, map_fn, progress, timings)
+  return (*_gettext_splits(packages, languages, cache_dir, pool, progress, timings), None)
+
+
+def worker_pool(workers: int | None):
+  """A "spawn" process pool of `workers` (default: one per CPU), or None for one worker.
+
+  "spawn", not fork: the caller may be a training process with JAX initialised, which must not be forked.
+  """
+  workers = workers or os.cpu_count() or 1
+  return None if workers <= 1 else concurrent.futures.ProcessPoolExecutor(
+      max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
 def build_corpus(corpus_dir, languages=DEFAULT_LANGUAGES, packages=None, vocab_size: int = 8000,
                  seed: int = 0, min_sentences_per_language: int = DEFAULT_MIN_SENTENCES, force: bool = False,
                  progress: bool = True, cache_dir=None, model_type: str = "unigram",
@@ -203,20 +228,11 @@ def build_corpus(corpus_dir, languages=DEFAULT_LANGUAGES, packages=None, vocab_s
   shutil.rmtree(work, ignore_errors=True)
   work.mkdir()
   timings, start = {}, time.perf_counter()
-  # Worker processes for the CPU-bound stages (catalogue parsing, TFDS writing). "spawn", not fork: the
-  # caller may be a training process with JAX initialised, which must not be forked.
-  workers = workers or os.cpu_count() or 1
-  pool = None if workers <= 1 else concurrent.futures.ProcessPoolExecutor(
-      max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+  pool = worker_pool(workers)  # for the CPU-bound stages: catalogue parsing, TFDS writing
   try:
-    map_fn = map if pool is None else functools.partial(pool.map, chunksize=4)
-    recipe_data = None
-    if recipe == "debian8":
-      fetched, splits, dropped, recipe_data = debian8.collect_and_split(packages, languages, cache_dir,
-                                                                        map_fn, progress, timings)
-    else:
-      fetched, splits, dropped = _gettext_splits(packages, languages, cache_dir, pool, progress, timings)
-    _check_enough_text(splits, languages, fetched, min_sentences_per_language)
+    fetched, splits, dropped, recipe_data = collect_recipe(recipe, packages, languages, cache_dir, pool,
+                                                           progress, timings)
+    check_enough_text(splits.counts(), languages, fetched, min_sentences_per_language)
     _write_text(splits, work)
 
     _say(progress, f"training SentencePiece ({model_type}, vocab {vocab_size}, alpha {alpha})")

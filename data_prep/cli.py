@@ -2,6 +2,7 @@
 
     python -m data_prep build [--recipe debian8|gettext8] [--corpus-dir DIR] [--languages en de ...] [--force]
     python -m data_prep build --corpus-dir DIR --mono-dir cc100/ --parallel en:a.en de:a.de   (users' text)
+    python -m data_prep build --corpus-dir DIR --recipe gettext8 --mono-dir cc100/   (users' text + a recipe)
     python -m data_prep stats --corpus-dir ~/.cache/xlm_jax/data/gettext8
     python -m data_prep inspect --corpus-dir ~/.cache/xlm_jax/data/gettext8
     python -m data_prep tokenizers --corpus-dir DIR --kind union|no_anchors [--vocab-size-per-lang N]
@@ -21,10 +22,12 @@ from xlm_jax.data.corpus import Corpus, build_command, default_corpus_dir
 
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
   """Flags of `build` (shared with `xlm-jax data build`)."""
-  parser.add_argument("--recipe", default=debian8.FULL_RECIPE, choices=debian8.RECIPES,
+  parser.add_argument("--recipe", default=None, choices=debian8.RECIPES,
                       help="debian8 (default): gettext, LibreOffice help, fortunes, man pages, FreeDict, "
                       "with evaluation sets under eval/; gettext8: gettext catalogues only (the "
-                      "quickstart's corpus, built on the fly by `xlm-jax train`)")
+                      "quickstart's corpus, built on the fly by `xlm-jax train`). With users' corpora "
+                      "(--mono-dir, ...) the corpus holds their text only, unless --recipe is given: then "
+                      "the recipe's text and theirs go into one corpus")
   parser.add_argument("--corpus-dir", default=None,
                       help="output folder (default: $XLM_JAX_DATA_DIR/<recipe>, "
                       "else ~/.cache/xlm_jax/data/<recipe>)")
@@ -67,21 +70,30 @@ def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
 def build_main(args: argparse.Namespace) -> Corpus:
   """Runs `build` with parsed flags (see add_build_arguments), prints the stats table, returns the corpus.
 
-  With any users'-corpus flag the corpus is built from those inputs alone (user_build), not from Debian.
+  With any users'-corpus flag the corpus is built from those inputs (user_build): alone, or, if --recipe
+  is given, together with that recipe's packages (--languages then names the recipe's languages and
+  restricts the inputs to them only if given explicitly).
   """
   common = dict(vocab_size=args.vocab_size, seed=args.seed, force=args.force, progress=not args.quiet,
                 model_type=args.model_type, alpha=args.alpha)
   if user_args.has_user_inputs(args):
     if args.corpus_dir is None:
       raise ValueError("users' corpora need --corpus-dir (the default folders belong to the Debian recipes)")
+    if args.recipe is None and (args.packages or args.cache_dir):
+      raise ValueError("--packages and --cache-dir choose Debian packages, which a build of users' corpora "
+                       "reads only with --recipe gettext8|debian8; add --recipe or drop them")
     inputs = user_args.inputs_from_args(args, None if args.languages == list(build.DEFAULT_LANGUAGES)
                                         else args.languages)
-    corpus = user_build.build_user_corpus(args.corpus_dir, inputs, **common, **user_args.build_options(args))
+    recipe_options = dict(languages=args.languages, packages=args.packages, cache_dir=args.cache_dir)
+    corpus = user_build.build_user_corpus(
+        args.corpus_dir, inputs, recipe=args.recipe, recipe_options=recipe_options,
+        min_sentences_per_language=args.min_sentences, **common, **user_args.build_options(args))
   else:
-    corpus_dir = args.corpus_dir or str(default_corpus_dir(args.recipe))
+    recipe = args.recipe or debian8.FULL_RECIPE
+    corpus_dir = args.corpus_dir or str(default_corpus_dir(recipe))
     corpus = build.build_corpus(
         corpus_dir, languages=args.languages, packages=args.packages,
-        min_sentences_per_language=args.min_sentences, cache_dir=args.cache_dir, recipe=args.recipe,
+        min_sentences_per_language=args.min_sentences, cache_dir=args.cache_dir, recipe=recipe,
         **common)
   print(stats_table(corpus))
   return corpus

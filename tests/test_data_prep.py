@@ -8,8 +8,13 @@ import re
 
 import polib
 import pytest
+import tensorflow_datasets as tfds
+from tensorflow_datasets.core import example_serializer, hashing as tfds_hashing
+from tensorflow_datasets.core.utils import shard_utils
+from tensorflow_datasets.proto import tf_example_pb2
 
-from data_prep import build, cli, debian, gettext_corpus, splits, tfds_writer, tokenizer_training
+from data_prep import (build, cli, debian, gettext_corpus, hashed_order, splits, tfds_writer,
+                       tokenizer_training)
 from data_prep.gettext_corpus import Message
 from xlm_jax.data.corpus import Corpus, EmptySource
 from xlm_jax.data.tokenizer import Tokenizer
@@ -179,6 +184,95 @@ def test_empty_split_reads_as_empty_source(tmp_path):
   assert isinstance(empty, EmptySource) and len(empty) == 0
   assert sorted(corpus.mono_source("de", "train")[i]["text"] for i in range(2)) == [b"ein Satz hier",
                                                                                     b"noch ein Satz"]
+
+
+# --- streaming TFDS writer ------------------------------------------------------------------------------
+
+def _read_split(dataset: pathlib.Path, split: str) -> list[dict]:
+  source = tfds.builder_from_directory(str(dataset)).as_data_source(split)
+  return [source[i] for i in range(len(source))]
+
+
+def _dataset_files(dataset: pathlib.Path) -> dict[str, str]:
+  """File names, with the metadata files' text (the shards' bytes differ: see below)."""
+  return {p.name: p.read_text() if p.suffix == ".json" else "" for p in sorted(dataset.iterdir())}
+
+
+def test_hashed_order_is_tfds_order_with_runs_merged_in_levels(tmp_path, monkeypatch):
+  hasher = tfds_hashing.Hasher("train")
+  assert all(hashed_order.tfds_key_hash("train", k) == hasher.hash_key(k).to_bytes(16, "big")
+             for k in (0, 1, 99, 123456))
+  # 500 records of 15 bytes, each costing 15 + 160 of the 352-byte buffer: a run of 3 records is spilled
+  # whenever the buffer fills, 166 runs in all, merged 3 at a time in several levels.
+  monkeypatch.setattr(hashed_order, "MAX_OPEN_RUNS", 3)
+  order = hashed_order.HashedOrder(tmp_path / "runs", "train", buffer_bytes=352)
+  for key in range(500):
+    order.add(key, b"record %08d" % key)
+  assert (order.num_examples, order.total_bytes) == (500, 500 * 15)
+  assert len(list((tmp_path / "runs").iterdir())) == 166
+  expected = [b"record %08d" % k for k in sorted(range(500), key=hasher.hash_key)]
+  assert list(order) == expected
+  assert list((tmp_path / "runs").iterdir()) == []  # every run file is deleted once read
+
+
+@pytest.mark.parametrize("shards", [1, 8])
+def test_streaming_writer_equals_tfds_writer_record_for_record(tmp_path, monkeypatch, shards):
+  # Small shard sizes make TFDS's own rule pick several shards (8 here) for this small input.
+  if shards > 1:
+    monkeypatch.setattr(shard_utils.ShardConfig, "min_shard_size", 2000)
+    monkeypatch.setattr(shard_utils.ShardConfig, "max_shard_size", 5000)
+  mono = {"train": [f"Satz {i}: grüße, 你好 {'x' * (i % 7)}" for i in range(300)], "test": ["a", "", "b"]}
+  pairs = {"train": [(f"pair {i}", f"Paar {i}\u00e4") for i in range(40)], "test": []}
+  for kind, splits_in, lang in (("mono", mono, "de"), ("parallel", pairs, "fr")):
+    reference = tfds_writer.write_with_tfds(kind, tmp_path / "tfds", lang, splits_in)
+    write = tfds_writer.write_mono if kind == "mono" else tfds_writer.write_parallel
+    # A 1 KB sort buffer: the records are sorted in runs on disk and merged.
+    streamed = write(tmp_path / "streamed", lang, splits_in, buffer_bytes=1000)
+    assert _dataset_files(streamed) == _dataset_files(reference)
+    train_shards = [name for name in _dataset_files(streamed) if "-train.array_record-" in name]
+    assert len(train_shards) == (shards if kind == "mono" else 1)  # 40 short pairs fit one shard
+    for split, items in splits_in.items():
+      if items:
+        assert _read_split(streamed, split) == _read_split(reference, split)
+        assert len(_read_split(streamed, split)) == len(items)
+    assert json.loads((streamed / "dataset_info.json").read_text())["moduleName"] == "data_prep.tfds_writer"
+  # Our serialization of one example parses to TFDS's (TFDS's byte order of the map entries varies
+  # from process to process, so bytes are not comparable; the parsed messages are).
+  features = tfds.features.FeaturesDict({"en": tfds.features.Text(), "xx": tfds.features.Text(),
+                                         "lang": tfds.features.Text()})
+  example = {"en": "a\tb", "xx": "ü" * 200, "lang": "de"}
+  ours = tfds_writer.example_encoder(tfds_writer.XlmjParallel, "de")(("a\tb", "ü" * 200))
+  theirs = example_serializer.ExampleSerializer(features.get_serialized_info()).serialize_example(
+      features.encode_example(example))
+  assert tf_example_pb2.Example.FromString(ours) == tf_example_pb2.Example.FromString(theirs)
+
+
+def test_streaming_writer_reads_views_once_and_leaves_nothing_on_failure(tmp_path):
+  class Lines:  # a view as data_prep.user_corpora gives them: len(), bool() and one pass per iter()
+    def __init__(self, n, fail_at=None):
+      self.n, self.fail_at, self.passes = n, fail_at, 0
+
+    def __len__(self):
+      return self.n
+
+    def __iter__(self):
+      self.passes += 1
+      for i in range(self.n):
+        if i == self.fail_at:
+          raise OSError("disk went away")
+        yield f"line {i}"
+
+  view = Lines(50)
+  dataset = tfds_writer.write_mono(tmp_path, "de", {"train": view, "test": Lines(0)})
+  assert view.passes == 1 and len(_read_split(dataset, "train")) == 50
+  before = _dataset_files(dataset)
+  with pytest.raises(OSError, match="disk went away"):
+    tfds_writer.write_mono(tmp_path, "de", {"train": Lines(50, fail_at=30)})
+  assert _dataset_files(dataset) == before  # the finished dataset is untouched
+  assert sorted(p.name for p in dataset.parent.iterdir()) == ["1.0.0"]  # no .incomplete-* left
+  with pytest.raises(ValueError, match="every split is empty"):
+    tfds_writer.write_mono(tmp_path, "it", {"train": Lines(0), "test": []})
+  assert not (tmp_path / "xlmj_mono" / "it" / "1.0.0").exists()
 
 
 # --- tokenizer -------------------------------------------------------------------------------------------

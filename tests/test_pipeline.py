@@ -347,3 +347,81 @@ def test_bad_input_raises_value_errors_that_say_what_to_do(corpus):
   it = pipeline.make_mono_iterator(empty, tok, languages=["en"], prefetch=0, tokenize_chunk=2, **kw)
   with pytest.raises(ValueError, match="empty after tokenization"):
     next(it)
+
+
+# --- pre-tokenized sources, language-aware encoding, counts -------------------------------------------
+
+class IdSource:
+  """A pre-tokenized source, as xlm_jax.data.derived.DerivedSource: records {"ids": int array}."""
+  pretokenized = True
+
+  def __init__(self, rows):
+    self.rows = [np.asarray(r, np.int32) for r in rows]
+
+  def __len__(self):
+    return len(self.rows)
+
+  def __getitem__(self, i):
+    return {"ids": self.rows[i]}
+
+
+class TaggedTokenizer(WhitespaceTokenizer):
+  """Per-language id ranges like a no_anchors tokenizer: the same word gets another id per language."""
+
+  def __init__(self, sources, languages):
+    super().__init__(sources)
+    span = len(self.vocab)
+    self.language_ranges = {lang: (5 + k * span, 5 + (k + 1) * span) for k, lang in enumerate(languages)}
+
+  def encode(self, texts, lang):
+    offset = self.language_ranges[lang][0] - 5
+    return [[i + offset for i in ids] for ids in super().encode(texts)]
+
+
+def test_pretokenized_source_is_read_as_ids_and_counted(corpus):
+  sources, tok = corpus
+  rows = [[900 + i, 901, 902][:1 + i % 3] for i in range(10)] + [[]]  # the last one is empty
+  counts = pipeline.ExampleCounts()
+  batches = list(pipeline.make_eval_dataset({"en": sources["en"][:3], "en_x": IdSource(rows)}, tok,
+                                            languages=["en", "en_x"], seq_len=8, batch_size=4, packing="stream",
+                                            shard_index=0, shard_count=1, counts=counts))
+  packed = rows_of(batches)
+  mine = packed["lang_ids"][:, 0] == 1
+  body = packed["input_ids"][mine][:, 1:][packed["segment_ids"][mine][:, 1:] > 0]
+  np.testing.assert_array_equal(body, np.concatenate([r + [EOS] for r in rows if r]))
+  assert counts.as_dict() == {"en": {"read": 3, "skipped_empty": 0}, "en_x": {"read": 11, "skipped_empty": 1}}
+  it = pipeline.make_mono_iterator({"en": BadIdSource()}, tok, languages=["en"], seq_len=8, batch_size=2,
+                                   shard_index=0, shard_count=1, prefetch=0)
+  with pytest.raises(ValueError, match="no 'ids' field"):
+    next(it)
+
+
+class BadIdSource(IdSource):
+  def __init__(self):
+    super().__init__([[5]])
+
+  def __getitem__(self, i):
+    return {"tokens": [5]}
+
+
+def test_language_tagged_tokenizer_is_called_with_the_language(corpus):
+  sources, _ = corpus
+  tok = TaggedTokenizer(sources, ["en", "de"])
+  batches = list(pipeline.make_eval_dataset(sources, tok, languages=["de", "en"], seq_len=12, batch_size=4,
+                                            packing="segments", shard_index=0, shard_count=1))
+  rows = rows_of(batches)
+  real = ~np.isin(rows["input_ids"], [BOS, PAD, EOS])
+  for lang_id, lang in enumerate(["de", "en"]):
+    low, high = tok.language_ranges[lang]
+    ids = rows["input_ids"][real & (rows["lang_ids"] == lang_id)]
+    assert len(ids) and ((ids >= low) & (ids < high)).all()
+
+
+def test_pad_batch_fills_every_batch_kind():
+  batch = {"x_input_ids": np.full((1, 3), 7, np.int32), "x_lang_ids": np.array([2], np.int32),
+           "position_ids": np.full((1, 3), 5, np.int32), "segment_ids": np.ones((1, 3), np.int32)}
+  padded = packing.pad_batch(batch, 3, PAD)
+  np.testing.assert_array_equal(padded["x_input_ids"], [[7, 7, 7], [1, 1, 1], [1, 1, 1]])
+  np.testing.assert_array_equal(padded["x_lang_ids"], [2, 0, 0])
+  np.testing.assert_array_equal(padded["position_ids"][1:], PAD)
+  np.testing.assert_array_equal(padded["segment_ids"][1:], 0)

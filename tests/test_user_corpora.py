@@ -26,6 +26,7 @@ from tensorflow_datasets.core import utils as tfds_utils
 from data_prep import tfds_writer, tokenizer_training
 from data_prep.user_corpora import (alpha_sample_files, build_user_text, cli_args, collect_inputs,
                                     corpus_views, reading, tfds_text, units)
+from data_prep.user_corpora.build_text import RecipeText
 from xlm_jax.data.corpus import SPLITS
 
 # Units (test_fraction 0.2 -> test below bucket 2000), buckets computed once by hand from the rule.
@@ -122,6 +123,14 @@ def test_wikipedia_layout_compressed_files_and_explicit_pairs(tmp_path):
   assert report["dropped"] == {"duplicate": 1}
   assert len(report["skipped_inputs"]) == 1
   assert [entry["units"] for entry in report["inputs"]] == [2, 1, 1, 1]
+  # Every file read is recorded as stored (compressed or not), for the manifest.
+  def record(path):
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": digest}
+  de = [tmp_path / "wiki" / "de" / "a.txt.gz", tmp_path / "wiki" / "de" / "b" / "02.txt.xz"]
+  assert [entry["files"] for entry in report["inputs"]] == [
+      [record(p) for p in de], [record(tmp_path / "wiki" / "fr.txt")],
+      [record(tmp_path / "a.txt"), record(tmp_path / "b.txt")], [record(tmp_path / "p.tsv")]]
 
 
 def test_blocks_empty_sides_tabs_and_long_units(tmp_path):
@@ -201,6 +210,25 @@ def test_streaming_build_equals_the_in_memory_rules_and_is_deterministic(tmp_pat
   assert out_again == out
   report.pop("seconds"), again.pop("seconds")
   assert again == report
+
+
+def test_recipe_text_goes_first_and_its_test_and_eval_strings_leave_users_training_text(tmp_path):
+  # The recipe's split is kept as given; users' documents split by hash (test_fraction 0: all train).
+  recipe = RecipeText(mono={"en": {"train": ["Open the file.", "Close it."], "test": ["Quit now."]},
+                            "de": {"train": ["Datei öffnen."], "test": []}},
+                      parallel={"de": {"train": [("Open the file.", "Datei öffnen.")], "test": []}},
+                      eval_strings=["An evaluation item."])
+  _write(tmp_path / "mono" / "en.txt", "Close it.\nQuit now.\nAn evaluation item.\nMy own line.\n")
+  report = build_user_text(tmp_path / "work", collect_inputs(mono_dirs=[tmp_path / "mono"]),
+                           test_fraction=0.0, recipe=recipe)
+  out = _outputs(tmp_path / "work")
+  assert out["mono/train/en.txt"] == "Open the file.\nClose it.\nMy own line.\n"
+  assert out["mono/test/en.txt"] == "Quit now.\n"
+  assert out["parallel/train/en-de.tsv"] == "Open the file.\tDatei öffnen.\n"
+  assert report["languages"] == ["en", "de"] and report["dropped"] == {"duplicate": 1, "test_overlap": 2}
+  with pytest.raises(ValueError, match=r"recipe en-de train: item 1 is 'a\\tb'.*no '\\n\\t'"):
+    bad = RecipeText(mono={"de": {"train": ["x"]}}, parallel={"de": {"train": [("a", "a\tb")]}})
+    build_user_text(tmp_path / "bad", collect_inputs(mono_dirs=[tmp_path / "mono"]), recipe=bad)
 
 
 # --- bad input -------------------------------------------------------------------------------------------

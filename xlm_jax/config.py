@@ -54,6 +54,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.alpha = 0.3                  # language sampling exponent, q_l ∝ p_l^alpha (XLM-R)
   c.data.seq_len = 128
   c.data.packing = "stream"           # "stream" (XLM-R) | "segments" (packed sentences)
+  # Vocabulary mode (Emerging structure): the corpus's joint SentencePiece, the union of
+  # per-language models ("default anchors"), or language-tagged pieces ("no anchors").
+  c.data.vocabulary = "joint"         # "joint" | "union" | "no_anchors"
+  c.data.vocab_size_per_lang = 4000   # per-language SentencePiece size of union / no_anchors
+  c.data.pair_seq_len = 0             # "parallel_pairs" side length; 0 = seq_len // 2
+  c.data.foreign_first_rate = 0.5     # parallel kinds: chance the non-English side comes first
+  c.data.sentence_len = 0             # "sentences" kind: longest sentence kept; 0 = seq_len
   c.data.eval_sentences = 256         # held-out sentences per language for MLM evaluation
   c.data.prefetch_threads = 2
 
@@ -63,8 +70,17 @@ def default_config() -> ml_collections.ConfigDict:
   c.objectives = ml_collections.ConfigDict()
   c.objectives.mlm = OBJECTIVES.get("mlm").default_config()
   c.objective_mixing = "sum"          # "sum": all objectives each step | "alternate": one per step
+  # Consecutive stages of one run (ERNIE-M: MLM+TLM+CAMLM, then + BTMLM). Each is a dict
+  # dict(name=..., steps=N or fraction=f, objectives=(names...), mixing="sum"|"alternate").
+  # Fractions of train.total_steps follow --config.train.total_steps overrides; fixed `steps`
+  # must then add up to it. Empty: one stage with every objective.
+  c.stages = ()
+  # Warm start: a workdir (or its checkpoints/ folder) whose latest checkpoint provides every
+  # parameter and extra state of matching name and shape; the optimizer starts fresh.
+  c.init_from = ""
 
   c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adamw"          # "adamw" | "amsgrad" (EMS)
   c.optimizer.learning_rate = 6e-4
   c.optimizer.warmup_steps = 1000
   c.optimizer.schedule = "linear"     # "linear" | "cosine" | "inverse_sqrt" | "constant"
@@ -224,7 +240,9 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
 
 _CHOICES = {
     "data.packing": ("stream", "segments"),
+    "data.vocabulary": ("joint", "union", "no_anchors"),
     "objective_mixing": ("sum", "alternate"),
+    "optimizer.name": ("adamw", "amsgrad"),
     "optimizer.schedule": ("linear", "cosine", "inverse_sqrt", "constant"),
     "model.remat_policy": ("none", "full", "dots", "dots_no_batch"),
     "model.dtype": ("float32", "bfloat16", "float16"),
@@ -255,9 +273,63 @@ def _check_values(config: ml_collections.ConfigDict, source: str) -> None:
     raise ValueError(f"{source}: data.languages has duplicates: {languages}")
   if not config.objectives:
     raise ValueError(f"{source}: no objectives; add e.g. config.objectives.mlm = dict(weight=1.0)")
+  _check_stages(config, source)
   if config.model.hidden_size % config.model.num_heads:
     raise ValueError(f"{source}: model.hidden_size ({config.model.hidden_size}) must be divisible by "
                      f"model.num_heads ({config.model.num_heads})")
   if config.data.seq_len + config.model.pad_id + 1 > config.model.max_positions:
     raise ValueError(f"{source}: data.seq_len ({config.data.seq_len}) needs model.max_positions >= "
                      f"{config.data.seq_len + config.model.pad_id + 1} (positions start at pad_id+1)")
+
+
+_STAGE_KEYS = ("name", "steps", "fraction", "objectives", "mixing")
+
+
+def stage_lengths(config: ml_collections.ConfigDict) -> list[int]:
+  """Steps of each stage; a stage given as `fraction` gets its share of train.total_steps, the
+  last fractional stage the rounding remainder, so the stages always cover the run exactly."""
+  total = config.train.total_steps
+  fixed = sum(int(s["steps"]) for s in config.stages if "steps" in s)
+  fractional = [i for i, s in enumerate(config.stages) if "fraction" in s]
+  lengths = [int(s["steps"]) if "steps" in s else int(round(s["fraction"] * total))
+             for s in config.stages]
+  if fractional:
+    lengths[fractional[-1]] = total - fixed - sum(lengths[i] for i in fractional[:-1])
+  return lengths
+
+
+def _check_stages(config: ml_collections.ConfigDict, source: str) -> None:
+  """Stages name known objectives, have positive lengths, and cover train.total_steps exactly."""
+  if not config.stages:
+    return
+  for i, stage in enumerate(config.stages):
+    where = f"{source}: stages[{i}]"
+    if not isinstance(stage, (dict, ml_collections.ConfigDict)):
+      raise ValueError(f"{where} must be a dict with keys {_STAGE_KEYS}, got {stage!r}")
+    unknown = sorted(set(stage) - set(_STAGE_KEYS))
+    if unknown:
+      raise ValueError(f"{where}: unknown key(s) {unknown}; a stage has {_STAGE_KEYS}")
+    if ("steps" in stage) == ("fraction" in stage):
+      raise ValueError(f"{where}: give exactly one of 'steps' (int) or 'fraction' (of "
+                       f"train.total_steps), got {dict(stage)!r}")
+    steps = stage.get("steps", 1)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
+      raise ValueError(f"{where}: 'steps' must be a positive int, got {steps!r}")
+    fraction = stage.get("fraction", 0.5)
+    if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+      raise ValueError(f"{where}: 'fraction' must be in (0, 1], got {fraction!r}")
+    names = stage.get("objectives") or ()
+    if isinstance(names, str) or not names:
+      raise ValueError(f"{where}: 'objectives' must be a non-empty list of names, got {names!r}")
+    missing = [n for n in names if n not in config.objectives]
+    if missing:
+      raise ValueError(f"{where}: objectives {missing} are not configured under config.objectives "
+                       f"(configured: {sorted(config.objectives)})")
+    if stage.get("mixing", "sum") not in _CHOICES["objective_mixing"]:
+      raise ValueError(f"{where}: 'mixing' must be one of {_CHOICES['objective_mixing']}, "
+                       f"got {stage.get('mixing')!r}")
+  lengths = stage_lengths(config)
+  if any(n <= 0 for n in lengths) or sum(lengths) != config.train.total_steps:
+    raise ValueError(f"{source}: the stages come to {lengths} steps, which must be positive and add "
+                     f"up to train.total_steps = {config.train.total_steps}; give stages as "
+                     "'fraction' to follow the total, or fix their 'steps'")

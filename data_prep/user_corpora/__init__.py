@@ -13,7 +13,7 @@ altered line is counted by reason in the report. Tokenizer training and TFDS wri
 """
 from __future__ import annotations
 
-from data_prep.user_corpora.build_text import (DEFAULT_MAX_UNIT_LINES, DEFAULT_TEST_FRACTION,
+from data_prep.user_corpora.build_text import (DEFAULT_MAX_UNIT_LINES, DEFAULT_TEST_FRACTION, RecipeText,
                                                build_user_text, is_test_unit)
 from data_prep.user_corpora.inputs import (MonoFiles, ParallelFiles, ParallelTsv, UserInputs, add_mono_dir,
                                            add_parallel_dir, parallel_files, parallel_tsv)
@@ -22,7 +22,7 @@ from data_prep.user_corpora.tfds_text import TfdsText, open_builder, parse_tfds_
 from data_prep.user_corpora.views import TextLines, TsvPairs, alpha_sample_files, corpus_views
 
 __all__ = [
-    "DEFAULT_MAX_UNIT_LINES", "DEFAULT_TEST_FRACTION", "MonoFiles", "ParallelFiles", "ParallelTsv",
+    "DEFAULT_MAX_UNIT_LINES", "DEFAULT_TEST_FRACTION", "MonoFiles", "ParallelFiles", "ParallelTsv", "RecipeText",
     "TextLines", "TfdsText", "TsvPairs", "UserInputs", "add_mono_dir", "add_parallel_dir",
     "alpha_sample_files", "build_user_text", "check_language", "collect_inputs", "corpus_views",
     "is_test_unit", "open_builder", "parallel_files", "parallel_tsv", "parse_tfds_spec",

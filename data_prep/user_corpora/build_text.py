@@ -5,13 +5,18 @@
 
 Pass 1 reads every input once, a block at a time, cuts it into units (units.py), sends each unit whole
 to train or test by the md5 of its text, and appends its lines to the split's file at once; only one
-read block (reading.READ_BYTES) and one unit (at most max_unit_lines lines) are ever held. The digests of all lines go to disk (dedup.py); passes 2
-and 3 drop duplicates and training lines that equal a test string. Memory therefore does not grow with
-the input: see benchmarks/streaming_memory.py for measurements.
+read block (reading.READ_BYTES) and one unit (at most max_unit_lines lines) are ever held. The digests
+of all lines go to disk (dedup.py); passes 2 and 3 drop duplicates and training lines that equal a test
+string. Memory therefore does not grow with the input: see benchmarks/streaming_memory.py.
+
+A Debian recipe's text (RecipeText: already split, with its evaluation strings) can go into the same
+files first; the dedup and test-string removal of passes 2 and 3 then run over both sources at once.
 """
 from __future__ import annotations
 
 import collections
+import collections.abc
+import dataclasses
 import hashlib
 import os
 import pathlib
@@ -79,23 +84,34 @@ def text_path(text_dir: pathlib.Path, kind: str, lang: str, split: str) -> pathl
   return text_dir / "parallel" / split / f"en-{lang}.tsv"
 
 
-def _write_mono_unit(outputs: _Outputs, log: dedup.DigestLog, lang: str, lines: list[str],
-                     test_fraction: float) -> None:
-  unit = "\n".join(lines).encode("utf-8")
-  test = is_test_unit(unit, test_fraction)
+def _write_mono(outputs: _Outputs, log: dedup.DigestLog, lang: str, unit: bytes, count: int,
+                test: bool) -> None:
   output = outputs.ids["mono", lang, "test" if test else "train"]
-  first = outputs.write(output, unit, len(lines))
+  first = outputs.write(output, unit, count)
   flags = dedup.DEDUP | dedup.OVERLAP | (dedup.TEST if test else 0)
   log.add(output, first, dedup.line_digests(unit.split(b"\n")), flags)
 
 
-def _write_parallel_unit(outputs: _Outputs, log: dedup.DigestLog, lang: str, pairs, test_fraction: float):
+def _write_mono_unit(outputs: _Outputs, log: dedup.DigestLog, lang: str, lines: list[str],
+                     test_fraction: float) -> None:
+  unit = "\n".join(lines).encode("utf-8")
+  _write_mono(outputs, log, lang, unit, len(lines), is_test_unit(unit, test_fraction))
+
+
+def _pair_bytes(pairs) -> tuple[list[bytes], list[bytes], bytes]:
   en = [e.encode("utf-8") for e, _ in pairs]
   xx = [x.encode("utf-8") for _, x in pairs]
-  unit = b"\n".join(map(b"\t".join, zip(en, xx)))
-  test = is_test_unit(unit, test_fraction)
+  return en, xx, b"\n".join(map(b"\t".join, zip(en, xx)))
+
+
+def _write_parallel_unit(outputs: _Outputs, log: dedup.DigestLog, lang: str, pairs, test_fraction: float):
+  en, xx, unit = _pair_bytes(pairs)
+  _write_parallel(outputs, log, lang, en, xx, unit, is_test_unit(unit, test_fraction))
+
+
+def _write_parallel(outputs: _Outputs, log: dedup.DigestLog, lang: str, en, xx, unit: bytes, test: bool):
   output = outputs.ids["parallel", lang, "test" if test else "train"]
-  first = outputs.write(output, unit, len(pairs))
+  first = outputs.write(output, unit, len(en))
   test_flag = dedup.TEST if test else 0
   log.add(output, first, dedup.pair_digests(en, xx), dedup.DEDUP | test_flag)
   log.add(output, first, dedup.line_digests(en), dedup.OVERLAP | test_flag)
@@ -111,18 +127,69 @@ def _read_all(inputs: UserInputs, outputs: _Outputs, log: dedup.DigestLog, defec
             "parallel" if isinstance(source, (ParallelFiles, ParallelTsv)) else "tfds")
     if progress:
       print(f"[user corpora] reading {kind} {source.lang}: {source.describe()}", file=sys.stderr, flush=True)
-    stats = collections.Counter()
+    stats, files = collections.Counter(), {}
     if kind == "parallel":
-      for pairs in units.parallel_units(source, max_unit_lines, defects, stats):
+      for pairs in units.parallel_units(source, max_unit_lines, defects, stats, files):
         _write_parallel_unit(outputs, log, source.lang, pairs, test_fraction)
     else:
-      unit_iter = (units.mono_units(source, max_unit_lines, defects, stats) if kind == "mono"
+      unit_iter = (units.mono_units(source, max_unit_lines, defects, stats, files) if kind == "mono"
                    else units.tfds_units(source, max_unit_lines, defects, stats))
       for lines in unit_iter:
         _write_mono_unit(outputs, log, source.lang, lines, test_fraction)
     outputs.close()  # the next input writes to other files
-    entries.append({"kind": kind, "lang": source.lang, "source": source.describe(), **dict(stats)})
+    entry = {"kind": kind, "lang": source.lang, "source": source.describe(), **dict(stats)}
+    if files:  # TFDS inputs have none
+      entry["files"] = [{"path": path, **record} for path, record in files.items()]
+    entries.append(entry)
   return entries
+
+
+@dataclasses.dataclass
+class RecipeText:
+  """Text whose split is already decided (a Debian recipe's), built into the same files as users' text.
+
+  mono {lang: {split: [sentence]}}, parallel {lang: {split: [(english, foreign)]}}; eval_strings are the
+  recipe's evaluation texts, which are no output's lines but must leave users' training text too.
+  """
+  mono: dict
+  parallel: dict
+  eval_strings: collections.abc.Iterable = ()
+
+  def languages(self) -> list[str]:
+    return list(self.mono)
+
+
+# Recipe lines go through pass 1 in chunks of this many (their split is known, so a chunk is no unit).
+_RECIPE_CHUNK = 10_000
+
+
+def _check_recipe_lines(texts, where: str, forbidden: str) -> None:
+  for number, text in enumerate(texts):
+    if not text or any(ch in text for ch in forbidden):
+      raise ValueError(f"{where}: item {number} is {text!r}; corpus lines must be non-empty and hold no "
+                       f"{forbidden!r} (a bug in the recipe's reader)")
+
+
+def _write_recipe(recipe: RecipeText, outputs: _Outputs, log: dedup.DigestLog) -> None:
+  """Pass 1 for recipe text: first, so that a line users repeat keeps the recipe's copy."""
+  for lang, by_split in recipe.mono.items():
+    for split, texts in by_split.items():
+      for start in range(0, len(texts), _RECIPE_CHUNK):
+        lines = texts[start:start + _RECIPE_CHUNK]
+        _check_recipe_lines(lines, f"recipe mono {lang} {split}", "\n")
+        unit = "\n".join(lines).encode("utf-8")
+        _write_mono(outputs, log, lang, unit, len(lines), split == "test")
+  for lang, by_split in recipe.parallel.items():
+    for split, pairs in by_split.items():
+      for start in range(0, len(pairs), _RECIPE_CHUNK):
+        chunk = pairs[start:start + _RECIPE_CHUNK]
+        _check_recipe_lines([side for pair in chunk for side in pair], f"recipe en-{lang} {split}", "\n\t")
+        en, xx, unit = _pair_bytes(chunk)
+        _write_parallel(outputs, log, lang, en, xx, unit, split == "test")
+  outputs.close()
+  strings = [text.encode("utf-8") for text in recipe.eval_strings]
+  # Output 0, positions 0..: never marked, since only training lines and dedup keys are (dedup.resolve).
+  log.add(0, 0, dedup.line_digests(strings), dedup.OVERLAP | dedup.TEST)
 
 
 def _finish(outputs: _Outputs, log: dedup.DigestLog, text_dir: pathlib.Path,
@@ -147,7 +214,7 @@ def _finish(outputs: _Outputs, log: dedup.DigestLog, text_dir: pathlib.Path,
 
 def build_user_text(work_dir, inputs: UserInputs, *, test_fraction: float = DEFAULT_TEST_FRACTION,
                     max_unit_lines: int = DEFAULT_MAX_UNIT_LINES, strict: bool = False,
-                    progress: bool = False) -> dict:
+                    progress: bool = False, recipe: RecipeText | None = None) -> dict:
   """Writes <work_dir>/text/... from checked `inputs` (see inputs.py, tfds_text.py); returns the report.
 
   Every language of the inputs gets all four files (empty where it has no text; no parallel files for
@@ -157,13 +224,16 @@ def build_user_text(work_dir, inputs: UserInputs, *, test_fraction: float = DEFA
   line of each kind), "split" (how test was chosen) and "seconds".
 
   Per-line defects are skipped and counted (warning once per kind), or raised as ValueError if `strict`.
-  `work_dir/text` must not exist yet (the work dir is the build's fresh `.partial-<pid>` folder).
+  A `recipe` (RecipeText) is written first, with its own splits, then the inputs; dedup and test-overlap
+  removal then run over both, and its languages come first in the report. Each input entry lists its files
+  with their size and sha256. `work_dir/text` must not exist yet (the work dir is the build's fresh
+  `.partial-<pid>` folder).
   """
   if not 0 <= test_fraction < 1:
     raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
   if max_unit_lines < 1:
     raise ValueError(f"max_unit_lines must be at least 1, got {max_unit_lines}")
-  languages = inputs.languages()
+  languages = list(dict.fromkeys([*(recipe.languages() if recipe else []), *inputs.languages()]))
   if not languages:
     raise ValueError("no inputs: pass at least one mono folder, parallel input or TFDS dataset")
   work_dir = pathlib.Path(work_dir)
@@ -179,6 +249,8 @@ def build_user_text(work_dir, inputs: UserInputs, *, test_fraction: float = DEFA
     outputs = _Outputs(staging, languages)
     log = dedup.DigestLog(staging / "digests")
     try:
+      if recipe is not None:
+        _write_recipe(recipe, outputs, log)
       entries = _read_all(inputs, outputs, log, defects, test_fraction, max_unit_lines, progress)
     finally:
       outputs.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import gzip
+import hashlib
 import itertools
 import lzma
 import pathlib
@@ -48,13 +49,46 @@ class LineDefects:
                     "(strict=True / --strict fails instead)", stacklevel=2)
 
 
-def open_binary(path: pathlib.Path):
-  """Opens a plain, .gz or .xz file for binary reading (decompressing as it streams)."""
-  if path.suffix == ".gz":
-    return gzip.open(path, "rb")
-  if path.suffix == ".xz":
-    return lzma.open(path, "rb")
-  return open(path, "rb", buffering=0)  # we read large blocks ourselves
+class HashingFile:
+  """A binary file whose bytes, as they are read, feed a sha256 (the manifest records every input's
+  digest, and reading the file a second time to get it would double the I/O of a multi-GB build)."""
+
+  def __init__(self, path: pathlib.Path):
+    self.path = pathlib.Path(path)
+    self._file = open(path, "rb", buffering=0)  # we read large blocks ourselves
+    self.sha256 = hashlib.sha256()
+    self.size = 0
+
+  def read(self, size: int = -1) -> bytes:
+    data = self._file.read(size)
+    self.sha256.update(data)
+    self.size += len(data)
+    return data
+
+  def finish(self) -> dict:
+    """Hashes whatever a decompressor left unread (padding after the last member); the file's record."""
+    while self.read(READ_BYTES):
+      pass
+    return {"bytes": self.size, "sha256": self.sha256.hexdigest()}
+
+  def close(self) -> None:
+    self._file.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def open_binary(raw: HashingFile):
+  """A reader of the decompressed bytes of `raw`: .gz and .xz stream through their decompressor, other
+  files are read as they are."""
+  if raw.path.suffix == ".gz":
+    return gzip.GzipFile(fileobj=raw, mode="rb")
+  if raw.path.suffix == ".xz":
+    return lzma.open(raw, "rb")
+  return raw
 
 
 def strip_compression(name: str) -> str:
@@ -108,10 +142,11 @@ def _skip_long_line(f, length: int) -> tuple[int, bytes | None]:
   return length, None
 
 
-def _line_blocks(path: pathlib.Path, defects: LineDefects, stats: collections.Counter, strip: bool):
+def _line_blocks(path: pathlib.Path, defects: LineDefects, stats: collections.Counter, strip: bool,
+                 files: dict | None):
   """Lists of decoded lines, READ_BYTES of the file at a time; see read_lines."""
   number, offset, carry = 1, 0, b""  # number: of the next line; offset: where it starts
-  with open_binary(path) as f:
+  with HashingFile(path) as raw, open_binary(raw) as f:
     while chunk := f.read(READ_BYTES):
       if offset == 0 and number == 1 and not carry and chunk.startswith(_BOM):
         chunk, offset = chunk[len(_BOM):], len(_BOM)  # a byte-order mark (Windows editors) is not text
@@ -134,11 +169,14 @@ def _line_blocks(path: pathlib.Path, defects: LineDefects, stats: collections.Co
     if carry:  # last line without a newline
       yield _decode_lines(carry, path, number, offset, defects, stats, strip)
       number, offset = number + 1, offset + len(carry)
+    if files is not None:
+      files[str(path)] = raw.finish()
   stats["lines"] += number - 1
   stats["bytes"] += offset
 
 
-def read_lines(path: pathlib.Path, defects: LineDefects, stats: collections.Counter, strip: bool = True):
+def read_lines(path: pathlib.Path, defects: LineDefects, stats: collections.Counter, strip: bool = True,
+               files: dict | None = None):
   """Iterates over the lines of `path` in order (line n is item n), stripped of surrounding whitespace
   unless not `strip` (TSV: a trailing tab is an empty column, not whitespace).
 
@@ -146,5 +184,6 @@ def read_lines(path: pathlib.Path, defects: LineDefects, stats: collections.Coun
   so that line-aligned files stay aligned. `stats` gains "lines", "bytes" (decompressed) and "bad_lines"
   once the file is read to its end. The file is read and decoded in blocks of READ_BYTES (the per-line
   Python work is what limits throughput), and memory stays below a few blocks plus MAX_LINE_BYTES.
+  `files`, if given, gains {str(path): {"bytes", "sha256"}} of the file as stored (compressed or not).
   """
-  return itertools.chain.from_iterable(_line_blocks(path, defects, stats, strip))
+  return itertools.chain.from_iterable(_line_blocks(path, defects, stats, strip, files))

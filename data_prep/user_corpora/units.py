@@ -8,7 +8,7 @@ unit takes, and gives a file with no blank lines at all (typical of OPUS pairs) 
 
 Each generator yields lists: of str (mono) or of (english, foreign) tuples (parallel). Per-input counts go
 into the `stats` Counter passed in ("units", "unit_cuts", "pairs", "empty_side", "tab_in_parallel_side",
-...); bad lines into `defects`.
+...); bad lines into `defects`; each file read to its end into `files` ({path: {"bytes", "sha256"}}).
 """
 from __future__ import annotations
 
@@ -32,12 +32,13 @@ def _no_text(path: pathlib.Path) -> ValueError:
   return ValueError(f"{path} contains no text (only blank lines); remove it from the inputs or fill it")
 
 
-def mono_units(source: MonoFiles, max_unit_lines: int, defects: LineDefects, stats: collections.Counter):
+def mono_units(source: MonoFiles, max_unit_lines: int, defects: LineDefects, stats: collections.Counter,
+               files: dict | None = None):
   """Documents of each file in turn; a document never spans two files."""
   for path in source.paths:
     units_before, bad_before = stats["units"], stats["bad_lines"]
     document, full = [], False
-    for text in read_lines(path, defects, stats):
+    for text in read_lines(path, defects, stats, files=files):
       if text:
         if full:  # the document goes on past a full unit: that was a cut
           stats["unit_cuts"] += 1
@@ -84,11 +85,11 @@ def _blocks(rows, max_unit_lines: int, stats: collections.Counter):
     yield from _chunks(block, max_unit_lines, stats)
 
 
-def _aligned(source: ParallelFiles, defects: LineDefects, stats: collections.Counter):
+def _aligned(source: ParallelFiles, defects: LineDefects, stats: collections.Counter, files: dict | None):
   """(en, xx) rows of two line-aligned files; ValueError naming both if their lengths differ."""
   en_stats = collections.Counter()
-  en_lines = read_lines(source.en_path, defects, en_stats)
-  xx_lines = read_lines(source.xx_path, defects, stats)
+  en_lines = read_lines(source.en_path, defects, en_stats, files=files)
+  xx_lines = read_lines(source.xx_path, defects, stats, files=files)
   end = object()
   for number, (en, xx) in enumerate(itertools.zip_longest(en_lines, xx_lines, fillvalue=end), start=1):
     if en is end or xx is end:
@@ -102,8 +103,8 @@ def _aligned(source: ParallelFiles, defects: LineDefects, stats: collections.Cou
   stats["bytes"] += en_stats["bytes"]
 
 
-def _tsv_rows(source: ParallelTsv, defects: LineDefects, stats: collections.Counter):
-  for number, line in enumerate(read_lines(source.path, defects, stats, strip=False), start=1):
+def _tsv_rows(source: ParallelTsv, defects: LineDefects, stats: collections.Counter, files: dict | None):
+  for number, line in enumerate(read_lines(source.path, defects, stats, strip=False, files=files), start=1):
     if line is None:  # bad, already counted
       yield None, None
       continue
@@ -121,10 +122,10 @@ def _tsv_rows(source: ParallelTsv, defects: LineDefects, stats: collections.Coun
 
 
 def parallel_units(source: ParallelFiles | ParallelTsv, max_unit_lines: int, defects: LineDefects,
-                   stats: collections.Counter):
+                   stats: collections.Counter, files: dict | None = None):
   """Blocks of (english, foreign) pairs; ValueError if the input has no pair at all."""
-  rows = _tsv_rows(source, defects, stats) if isinstance(source, ParallelTsv) else _aligned(
-      source, defects, stats)
+  rows = _tsv_rows(source, defects, stats, files) if isinstance(source, ParallelTsv) else _aligned(
+      source, defects, stats, files)
   yield from _blocks(rows, max_unit_lines, stats)
   if not stats["pairs"] and not stats["bad_rows"] and not stats["empty_side"]:
     raise _no_text(source.path if isinstance(source, ParallelTsv) else source.en_path)

@@ -76,7 +76,7 @@ def _check_no_empty_epoch(empty_chunks: int, max_empty_chunks: int, name: str) -
   if max_empty_chunks and empty_chunks > max_empty_chunks:
     raise ValueError(
       f"{name}: {empty_chunks} consecutive tokenizer chunks held no tokens (a whole epoch); every "
-      "sentence of this language is empty after tokenization. Check the source's 'text' field."
+      "example is empty after tokenization. Check the source's text fields."
     )
 
 
@@ -264,16 +264,58 @@ class ChainIterDataset(grain.IterDataset):
     return f"ChainIterDataset({len(self._parents)} parents)"
 
 
+class _FlattenIterator(grain.DatasetIterator):
+  def __init__(self, parent, *, max_empty_chunks, name):
+    super().__init__(parent)
+    self._cursor = _ChunkCursor(parent, max_empty_chunks, name)
+
+  def __next__(self):
+    cursor = self._cursor
+    if not cursor.ready():
+      raise StopIteration
+    element = cursor.chunk[cursor.index]
+    cursor.index += 1
+    return element
+
+  def get_state(self) -> dict[str, Any]:
+    return {"parent": self._cursor.chunk_state, "offset": self._cursor.index}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._cursor.restore(state["parent"], state["offset"])
+
+
+class FlattenIterDataset(grain.IterDataset):
+  """The elements of each chunk (a list of finished rows), one by one; state = (chunk, offset).
+
+  For batch kinds with one example per row (parallel, parallel_pairs, sentences): the rows of one
+  tokenizer call come out in order and a restored iterator re-reads only the current chunk.
+  """
+
+  def __init__(self, parent: grain.IterDataset, *, max_empty_chunks: int = 0, name: str = "rows"):
+    super().__init__(parent)
+    self._kwargs = dict(max_empty_chunks=max_empty_chunks, name=name)
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return _FlattenIterator(self._parent.__iter__(), **self._kwargs)
+
+  def __str__(self) -> str:
+    return f"FlattenIterDataset({self._kwargs['name']})"
+
+
 def pad_batch(batch: dict[str, np.ndarray], batch_size: int, pad_id: int) -> dict[str, np.ndarray]:
-  """Pads a short final batch with pad rows (input/position pad_id, segment and lang 0) to batch_size."""
-  rows = len(batch["input_ids"])
+  """Pads a short final batch with pad rows to batch_size.
+
+  Keys ending in "input_ids" / "position_ids" are filled with pad_id, all others (segment ids, language
+  ids) with 0, so a pad row looks like padding to every batch kind.
+  """
+  rows = len(next(iter(batch.values())))
   if rows == batch_size:
     return batch
   if rows > batch_size:
     raise ValueError(f"pad_batch: batch has {rows} rows, more than batch_size={batch_size}.")
-  fill = {"input_ids": pad_id, "position_ids": pad_id, "segment_ids": 0, "lang_ids": 0}
   out = {}
   for key, value in batch.items():
-    pad = np.full((batch_size - rows, *value.shape[1:]), fill.get(key, 0), dtype=value.dtype)
+    fill = pad_id if key.endswith(("input_ids", "position_ids")) else 0
+    pad = np.full((batch_size - rows, *value.shape[1:]), fill, dtype=value.dtype)
     out[key] = np.concatenate([value, pad], axis=0)
   return out

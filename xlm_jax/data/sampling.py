@@ -35,11 +35,14 @@ def language_sampling_probs(counts: Mapping[str, int], alpha: float) -> dict[str
   return {lang: float(v) for lang, v in zip(langs, q)}
 
 
-def epoch_order(indices: np.ndarray, seed: int, lang_index: int, epoch: int) -> np.ndarray:
+def epoch_order(indices: np.ndarray, seed: int, lang_index: int, epoch: int, stream: int = 0) -> np.ndarray:
   """`indices` in the shuffled order of one epoch of one language (a fresh permutation per epoch).
 
   The generator is seeded with (seed, lang_index, epoch) through numpy's SeedSequence, so languages
-  of equal size never share a permutation and nearby run seeds give unrelated orders.
+  of equal size never share a permutation and nearby run seeds give unrelated orders. `stream` > 0
+  tells batch kinds apart that read the same source (mono and sentences of one language, say), so
+  they do not walk it in the same order.
   """
-  rng = np.random.default_rng([int(seed), int(lang_index), int(epoch)])
+  key = [int(seed), int(lang_index), int(epoch)] + ([int(stream)] if stream else [])
+  rng = np.random.default_rng(key)
   return indices[rng.permutation(len(indices))]

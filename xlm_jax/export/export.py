@@ -153,7 +153,9 @@ class Pretrained(NamedTuple):
     Each text becomes `<s> pieces </s>` (pieces cut to max_len - 2). Poolings: "mean" = mean of
     the last layer over the sentence's tokens (incl. <s> and </s>), "cls" = the last layer at
     <s>, "layer" = the "mean" pooling of hidden state `layer` (0 = embeddings, -1 = last).
-    `lang` is required when the encoder has language embeddings. Batches are padded to
+    `lang` is required when the encoder has language embeddings or language-specific parts
+    (separate_embeddings / separate_layers): all of `texts` then go through that language's
+    embeddings and layers, as its sentences did in training. Batches are padded to
     `batch_size` rows and a power-of-two length, so few shapes are ever compiled.
     """
     c = self.model.config
@@ -200,10 +202,16 @@ class Pretrained(NamedTuple):
     if not self.model.config.num_languages:
       return 0  # no language embeddings (XLM-R): the language does not change the input
     if lang is None:
-      raise ValueError(f"this encoder has language embeddings; pass lang= one of {languages}")
+      raise ValueError(f"this encoder has language embeddings{_language_parts(self.model.config)}"
+                       f"; pass lang= one of {languages}")
     if not languages:
       raise ValueError("this encoder has language embeddings but its config lists no languages")
     return languages.index(lang)
+
+
+def _language_parts(config: EncoderConfig) -> str:
+  parts = [k for k in ("separate_embeddings", "separate_layers") if getattr(config, k)]
+  return f" and language-specific parts ({', '.join(parts)})" if parts else ""
 
 
 def load_pretrained(path) -> Pretrained:

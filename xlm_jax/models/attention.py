@@ -54,6 +54,19 @@ def combine_masks(*masks: jax.Array | None) -> jax.Array | None:
   return combined
 
 
+def normalize_mask(mask: jax.Array, batch: int, num_heads: int, length: int) -> jax.Array:
+  """A caller's attention mask, checked, as `[B|1, 1|H, L, L]` (`[B, L, L]` gets a head axis)."""
+  if mask.dtype != jnp.bool_:
+    raise ValueError(f"attention_mask must be boolean (True = may attend), got dtype {mask.dtype}")
+  if mask.ndim == 3:
+    mask = mask[:, None]
+  if (mask.ndim != 4 or mask.shape[0] not in (1, batch) or mask.shape[1] not in (1, num_heads)
+      or mask.shape[2:] != (length, length)):
+    raise ValueError(f"attention_mask must have shape [B, L, L] or [B, 1|H, L, L] with B={batch}, "
+                     f"H={num_heads}, L={length}; got {mask.shape}")
+  return mask
+
+
 def xlmr_position_ids(input_ids: jax.Array, pad_id: int) -> jax.Array:
   """fairseq `make_positions`: real tokens get pad_id+1, pad_id+2, ...; padding gets pad_id.
 

@@ -9,82 +9,29 @@ The parameter tree mirrors HF `XLMRobertaForMaskedLM` so weights can be converte
 
 Post-LN layers, exact GELU, LayerNorm eps 1e-5, positions starting at pad_id + 1. Every parameter
 carries logical axis names; the trainer maps them to mesh axes.
+
+Language-specific parts (Conneau, Wu et al. 2020; see language_specific.py for the routing and
+its cost) keep the same names with a leading "languages" axis:
+  separate_embeddings: word_embeddings, position_embeddings [languages, rows, D] and
+      lm_head/bias [languages, V], so the tied softmax is language-specific too.
+  separate_layers = k: layer_0 .. layer_{k-1} hold one copy per language; layer_k .. are
+      shared and named exactly as in XLM-R. With scan_layers the language-specific layers are
+      stacked in encoder/language_layers [k, languages, ...] and the shared ones in
+      encoder/layers [num_layers - k, ...], so layers[j] is XLM-R layer k + j.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from xlm_jax.models import attention as attn_lib
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-REMAT_POLICIES = {
-    "none": None,
-    "full": None,  # nn.remat without a policy saves nothing: everything is recomputed
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class EncoderConfig:
-  """Architecture and numerics of the encoder; defaults are XLM-R base."""
-  vocab_size: int
-  hidden_size: int = 768
-  num_layers: int = 12
-  num_heads: int = 12
-  mlp_dim: int = 3072
-  max_positions: int = 514
-  pad_id: int = 1
-  type_vocab_size: int = 1
-  num_languages: int = 0          # 0 = no language embeddings (XLM-R); > 0 = XLM-style
-  dropout_rate: float = 0.1
-  attention_dropout_rate: float = 0.1
-  layer_norm_eps: float = 1e-5
-  initializer_range: float = 0.02
-  dtype: str = "float32"          # activations / matmuls
-  param_dtype: str = "float32"    # stored parameters
-  remat_policy: str = "none"      # "none" | "full" | "dots" | "dots_no_batch"
-  scan_layers: bool = False
-
-  def __post_init__(self):
-    if self.dtype not in DTYPES or self.param_dtype not in DTYPES:
-      raise ValueError(f"EncoderConfig: dtype/param_dtype must be one of {sorted(DTYPES)}, "
-                       f"got dtype={self.dtype!r}, param_dtype={self.param_dtype!r}")
-    if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f"EncoderConfig: remat_policy must be one of {sorted(REMAT_POLICIES)}, "
-                       f"got {self.remat_policy!r}")
-    if self.hidden_size % self.num_heads:
-      raise ValueError(f"EncoderConfig: hidden_size ({self.hidden_size}) must be divisible by "
-                       f"num_heads ({self.num_heads})")
-    if self.vocab_size < 0 or self.num_languages < 0:
-      raise ValueError(f"EncoderConfig: vocab_size ({self.vocab_size}) and num_languages "
-                       f"({self.num_languages}) must be >= 0")
-
-  @property
-  def head_dim(self) -> int:
-    return self.hidden_size // self.num_heads
-
-  @classmethod
-  def from_dict(cls, d: Mapping[str, Any]) -> "EncoderConfig":
-    """Builds a config from a dict (or ConfigDict); unknown keys are an error, not ignored."""
-    d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"EncoderConfig: unknown field(s) {unknown}; valid fields are {sorted(known)}")
-    if "vocab_size" not in d:
-      raise ValueError("EncoderConfig: field 'vocab_size' is required")
-    return cls(**d)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+from xlm_jax.models import language_specific as lang_lib
+from xlm_jax.models.encoder_config import DTYPES, REMAT_POLICIES, EncoderConfig
 
 
 def _partitioned(init: Callable, axes: tuple) -> Callable:
@@ -92,10 +39,11 @@ def _partitioned(init: Callable, axes: tuple) -> Callable:
 
 
 def _normal_with_zero_row(stddev: float, zero_row: int) -> Callable:
-  """Normal(0, stddev) table whose padding row starts at zero (as nn.Embedding(padding_idx))."""
+  """Normal(0, stddev) table whose padding row starts at zero (as nn.Embedding(padding_idx));
+  rows are axis -2, so a [languages, rows, D] stack zeroes the row in every language."""
   def init(key, shape, dtype=jnp.float32):
     table = jax.random.normal(key, shape, dtype) * jnp.asarray(stddev, dtype)
-    return table.at[zero_row].set(0) if zero_row < shape[0] else table
+    return table.at[..., zero_row, :].set(0) if zero_row < shape[-2] else table
   return init
 
 
@@ -115,6 +63,28 @@ def _dense(config: EncoderConfig, features, kernel_axes: tuple, bias_axes: tuple
       bias_init=_partitioned(nn.initializers.zeros, bias_axes))
 
 
+def _project(config: EncoderConfig, x, lang_ids, features, kernel_axes: tuple, bias_axes: tuple,
+             axis=-1, name=None):
+  """x through a shared DenseGeneral, or through each token's own language copy when lang_ids
+  is given (a language-specific layer)."""
+  if lang_ids is None:
+    return _dense(config, features, kernel_axes, bias_axes, axis=axis, name=name)(x)
+  return lang_lib.LanguageDense(
+      config.num_languages, features if isinstance(features, tuple) else (features,),
+      len(axis) if isinstance(axis, tuple) else 1, kernel_axes, bias_axes,
+      nn.initializers.normal(config.initializer_range), DTYPES[config.dtype],
+      DTYPES[config.param_dtype], name=name)(x, lang_ids)
+
+
+def _normalize(config: EncoderConfig, x, lang_ids, name: str):
+  """Shared LayerNorm, or per-language scale and bias when lang_ids is given."""
+  if lang_ids is None:
+    return _layer_norm(config, name=name)(x)
+  return lang_lib.LanguageLayerNorm(config.num_languages, config.layer_norm_eps,
+                                    DTYPES[config.dtype], DTYPES[config.param_dtype],
+                                    name=name)(x, lang_ids)
+
+
 class Embeddings(nn.Module):
   """word + position + token type (+ language) embeddings, LayerNorm, dropout."""
   config: EncoderConfig
@@ -126,6 +96,9 @@ class Embeddings(nn.Module):
     def table(rows, axes, zero_row=None):
       init = (nn.initializers.normal(c.initializer_range) if zero_row is None
               else _normal_with_zero_row(c.initializer_range, zero_row))
+      if c.separate_embeddings and zero_row is not None:  # word and position tables
+        return lang_lib.LanguageEmbed(c.num_languages, rows, c.hidden_size, axes, init,
+                                      param_dtype)
       # float32 lookups: the same table is the tied decoder, whose logits must be float32.
       return nn.Embed(rows, c.hidden_size, dtype=jnp.float32, param_dtype=param_dtype,
                       embedding_init=_partitioned(init, axes))
@@ -139,52 +112,68 @@ class Embeddings(nn.Module):
     self.dropout = nn.Dropout(c.dropout_rate)
 
   def __call__(self, input_ids, position_ids, lang_ids, deterministic: bool):
-    x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+    if self.config.separate_embeddings:
+      x = (self.word_embeddings(input_ids, lang_ids)
+           + self.position_embeddings(position_ids, lang_ids))
+    else:
+      x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
     # XLM-R has a single token type; its row 0 is added everywhere.
     x = x + self.token_type_embeddings(jnp.zeros_like(input_ids))
     if self.config.num_languages > 0:
       x = x + self.language_embeddings(lang_ids)
     return self.dropout(self.layer_norm(x), deterministic=deterministic)
 
-  def attend(self, query: jax.Array) -> jax.Array:
-    """query @ word_embeddings.T (the tied MLM decoder), in float32."""
+  def attend(self, query: jax.Array, lang_ids: jax.Array | None = None) -> jax.Array:
+    """query @ word_embeddings.T (the tied MLM decoder), in float32; with separate_embeddings
+    each query uses the table of its language (lang_ids, shaped as query's token axes)."""
+    if self.config.separate_embeddings:
+      if lang_ids is None:
+        raise ValueError("separate_embeddings: the tied decoder has one table per language; "
+                         "pass lang_ids (the language of each query) to attend / lm_head")
+      return self.word_embeddings.attend(query, lang_ids)
     return self.word_embeddings.attend(query.astype(jnp.float32))
 
 
 class SelfAttention(nn.Module):
-  """Multi-head self-attention with an arbitrary boolean mask."""
+  """Multi-head self-attention with an arbitrary boolean mask; with lang_ids the projections
+  are language-specific (each token projected by its own language's q, k, v and out)."""
   config: EncoderConfig
 
   @nn.compact
-  def __call__(self, x, attention_mask, deterministic: bool):
+  def __call__(self, x, attention_mask, deterministic: bool, lang_ids=None):
     c = self.config
-    qkv = functools.partial(_dense, c, (c.num_heads, c.head_dim), ("embed", "heads", "kv"),
-                            ("heads", "kv"))
-    query, key, value = qkv(name="query")(x), qkv(name="key")(x), qkv(name="value")(x)
+    qkv = functools.partial(_project, c, x, lang_ids, (c.num_heads, c.head_dim),
+                            ("embed", "heads", "kv"), ("heads", "kv"))
+    query, key, value = qkv(name="query"), qkv(name="key"), qkv(name="value")
     if c.attention_dropout_rate > 0 and not deterministic:
       out = attn_lib.attention_with_dropout(query, key, value, attention_mask,
                                             c.attention_dropout_rate, self.make_rng("dropout"))
     else:
       out = jax.nn.dot_product_attention(query, key, value, mask=attention_mask)
-    return _dense(c, c.hidden_size, ("heads", "kv", "embed"), ("embed",), axis=(-2, -1),
-                  name="out")(out)
+    return _project(c, out, lang_ids, c.hidden_size, ("heads", "kv", "embed"), ("embed",),
+                    axis=(-2, -1), name="out")
 
 
 class EncoderLayer(nn.Module):
-  """One post-LN transformer layer; returns (hidden, hidden-or-None) so it can be scanned."""
+  """One post-LN transformer layer; returns (hidden, hidden-or-None) so it can be scanned.
+
+  Given lang_ids [B, L] it is a language-specific layer: every projection and LayerNorm has one
+  copy per language and each token goes through its own language's copy.
+  """
   config: EncoderConfig
 
   @nn.compact
-  def __call__(self, hidden, attention_mask, deterministic: bool, emit_hidden: bool = False):
+  def __call__(self, hidden, attention_mask, deterministic: bool, emit_hidden: bool = False,
+               lang_ids=None):
     c = self.config
-    attended = SelfAttention(c, name="attention")(hidden, attention_mask, deterministic)
+    attended = SelfAttention(c, name="attention")(hidden, attention_mask, deterministic, lang_ids)
     attended = nn.Dropout(c.dropout_rate)(attended, deterministic=deterministic)
-    hidden = _layer_norm(c, name="attention_layer_norm")(hidden + attended)
-    ffn = _dense(c, c.mlp_dim, ("embed", "mlp"), ("mlp",), name="intermediate")(hidden)
+    hidden = _normalize(c, hidden + attended, lang_ids, "attention_layer_norm")
+    ffn = _project(c, hidden, lang_ids, c.mlp_dim, ("embed", "mlp"), ("mlp",), name="intermediate")
     ffn = nn.gelu(ffn, approximate=False)  # XLM-R uses the exact erf GELU
-    ffn = _dense(c, c.hidden_size, ("mlp", "embed"), ("embed",), name="output")(ffn)
+    ffn = _project(c, ffn, lang_ids, c.hidden_size, ("mlp", "embed"), ("embed",), name="output")
     ffn = nn.Dropout(c.dropout_rate)(ffn, deterministic=deterministic)
-    hidden = _layer_norm(c, name="output_layer_norm")(hidden + ffn)
+    hidden = _normalize(c, hidden + ffn, lang_ids, "output_layer_norm")
     return hidden, (hidden if emit_hidden else None)
 
 
@@ -192,22 +181,27 @@ def _layer_class(config: EncoderConfig):
   """EncoderLayer, wrapped in nn.remat according to config.remat_policy."""
   if config.remat_policy == "none":
     return EncoderLayer
-  # deterministic and emit_hidden (argument 3 and 4, counting self) are Python bools.
-  # Under scan the loop already stops CSE, so prevent_cse would only cost speed.
+  # deterministic and emit_hidden (argument 3 and 4, counting self) are Python bools; lang_ids
+  # (argument 5) is an array. Under scan the loop already stops CSE, so prevent_cse would only
+  # cost speed.
   return nn.remat(EncoderLayer, policy=REMAT_POLICIES[config.remat_policy],
                   prevent_cse=not config.scan_layers, static_argnums=(3, 4))
 
 
-def _normalize_mask(mask: jax.Array, batch: int, num_heads: int, length: int) -> jax.Array:
-  if mask.dtype != jnp.bool_:
-    raise ValueError(f"attention_mask must be boolean (True = may attend), got dtype {mask.dtype}")
-  if mask.ndim == 3:
-    mask = mask[:, None]
-  if (mask.ndim != 4 or mask.shape[0] not in (1, batch) or mask.shape[1] not in (1, num_heads)
-      or mask.shape[2:] != (length, length)):
-    raise ValueError(f"attention_mask must have shape [B, L, L] or [B, 1|H, L, L] with B={batch}, "
-                     f"H={num_heads}, L={length}; got {mask.shape}")
-  return mask
+def _checked_lang_ids(config: EncoderConfig, input_ids, lang_ids):
+  """lang_ids broadcast to input_ids' [B, L] shape; None when the model has no languages."""
+  if config.num_languages <= 0:
+    return None
+  if lang_ids is None:
+    uses = ["language embeddings"] + [k for k in ("separate_embeddings", "separate_layers")
+                                      if getattr(config, k)]
+    raise ValueError(f"this encoder has num_languages={config.num_languages} ({', '.join(uses)}); "
+                     "pass lang_ids [B, L] (index of each token's language)")
+  try:
+    return jnp.broadcast_to(lang_ids, input_ids.shape)
+  except ValueError as err:
+    raise ValueError(f"lang_ids of shape {lang_ids.shape} do not fit input_ids "
+                     f"{input_ids.shape}; pass lang_ids [B, L]") from err
 
 
 class Encoder(nn.Module):
@@ -222,11 +216,17 @@ class Encoder(nn.Module):
     layer = _layer_class(c)
     if c.scan_layers:
       # One traced layer, parameters stacked on a leading "layers" axis: compile time and
-      # program size no longer grow with depth.
-      self.layers = nn.scan(
-          layer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_layers,
-          metadata_params={nn.PARTITION_NAME: "layers"})(c)
+      # program size no longer grow with depth. The language-specific bottom layers are a
+      # second stack, as their parameters have another shape.
+      def stack(length: int, routed: bool):
+        return nn.scan(
+            layer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast,) * (4 if routed else 3), length=length,
+            metadata_params={nn.PARTITION_NAME: "layers"})(c)
+      if c.separate_layers:
+        self.language_layers = stack(c.separate_layers, True)
+      if c.num_layers > c.separate_layers:
+        self.layers = stack(c.num_layers - c.separate_layers, False)
     else:
       self.layer = [layer(c) for _ in range(c.num_layers)]
 
@@ -238,17 +238,15 @@ class Encoder(nn.Module):
     attention_mask: bool [B, L, L] or [B, 1|H, L, L] (True = may attend). When None it is built
     from segment_ids (same non-zero segment) or else from input_ids != pad_id. position_ids
     default to XLM-R positions from input_ids. lang_ids [B, L] are required when
-    num_languages > 0 and ignored otherwise.
+    num_languages > 0 (they also route the language-specific parts) and ignored otherwise.
     """
     c = self.config
     batch, length = input_ids.shape
-    if c.num_languages > 0 and lang_ids is None:
-      raise ValueError(f"this encoder has language embeddings (num_languages={c.num_languages}); "
-                       "pass lang_ids [B, L]")
+    lang_ids = _checked_lang_ids(c, input_ids, lang_ids)
     if position_ids is None:
       position_ids = attn_lib.xlmr_position_ids(input_ids, c.pad_id)
     if attention_mask is not None:
-      mask = _normalize_mask(attention_mask, batch, c.num_heads, length)
+      mask = attn_lib.normalize_mask(attention_mask, batch, c.num_heads, length)
     elif segment_ids is not None:
       mask = attn_lib.segment_mask(segment_ids)
     else:
@@ -256,31 +254,45 @@ class Encoder(nn.Module):
 
     hidden = self.embeddings(input_ids, position_ids, lang_ids, deterministic)
     per_layer = [hidden]
+    routed = c.separate_layers
     if c.scan_layers:
-      hidden, stacked = self.layers(hidden, mask, deterministic, return_all_layers)
-      if return_all_layers:
-        per_layer.extend(stacked[i] for i in range(c.num_layers))
+      stacks = [(self.language_layers, routed, (lang_ids,))] if routed else []
+      if c.num_layers > routed:
+        stacks.append((self.layers, c.num_layers - routed, ()))
+      for stack, depth, routing in stacks:
+        hidden, stacked = stack(hidden, mask, deterministic, return_all_layers, *routing)
+        if return_all_layers:
+          per_layer.extend(stacked[i] for i in range(depth))
     else:
-      for layer in self.layer:
-        hidden, _ = layer(hidden, mask, deterministic, False)
+      for i, layer in enumerate(self.layer):
+        hidden, _ = layer(hidden, mask, deterministic, False, *((lang_ids,) if i < routed else ()))
         per_layer.append(hidden)
     return (hidden, tuple(per_layer)) if return_all_layers else hidden
 
-  def attend(self, query: jax.Array) -> jax.Array:
-    return self.embeddings.attend(query)
+  def attend(self, query: jax.Array, lang_ids: jax.Array | None = None) -> jax.Array:
+    return self.embeddings.attend(query, lang_ids)
 
 
 class MlmHead(nn.Module):
-  """dense -> GELU -> LayerNorm -> tied decoder + bias; float32 logits."""
+  """dense -> GELU -> LayerNorm -> tied decoder + bias; float32 logits.
+
+  With separate_embeddings the decoder and its bias are those of each prediction's language
+  (lang_ids shaped as hidden's token axes): a language-specific softmax.
+  """
   config: EncoderConfig
 
   @nn.compact
-  def __call__(self, hidden, decoder: Callable[[jax.Array], jax.Array]):
+  def __call__(self, hidden, decoder: Callable[..., jax.Array], lang_ids=None):
     c = self.config
     # Input side named "mlp" so a [D, D] kernel is not sharded twice on the same mesh axis.
     x = _dense(c, c.hidden_size, ("mlp", "embed"), ("embed",), name="dense")(hidden)
     x = nn.gelu(x, approximate=False)
     x = _layer_norm(c, dtype=jnp.float32, name="layer_norm")(x)
+    if c.separate_embeddings:
+      bias = self.param("bias", _partitioned(nn.initializers.zeros, ("languages", "vocab")),
+                        (c.num_languages, c.vocab_size), DTYPES[c.param_dtype])
+      weights = lang_lib.language_one_hot(lang_ids, c.num_languages, jnp.float32)
+      return decoder(x, lang_ids) + lang_lib.select_by_language(bias.astype(jnp.float32), weights)
     bias = self.param("bias", _partitioned(nn.initializers.zeros, ("vocab",)), (c.vocab_size,),
                       DTYPES[c.param_dtype])
     return decoder(x) + bias.astype(jnp.float32)
@@ -299,17 +311,23 @@ class Model(nn.Module):
     """Logits [B, P, V] (float32) at label_positions [B, P]; hidden [B, L, D] when None.
 
     Hidden states are gathered before the head, so the vocabulary projection only runs where
-    a label exists (at V = 250k it costs more than all the layers together).
+    a label exists (at V = 250k it costs more than all the layers together). With
+    separate_embeddings the softmax at a label position is that of the token's language there.
     """
     hidden = self.encoder(input_ids, position_ids=position_ids, lang_ids=lang_ids,
                           segment_ids=segment_ids, attention_mask=attention_mask,
                           deterministic=deterministic)
+    label_langs = None
     if label_positions is None:
-      if self.is_initializing():
-        self.lm_head(hidden[:, :1], self.encoder.attend)  # create the head's parameters
+      if self.is_initializing():  # create the head's parameters
+        if self.config.separate_embeddings:
+          label_langs = _checked_lang_ids(self.config, input_ids, lang_ids)[:, :1]
+        self.lm_head(hidden[:, :1], self.encoder.attend, label_langs)
       return hidden
     rows = jnp.arange(hidden.shape[0])[:, None]
-    return self.lm_head(hidden[rows, label_positions], self.encoder.attend)
+    if self.config.separate_embeddings:
+      label_langs = _checked_lang_ids(self.config, input_ids, lang_ids)[rows, label_positions]
+    return self.lm_head(hidden[rows, label_positions], self.encoder.attend, label_langs)
 
   def encode(self, input_ids, *, position_ids=None, lang_ids=None, segment_ids=None,
              attention_mask=None, deterministic: bool = True, return_all_layers: bool = False):
@@ -331,8 +349,20 @@ def flops_per_token(config: EncoderConfig, seq_len: int, num_predictions_per_tok
   and the weighted sum of values 2 * 2 L D. The MLM head (dense D x D and decoder D x V) runs
   only at predicted positions: `num_predictions_per_token` of them per token (e.g. 0.15).
   Embedding lookups, LayerNorms and softmax are not matmuls and are left out.
+
+  Language routing is counted as executed (language_specific.py): the projections of each of
+  the `separate_layers` bottom layers and, with separate_embeddings, the decoder contract over
+  all nL = num_languages copies, so they cost nL times their shared counterparts; picking each
+  token's biases and LayerNorm parameters (9 D + F values per routed layer, V per prediction)
+  is a one-hot matmul of 2 nL FLOPs per value.
   """
-  d, f = config.hidden_size, config.mlp_dim
-  per_layer = 8 * d * d + 4 * d * f + 4 * seq_len * d
-  head = num_predictions_per_token * (2 * d * d + 2 * d * config.vocab_size)
-  return 3.0 * (config.num_layers * per_layer + head)
+  d, f, v = config.hidden_size, config.mlp_dim, config.vocab_size
+  projections = 8 * d * d + 4 * d * f
+  nl = config.num_languages
+  routed = config.separate_layers
+  layers = ((config.num_layers - routed) * projections
+            + routed * (nl * projections + 2 * nl * (9 * d + f))
+            + config.num_layers * 4 * seq_len * d)
+  decoder = nl * (2 * d * v + 2 * v) if config.separate_embeddings else 2 * d * v
+  head = num_predictions_per_token * (2 * d * d + decoder)
+  return 3.0 * (layers + head)

@@ -9,9 +9,22 @@ device; `rng` is a fresh key per step and objective; `ctx` holds static things (
 the objective's config, special token ids). The trainer sums or alternates objectives, takes
 gradients and applies the optimizer, so an objective never touches optimizer state.
 
-Objectives that carry state beyond params (a momentum encoder, a key queue, EMA buffers) declare
-`init_extra_state`; the trainer stores that pytree in `TrainState.extra[name]`, checkpoints it,
-and passes it as `ctx.extra`. Such a loss returns `(loss, metrics, new_extra)` instead.
+Optional hooks, each `None` unless the objective needs it:
+- `init_params(rng, ctx)`: trainable parameters of the objective's own heads (EMS's XTR decoder,
+  a projection). The trainer stores them at `params["heads"][name]`, next to the encoder's, so
+  the optimizer, sharding and checkpoints treat them like any weight; export leaves them out.
+  Logical axis names (nn.with_logical_partitioning) shard them like the encoder's.
+- `init_extra_state(rng, params, ctx)`: state that is not trained by gradient (a momentum
+  encoder, a key queue, EMA buffers). The trainer stores it in `TrainState.extra[name]`,
+  checkpoints it, and passes it as `ctx.extra`; such a loss returns `(loss, metrics, new_extra)`.
+- `load_resources(config, corpus, tokenizer, languages) -> dict`: host-side constants read once
+  when the run is built (dictionary token pairs); they reach the loss as `ctx.resources` and are
+  baked into the jitted step.
+- `extra_batch_kinds(config)`: batch kinds read besides `batch_kind` (only with `make_steps`).
+- `make_steps(bound, tx, schedule) -> [(name, step_fn), ...]`: objectives whose update is not
+  "gradient of a loss" (EMMA-X's E-step and M-step) give their own pure
+  `step_fn(state, batches) -> (state, metrics)`; the trainer jits each one separately and runs
+  them in order every step. The last one must advance `state.step`.
 """
 from __future__ import annotations
 
@@ -35,6 +48,19 @@ class ObjectiveContext:
   languages: tuple[str, ...]
   train: bool = True                  # dropout on, and the trainer's RNG drives masking
   extra: Any = None                   # this objective's extra state, if it declares any
+  # Devices that split the batch (mesh data * fsdp): per-device variants (e.g. EMS negatives
+  # drawn only from a device's own rows) need it; jit itself always sees the global batch.
+  data_parallel_size: int = 1
+  # Per-language [low, high) id ranges [num_languages, 2] where the vocabulary is split by
+  # language (the "no anchors" vocabulary): random MLM replacements stay inside the row's own
+  # language. None = the whole vocabulary above the special ids.
+  random_ranges: Any = None
+  resources: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # from load_resources
+  name: str = ""                      # the objective's name in config.objectives
+
+  def head_params(self, params) -> Any:
+    """This objective's own parameters inside the full parameter tree (see `init_params`)."""
+    return params["heads"][self.name]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +70,19 @@ class Objective:
   loss_fn: Callable[..., Any]
   default_config: Callable[[], Any]
   init_extra_state: Callable[..., Any] | None = None
+  init_params: Callable[..., Any] | None = None
+  load_resources: Callable[..., Mapping[str, Any]] | None = None
+  make_steps: Callable[..., Any] | None = None
+  # config -> further batch kinds the objective's steps read (EMMA-X's monolingual candidates);
+  # they arrive in the `batches` dict that `make_steps` functions receive.
+  extra_batch_kinds: Callable[[Mapping[str, Any]], tuple[str, ...]] | None = None
   # Metric whose (weighted) mean the evaluator reports as this objective's held-out score.
   eval_metrics: tuple[str, ...] = ("loss", "accuracy")
+
+  def batch_kinds(self, config: Mapping[str, Any]) -> tuple[str, ...]:
+    """Every batch kind a step of this objective reads, its own first."""
+    extra = self.extra_batch_kinds(config) if self.extra_batch_kinds is not None else ()
+    return (self.batch_kind,) + tuple(k for k in extra if k != self.batch_kind)
 
 
 def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array,

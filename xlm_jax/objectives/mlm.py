@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 from xlm_jax.objectives.base import Objective, ObjectiveContext, weighted_cross_entropy
 from xlm_jax.objectives.masking import mlm_mask
@@ -26,6 +27,15 @@ def model_inputs(batch, ctx: ObjectiveContext) -> dict:
   return inputs
 
 
+def row_random_ranges(batch, ctx: ObjectiveContext) -> dict:
+  """`random_low`/`random_high` of mlm_mask for monolingual rows: the row language's id range
+  where the vocabulary is split by language (no_anchors, derived scripts), else nothing."""
+  if ctx.random_ranges is None:
+    return {}
+  ranges = jnp.asarray(ctx.random_ranges, jnp.int32)[batch["lang_ids"][:, 0]]
+  return {"random_low": ranges[:, 0], "random_high": ranges[:, 1]}
+
+
 def mlm_loss(params, batch, rng, ctx: ObjectiveContext):
   """Cross-entropy at masked positions of monolingual streams."""
   cfg = ctx.config
@@ -33,7 +43,7 @@ def mlm_loss(params, batch, rng, ctx: ObjectiveContext):
   masked = mlm_mask(mask_rng, batch["input_ids"], special_ids=ctx.special_ids, mask_id=ctx.mask_id,
                     vocab_size=ctx.vocab_size, mask_rate=cfg["mask_rate"],
                     mask_token_rate=cfg["mask_token_rate"],
-                    random_token_rate=cfg["random_token_rate"])
+                    random_token_rate=cfg["random_token_rate"], **row_random_ranges(batch, ctx))
   logits = ctx.model.apply({"params": params}, masked.input_ids, label_positions=masked.positions,
                            deterministic=not ctx.train, rngs={"dropout": dropout_rng},
                            **model_inputs(batch, ctx))

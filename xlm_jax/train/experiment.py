@@ -17,9 +17,9 @@ import ml_collections
 
 from data_prep import build as corpus_build
 from data_prep.debian8 import RECIPES
+from xlm_jax.data import batch_kinds, derived
 from xlm_jax.data.corpus import Corpus
-from xlm_jax.data.pipeline import make_mono_dataset
-from xlm_jax.data.tokenizer import Tokenizer
+from xlm_jax.data.tokenizer import Tokenizer, load_tokenizer
 from xlm_jax.models.encoder import EncoderConfig, Model, flops_per_token
 from xlm_jax.objectives.base import ObjectiveContext
 from xlm_jax.objectives.masking import max_predictions
@@ -57,17 +57,19 @@ def load_corpus(config) -> Corpus:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("corpus ready")  # other hosts wait for host 0's build
   corpus = Corpus(path)
-  corpus.check_languages(config.data.languages)
+  batch_kinds.check_languages(corpus, tuple(config.data.languages))  # derived ones too
   return corpus
 
 
 def model_config(config, tokenizer: Tokenizer) -> EncoderConfig:
   fields = config.model.to_dict()
+  # A derived "trans" language (ALIGN-MLM) shifts ids by V: its script doubles the vocabulary.
+  needed = batch_kinds.effective_vocab_size(tokenizer, tuple(config.data.languages))
   if not fields["vocab_size"]:
-    fields["vocab_size"] = tokenizer.vocab_size
-  elif fields["vocab_size"] < tokenizer.vocab_size:
-    raise ValueError(f"model.vocab_size ({fields['vocab_size']}) is smaller than the tokenizer's "
-                     f"{tokenizer.vocab_size} pieces; set it to 0 to follow the tokenizer")
+    fields["vocab_size"] = needed
+  elif fields["vocab_size"] < needed:
+    raise ValueError(f"model.vocab_size ({fields['vocab_size']}) is smaller than the {needed} ids "
+                     "the tokenizer (and derived languages) use; set it to 0 to follow them")
   if fields["num_languages"] and fields["num_languages"] < len(config.data.languages):
     raise ValueError(f"model.num_languages ({fields['num_languages']}) must be 0 (no language "
                      f"embeddings) or >= len(data.languages) ({len(config.data.languages)})")
@@ -77,17 +79,37 @@ def model_config(config, tokenizer: Tokenizer) -> EncoderConfig:
   return EncoderConfig.from_dict(fields)
 
 
-def bind_objectives(config, model, tokenizer) -> dict[str, BoundObjective]:
+def bind_objectives(config, model, tokenizer, corpus=None, data_parallel_size: int = 1,
+                    names=None) -> dict[str, BoundObjective]:
+  """Each configured objective (or those in `names`) with its config, weight and static context.
+
+  Host-side resources (dictionaries) are loaded here, once, and baked into the jitted steps.
+  """
+  languages = tuple(config.data.languages)
+  ranges = batch_kinds.language_ranges(tokenizer, languages)
   bound = {}
   for name, section in config.objectives.items():
+    if names is not None and name not in names:
+      continue
     objective = OBJECTIVES.get(name)
     cfg = section.to_dict()
+    resources = {}
+    if objective.load_resources is not None:
+      if corpus is None:
+        raise ValueError(f"objective {name!r} reads corpus resources; pass the corpus")
+      resources = dict(objective.load_resources(cfg, corpus, tokenizer, languages))
     context = ObjectiveContext(
         model=model, config=cfg, vocab_size=model.config.vocab_size, mask_id=tokenizer.mask_id,
-        pad_id=tokenizer.pad_id, special_ids=tuple(tokenizer.special_ids),
-        languages=tuple(config.data.languages))
+        pad_id=tokenizer.pad_id, special_ids=tuple(tokenizer.special_ids), languages=languages,
+        data_parallel_size=data_parallel_size, random_ranges=ranges, resources=resources,
+        name=name)
     bound[name] = BoundObjective(objective, float(cfg.get("weight", 1.0)), context)
   return bound
+
+
+def model_params(params):
+  """The encoder + MLM head parameters, without the objectives' own heads (what export keeps)."""
+  return {k: v for k, v in params.items() if k != "heads"}
 
 
 @dataclasses.dataclass
@@ -130,7 +152,7 @@ class Run:
   def encoder(self, state):
     """The in-training model as a `Pretrained` (same `encode` API as an exported checkpoint)."""
     from xlm_jax.export.export import Pretrained
-    params = state.params
+    params = model_params(state.params)
     if jax.process_count() > 1:
       # `encode` runs on this host's devices; the mesh's params may live partly on other hosts.
       params = jax.device_put(mesh_lib.host_copy(params), jax.local_devices()[0])
@@ -149,7 +171,7 @@ class Run:
     from xlm_jax.export.export import export_model
     target = pathlib.Path(export_dir or self.config.export.dir or self.workdir / "export")
     # Gathered on every host (a collective: FSDP shards live on several), written by one.
-    params, step = mesh_lib.host_copy((state.params, state.step))
+    params, step = mesh_lib.host_copy((model_params(state.params), state.step))
     if jax.process_index() == 0:
       export_model(target, params, self.model_config.to_dict(),
                    self.tokenizer.serialized(),
@@ -165,19 +187,22 @@ def build_run(config, workdir: pathlib.Path, with_data: bool = True) -> Run:
   mesh_lib.maybe_initialize_distributed(config.distributed)
   workdir.mkdir(parents=True, exist_ok=True)
   corpus = load_corpus(config)
-  tokenizer = Tokenizer(corpus.tokenizer_path)
+  tokenizer = load_tokenizer(corpus, config.data.vocabulary, seed=config.seed,
+                             vocab_size_per_lang=config.data.vocab_size_per_lang,
+                             languages=[l for l in config.data.languages
+                                        if not derived.is_derived(l)])
   mcfg = model_config(config, tokenizer)
   model = Model(mcfg)
   mesh = mesh_lib.make_mesh(config.mesh)
   rules = mesh_lib.logical_rules(config.mesh)
-  bound = bind_objectives(config, model, tokenizer)
+  bound = bind_objectives(config, model, tokenizer, corpus,
+                          data_parallel_size=mesh_lib.data_parallel_size(mesh))
 
   total = config.train.total_steps
   tx, schedule = make_optimizer(config.optimizer, total)
-  objectives = {name: b.objective for name, b in bound.items()}
   # Eval/export jobs restore a checkpoint into `abstract`: no random init to throw away.
   state, shardings, abstract = create_train_state(
-      model, tx, objectives, config.data.seq_len, mesh, rules, config.seed, initialize=with_data)
+      model, tx, bound, config.data.seq_len, mesh, rules, config.seed, initialize=with_data)
 
   global_batch = config.train.batch_size
   if global_batch % mesh_lib.data_parallel_size(mesh):
@@ -185,7 +210,7 @@ def build_run(config, workdir: pathlib.Path, with_data: bool = True) -> Run:
                      f"size data*fsdp = {mesh_lib.data_parallel_size(mesh)}")
   mesh_lib.check_hosts_split_batch(mesh, global_batch)
   iterators = {}
-  kinds = {b.objective.batch_kind for b in bound.values()}
+  kinds = {kind for b in bound.values() for kind in b.kinds}
   if with_data:
     for kind in sorted(kinds):
       iterators[kind] = iter(make_batch_dataset(kind, config, corpus, tokenizer, "train"))
@@ -208,40 +233,17 @@ def build_run(config, workdir: pathlib.Path, with_data: bool = True) -> Run:
              checkpointer=checkpointer, tokens_per_step=tokens_per_step, flops_per_step=flops)
 
 
-class _Head:
-  """The first `n` items of a random-access source (bounded evaluation sets)."""
-
-  def __init__(self, source, n: int):
-    self._source, self._n = source, min(n, len(source))
-
-  def __len__(self):
-    return self._n
-
-  def __getitem__(self, i):
-    if not 0 <= i < self._n:
-      raise IndexError(i)
-    return self._source[i]
-
-  def __getitems__(self, keys):
-    if any(not 0 <= k < self._n for k in keys):
-      raise IndexError(keys)
-    return self._source.__getitems__(keys)  # batched reads: the pipeline's fast path
-
-
-def make_batch_dataset(kind: str, config, corpus: Corpus, tokenizer: Tokenizer, split: str,
+def make_batch_dataset(kind: str, config, corpus: Corpus, tokenizer, split: str,
                        num_epochs=None, shuffle=True, max_sentences: int | None = None):
-  """The grain dataset of one batch kind (per-host batches).
+  """The grain dataset of one batch kind (per-host batches), as the config describes it.
 
-  `max_sentences` keeps the first n sentences of each language (fixed evaluation sets).
+  `max_sentences` keeps the first n sentences (or pairs) of each language: fixed evaluation sets.
   """
-  languages = tuple(config.data.languages)
-  per_host = config.train.batch_size // jax.process_count()
-  if kind != "mono":
-    raise ValueError(f"batch kind {kind!r} has no input pipeline yet (known: 'mono')")
-  sources = {lang: corpus.mono_source(lang, split) for lang in languages}
-  if max_sentences:
-    sources = {lang: _Head(src, max_sentences) for lang, src in sources.items()}
-  return make_mono_dataset(
-      sources, tokenizer, languages=languages, seq_len=config.data.seq_len, batch_size=per_host,
-      alpha=config.data.alpha, seed=config.seed, packing=config.data.packing,
-      num_epochs=num_epochs, shuffle=shuffle, read_threads=config.data.prefetch_threads)
+  data = config.data
+  return batch_kinds.make_dataset(
+      kind, corpus, tokenizer, split=split, languages=tuple(data.languages), seq_len=data.seq_len,
+      batch_size=config.train.batch_size // jax.process_count(), alpha=data.alpha,
+      seed=config.seed, packing=data.packing, pair_seq_len=data.pair_seq_len or data.seq_len // 2,
+      sentence_len=data.sentence_len or data.seq_len, num_epochs=num_epochs, shuffle=shuffle,
+      max_examples=max_sentences, read_threads=data.prefetch_threads,
+      foreign_first_rate=data.foreign_first_rate)

@@ -68,6 +68,10 @@ class Throughput:
 
 
 def mean_metrics(history: list[Mapping[str, np.ndarray]]) -> dict[str, float]:
-  """Averages the per-step metric dicts gathered since the last log."""
-  keys = history[0].keys()
-  return {k: float(np.mean([h[k] for h in history])) for k in keys}
+  """Averages the per-step metric dicts gathered since the last log.
+
+  With alternating objectives each step reports only its own objective's metrics, so each key
+  is averaged over the steps that have it.
+  """
+  keys = dict.fromkeys(k for h in history for k in h)
+  return {k: float(np.mean([h[k] for h in history if k in h])) for k in keys}

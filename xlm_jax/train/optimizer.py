@@ -1,4 +1,5 @@
-"""AdamW with warm-up, a decay schedule, global-norm clipping and weight-decay masking."""
+"""AdamW (or AMSGrad, EMS's optimiser) with warm-up, a decay schedule, global-norm clipping and
+weight-decay masking."""
 from __future__ import annotations
 
 import jax
@@ -37,6 +38,13 @@ def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation,
   parts = []
   if cfg.clip_norm > 0:
     parts.append(optax.clip_by_global_norm(cfg.clip_norm))
-  parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                           weight_decay=cfg.weight_decay, mask=_decay_mask))
+  if cfg.name == "amsgrad":
+    # AMSGrad keeps the running maximum of the second moment; decoupled decay as in AdamW.
+    parts.append(optax.scale_by_amsgrad(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
+    if cfg.weight_decay:
+      parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=_decay_mask))
+    parts.append(optax.scale_by_learning_rate(schedule))
+  else:
+    parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                             weight_decay=cfg.weight_decay, mask=_decay_mask))
   return optax.chain(*parts), schedule

@@ -22,20 +22,43 @@ class TrainState:
   extra: Mapping[str, Any]   # objective name -> its extra state (queues, EMA buffers, ...)
 
 
-def _init_fn(model: nn.Module, tx: optax.GradientTransformation,
-             objectives: Mapping[str, Objective], seq_len: int):
-  """Returns rng -> TrainState with logical-axis boxes still on the parameters."""
+def _split(entry) -> tuple[Objective, Any]:
+  """(objective, context) of a BoundObjective, or (objective, None) for a bare Objective."""
+  if isinstance(entry, Objective):
+    return entry, None
+  return entry.objective, entry.context
+
+
+def _init_fn(model: nn.Module, tx: optax.GradientTransformation, objectives: Mapping[str, Any],
+             seq_len: int):
+  """Returns rng -> TrainState with logical-axis boxes still on the parameters.
+
+  `objectives` maps names to BoundObjectives (or bare Objectives without init hooks). Heads of
+  objectives with `init_params` go to params["heads"][name]; `init_extra_state` sees the full
+  initial params (a momentum encoder starts as a copy of them).
+  """
   def init(rng):
     params_rng, dropout_rng, extra_rng, state_rng = jax.random.split(rng, 4)
     ids = jnp.zeros((1, seq_len), jnp.int32)
     positions = jnp.zeros((1, 1), jnp.int32)
+    init_args = {}
+    if model.config.num_languages:
+      init_args["lang_ids"] = ids
     variables = model.init({"params": params_rng, "dropout": dropout_rng}, ids,
-                           label_positions=positions, deterministic=True)
-    params = variables["params"]
+                           label_positions=positions, deterministic=True, **init_args)
+    params = dict(variables["params"])
+    heads = {}
+    for i, (name, entry) in enumerate(objectives.items()):
+      objective, context = _split(entry)
+      if objective.init_params is not None:
+        heads[name] = objective.init_params(jax.random.fold_in(params_rng, 1000 + i), context)
+    if heads:
+      params["heads"] = heads
     extra = {}
-    for i, (name, objective) in enumerate(objectives.items()):
+    for i, (name, entry) in enumerate(objectives.items()):
+      objective, context = _split(entry)
       if objective.init_extra_state is not None:
-        extra[name] = objective.init_extra_state(jax.random.fold_in(extra_rng, i), params)
+        extra[name] = objective.init_extra_state(jax.random.fold_in(extra_rng, i), params, context)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       rng=state_rng, extra=extra)
   return init

@@ -25,6 +25,11 @@ class BoundObjective:
   weight: float
   context: ObjectiveContext
 
+  @property
+  def kinds(self) -> tuple[str, ...]:
+    """The batch kinds this objective's steps read."""
+    return self.objective.batch_kinds(self.context.config)
+
   def __call__(self, params, batch, rng, extra=None, train=True):
     ctx = dataclasses.replace(self.context, train=train, extra=extra)
     out = self.objective.loss_fn(params, batch, rng, ctx)

@@ -8,6 +8,7 @@ position of every data iterator.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pathlib
 import signal
@@ -18,11 +19,13 @@ import jax
 import numpy as np
 import tqdm
 
+from xlm_jax import config as config_lib
 from xlm_jax.atomic_files import write_json_atomically
 from xlm_jax.train import checkpoint as ckpt_lib
 from xlm_jax.train import mesh as mesh_lib
 from xlm_jax.train import metrics as metrics_lib
 from xlm_jax.train import experiment as setup_lib
+from xlm_jax.train import warm_start
 from xlm_jax.train.step import make_train_step
 
 # ---------------------------------------------------------------------------------------------
@@ -63,10 +66,48 @@ def _any_host(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
-def _objective_groups(run) -> list[list[str]]:
-  """"sum" trains all objectives every step; "alternate" one per step, picked by weight."""
-  names = list(run.bound)
-  return [names] if run.config.objective_mixing == "sum" else [[n] for n in names]
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """Steps [start, end) train `groups`: one group per step, all objectives of a group summed."""
+  name: str
+  start: int
+  end: int
+  groups: tuple[tuple[str, ...], ...]
+
+
+def plan_stages(run) -> list[Stage]:
+  """The run's stages; without `config.stages`, one stage with every objective.
+
+  Mixing "sum" trains all of a stage's objectives every step; "alternate" one per step, drawn
+  by weight (`_group_for_step`).
+  """
+  config = run.config
+  specs = config.stages or (dict(name="train", steps=config.train.total_steps,
+                                  objectives=tuple(run.bound), mixing=config.objective_mixing),)
+  lengths = (config_lib.stage_lengths(config) if config.stages
+             else [config.train.total_steps])
+  stages, start = [], 0
+  for spec, length in zip(specs, lengths):
+    names = tuple(spec["objectives"])
+    mixing = spec.get("mixing", config.objective_mixing)
+    groups = (names,) if mixing == "sum" else tuple((n,) for n in names)
+    for group in groups:
+      custom = [n for n in group if run.bound[n].objective.make_steps is not None]
+      if custom and len(group) > 1:
+        raise ValueError(f"stage {spec.get('name', '?')!r}: objective {custom[0]!r} runs its own "
+                         f"update steps, so it cannot be summed with {list(group)}; give it a "
+                         "stage of its own or use mixing='alternate'")
+    stages.append(Stage(str(spec.get("name", f"stage{len(stages)}")), start, start + length,
+                        groups))
+    start += length
+  return stages
+
+
+def _stage_at(stages: list[Stage], step: int) -> Stage:
+  for stage in stages:
+    if stage.start <= step < stage.end:
+      return stage
+  return stages[-1]
 
 
 def _group_for_step(run, groups, step: int) -> int:
@@ -77,16 +118,59 @@ def _group_for_step(run, groups, step: int) -> int:
   return int(rng.choice(len(groups), p=weights / weights.sum()))
 
 
-def _next_batches(run, group: list[str]) -> dict[str, Any]:
+def _group_kinds(run, group) -> list[str]:
+  return sorted({kind for name in group for kind in run.bound[name].kinds})
+
+
+def _next_batches(run, group) -> dict[str, Any]:
   """Draws one global batch of every kind the group needs and places it on the mesh."""
   accum = run.config.train.grad_accum_steps
   out = {}
-  for kind in {run.bound[name].objective.batch_kind for name in group}:
+  for kind in _group_kinds(run, group):
     host = next(run.iterators[kind])
     if accum > 1:
       host = {k: v.reshape(accum, v.shape[0] // accum, *v.shape[1:]) for k, v in host.items()}
     out[kind] = mesh_lib.to_global_batch(host, run.mesh, leading_dims=1 if accum > 1 else 0)
   return out
+
+
+def jit_update_steps(bound, tx, schedule, shardings, mesh, grad_accum_steps: int = 1) -> list:
+  """The jitted update functions of one objective group (`bound`: name -> BoundObjective), run
+  in order every step.
+
+  A plain group is one `make_train_step` (gradient of the summed losses); an objective with its
+  own `make_steps` (EMMA-X's E-step, M-step) gives several, each jitted on its own. The state is
+  donated: parameters and optimizer moments are updated in place.
+  """
+  leading = 1 if grad_accum_steps > 1 else 0
+  kinds = sorted({kind for b in bound.values() for kind in b.kinds})
+  in_shardings = (shardings, {k: mesh_lib.batch_sharding(mesh, leading) for k in kinds})
+  out_shardings = (shardings, mesh_lib.replicated(mesh))
+  first_name, first = next(iter(bound.items()))
+  if first.objective.make_steps is not None:
+    if grad_accum_steps > 1:
+      raise ValueError(f"objective {first_name!r} runs its own steps, which do not support "
+                       "train.grad_accum_steps > 1; set it to 1")
+    fns = [fn for _, fn in first.objective.make_steps(first, tx, schedule)]
+  else:
+    fns = [make_train_step(dict(bound), tx, schedule, grad_accum_steps)]
+  return [jax.jit(fn, donate_argnums=0, in_shardings=in_shardings, out_shardings=out_shardings)
+          for fn in fns]
+
+
+def compile_group(run, group) -> list:
+  """`jit_update_steps` for the objectives of `group` in `run`."""
+  return jit_update_steps({n: run.bound[n] for n in group}, run.tx, run.schedule, run.shardings,
+                          run.mesh, run.config.train.grad_accum_steps)
+
+
+def run_group(run, fns, batches):
+  """Applies a group's update functions to `run.state`; returns the merged metrics."""
+  metrics = {}
+  for fn in fns:
+    run.state, step_metrics = fn(run.state, batches)
+    metrics.update(step_metrics)
+  return metrics
 
 
 def _meta(run, step: int) -> dict:
@@ -114,20 +198,12 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
   start_step = restore_or_init(run)
   total = config.train.total_steps
 
+  if start_step == 0 and config.init_from:
+    warm_start.warm_start(run, config.init_from)
+
   # ------------------------------------------------------------------ jitted update steps
-  groups = _objective_groups(run)
-  batch_shardings = {
-      kind: mesh_lib.batch_sharding(run.mesh, 1 if config.train.grad_accum_steps > 1 else 0)
-      for kind in run.iterators}
-  steps = []
-  for group in groups:
-    step_fn = make_train_step({n: run.bound[n] for n in group}, run.tx, run.schedule,
-                              config.train.grad_accum_steps)
-    kinds = {run.bound[n].objective.batch_kind for n in group}
-    steps.append(jax.jit(
-        step_fn, donate_argnums=0,
-        in_shardings=(run.shardings, {k: batch_shardings[k] for k in kinds}),
-        out_shardings=(run.shardings, mesh_lib.replicated(run.mesh))))
+  stages = plan_stages(run)
+  compiled: dict[tuple[str, ...], list] = {}  # compiled on first use: later stages cost nothing now
 
   # ------------------------------------------------------------------ loop
   writer = metrics_lib.MetricWriter(workdir)
@@ -141,10 +217,16 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
   step, preempted, stopped_early = start_step, False, False
   try:
     while step < total:
-      group = _group_for_step(run, groups, step)
-      batches = _next_batches(run, groups[group])
+      stage = _stage_at(stages, step)
+      if step == stage.start and len(stages) > 1:
+        logging.info("stage %r: steps %d-%d, objectives %s", stage.name, stage.start, stage.end,
+                     [list(g) for g in stage.groups])
+      group = stage.groups[_group_for_step(run, stage.groups, step)]
+      if group not in compiled:
+        compiled[group] = compile_group(run, group)
+      batches = _next_batches(run, group)
       with jax.transfer_guard("disallow"):  # hidden host<->device copies fail loudly
-        run.state, metrics = steps[group](run.state, batches)
+        metrics = run_group(run, compiled[group], batches)
       step += 1
       throughput.tick()
       history.append(metrics)

@@ -1,0 +1,42 @@
+"""EMMA-X (Guo et al. 2023): a sentence encoder and a semantic-relation classifier (a GMM over
+4 relation ranks) teach each other in an EM loop, on parallel pairs plus in-batch and queued
+non-translations.
+
+Three stages, each its own run warm-started from the previous one's checkpoint:
+
+    xlm-jax train --config experiments/emma_x.py:ctl --workdir workdirs/emma_ctl
+    xlm-jax train --config experiments/emma_x.py:gmm --workdir workdirs/emma_gmm \
+      --config.init_from=workdirs/emma_ctl
+    xlm-jax train --config experiments/emma_x.py:itr --workdir workdirs/emma_itr \
+      --config.init_from=workdirs/emma_gmm
+
+  ctl  contrastive warm-up: InfoNCE at tau 0.05 + MLM (label smoothing 0.1), encoder only
+  gmm  classifier warm-up: encoders frozen, labels from interpolation
+  itr  both steps every iteration: e_step (classifier learns from the encoder's ranks), then
+       m_step (encoder learns from the classifier's ranks with rank-wise InfoNCE + MLM)
+e_step and m_step are separate jitted functions over the explicit state (query encoder, momentum
+key encoder, key queue sharded over the data axis, rank means, classifier). `mono=<n>` mixes n
+monolingual sentences per step into the candidates. Sizes: tiny | small (CPU) | base | large.
+The geometry evaluator (invariance, canonical form, isotropy) runs after every stage.
+"""
+from xlm_jax import presets
+from xlm_jax.config import default_config
+
+STAGES = ("ctl", "gmm", "itr")
+
+
+def get_config(arg=None):
+  args = presets.parse_arg(arg, size="tiny", variant="itr", mono=0, queue=1024)
+  stage = args["variant"]
+  if stage not in STAGES:
+    raise ValueError(f"experiments/emma_x.py: unknown stage {stage!r}; known: {STAGES}")
+  c = default_config()
+  presets.apply_size(c, args["size"])
+  c.data.corpus = "debian8"
+  c.data.pair_seq_len = c.data.seq_len // 2  # same token slots per step as MLM
+  presets.set_objectives(c, emma_x=dict(stage=stage, mono_candidates=args["mono"],
+                                        queue_size=args["queue"]))
+  c.eval.evaluators = ("mlm", "retrieval", "geometry")
+  if stage == "gmm":
+    c.train.total_steps = max(1, c.train.total_steps // 4)  # a short classifier warm-up
+  return c

@@ -1,0 +1,85 @@
+"""Cross-attention masked language modelling (ERNIE-M): predict one side only from the other.
+
+Input and masking as TLM (`<s> x </s> </s> y </s>`, `mlm_mask` over both sides), but attention is
+restricted so a masked token of x is recovered from y, not from x's own context:
+
+- `camlm_mode="two_pass"` (exact, default): pass x lets x-queries see y-keys and their own
+  position, y-queries see only y; its logits are used for the masked tokens of x. Pass y mirrors
+  it for the masked tokens of y. Two forward passes over the same corrupted row.
+- `camlm_mode="single_pass"`: x-queries see y + self, y-queries see x + self, one pass for both
+  sides. After two layers x reaches x through y (the cheaper reading of the paper).
+
+Sides follow segment ids: `<s>` and the first `</s>` belong to x, `</s> y </s>` to y (see
+attention_patterns). Positions are continuous over the pair by default (ERNIE-M continues
+positions, as its BTMLM does); `reset_positions` restarts them on y as TLM does.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from xlm_jax.objectives import attention_patterns as patterns
+from xlm_jax.objectives.base import Objective, ObjectiveContext, weighted_cross_entropy
+from xlm_jax.objectives.tlm import mask_tokens, merged_config, pair_model_inputs
+from xlm_jax.registry import OBJECTIVES
+
+
+def default_config() -> dict:
+  return dict(
+      weight=1.0,              # weight in the summed loss / sampling weight when alternating
+      mask_rate=0.15,          # share of non-special tokens (both sides) chosen for prediction
+      mask_token_rate=0.8,     # of the chosen: replaced by <mask>
+      random_token_rate=0.1,   # of the chosen: replaced by a random id of the token's language
+      label_smoothing=0.0,
+      camlm_mode="two_pass",   # "two_pass" (exact) | "single_pass" (x reaches x after 2 layers)
+      reset_positions=False,   # True: y's positions restart at pad_id + 1 (as TLM)
+  )
+
+
+def _mode(cfg) -> str:
+  mode = cfg["camlm_mode"]
+  if mode not in patterns.CAMLM_MODES:
+    raise ValueError(f"objectives.camlm.camlm_mode must be one of {list(patterns.CAMLM_MODES)}, "
+                     f"got {mode!r}")
+  return mode
+
+
+def camlm_logits(params, masked_ids, batch, label_positions, dropout_rng, ctx: ObjectiveContext):
+  """Logits [B, P, V] at `label_positions` of the corrupted pair `masked_ids`, per `camlm_mode`.
+
+  In two-pass mode each label slot takes its logits from the pass predicting its own side
+  (slots on padding, which carry weight 0, take pass y's).
+  """
+  cfg = merged_config(ctx, default_config)
+  mode = _mode(cfg)
+  segment_ids = batch["segment_ids"]
+  inputs = pair_model_inputs(batch, ctx, cfg["reset_positions"])
+
+  def forward(attention_mask, rng):
+    return ctx.model.apply({"params": params}, masked_ids, label_positions=label_positions,
+                           attention_mask=attention_mask, deterministic=not ctx.train,
+                           rngs={"dropout": rng}, **inputs)
+
+  if mode == "single_pass":
+    return forward(patterns.camlm_single_pass_mask(segment_ids), dropout_rng)
+  rng_x, rng_y = jax.random.split(dropout_rng)
+  logits_x = forward(patterns.camlm_two_pass_mask(segment_ids, patterns.X_SIDE), rng_x)
+  logits_y = forward(patterns.camlm_two_pass_mask(segment_ids, patterns.Y_SIDE), rng_y)
+  side = jnp.take_along_axis(segment_ids, label_positions, axis=1)
+  return jnp.where((side == patterns.X_SIDE)[..., None], logits_x, logits_y)
+
+
+def camlm_loss(params, batch, rng, ctx: ObjectiveContext):
+  """Cross-entropy at the masked tokens of both sides, each predicted from the other side."""
+  cfg = merged_config(ctx, default_config)
+  _mode(cfg)   # a bad mode fails before any work is traced
+  mask_rng, dropout_rng = jax.random.split(rng)
+  segment_ids = batch["segment_ids"]
+  masked = mask_tokens(mask_rng, batch["input_ids"], batch["lang_ids"], ctx, cfg,
+                       eligible=segment_ids != 0)
+  logits = camlm_logits(params, masked.input_ids, batch, masked.positions, dropout_rng, ctx)
+  return weighted_cross_entropy(logits, masked.labels, masked.weights, cfg["label_smoothing"])
+
+
+OBJECTIVES.register("camlm")(Objective(
+    name="camlm", batch_kind="parallel", loss_fn=camlm_loss, default_config=default_config))

@@ -1,0 +1,175 @@
+"""EMMA-X (Guo et al. 2023): EM between a sentence encoder and a semantic-relation classifier.
+
+Registered as objective "emma_x" on batch kind "parallel_pairs" (optionally with monolingual
+candidates from batch kind "sentences"). The update is not "gradient of one loss", so the
+objective hands the trainer its own steps (`make_steps`), chosen by `stage`:
+
+  ctl  [m_step]           InfoNCE (tau 0.05) + MLM, encoder only       (warm-up 1)
+  gmm  [e_step]           classifier on interpolated pairs, encoders frozen (warm-up 2)
+  itr  [e_step, m_step]   classifier from encoder ranks, then encoder from classifier ranks
+
+Each stage warm-starts from the previous stage's checkpoint. State (TrainState.extra["emma_x"],
+checkpointed with the rest):
+  key_params            {"encoder", "head"}: the momentum key tower, copied from the query tower
+  queue, queue_pointer  [K, d] keys (sharded over the batch axes) and the next row to write
+  rank_means, rank_mean_weight  [N] EMA of the mean similarity per rank, and its total weight
+  classifier            {"means" [N, d], "log_variances" [N, d], "prior_logits" [N]}
+  classifier_opt_state  the classifier's own optax (Adam) state, as a flat dict of arrays
+The query tower's sentence head is a trainable head: params["heads"]["emma_x"].
+See xlm_jax/objectives/emma/ for the pieces.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from xlm_jax.objectives.base import Objective, ObjectiveContext
+from xlm_jax.objectives.emma import classifier as gmm
+from xlm_jax.objectives.emma import steps as steps_lib
+from xlm_jax.objectives.emma import towers
+from xlm_jax.registry import OBJECTIVES
+
+NAME = "emma_x"
+STAGES = ("ctl", "gmm", "itr")
+
+
+def default_config() -> dict:
+  return dict(
+      weight=1.0,                      # scales the M-step loss (EMMA-X trains alone: keep 1)
+      stage="itr",                     # "ctl" | "gmm" | "itr"
+      num_ranks=4,                     # N relation ranks: N-1 = translation ... 0 = unrelated
+      queue_size=4096,                 # K keys; >= 2 x batch pairs + mono_candidates
+      momentum=0.999,                  # key tower: k <- m k + (1 - m) q
+      rank_mean_momentum=0.001,        # alpha of the rank-mean EMA
+      rank_mean_debias=True,           # divide the EMA by its weight (False: zero start, as ref.)
+      temperature_high=0.1,            # RINCE tau of rank 1 ...
+      temperature_low=0.05,            # ... linearly down to rank N-1
+      ctl_temperature=0.05,            # InfoNCE tau of the ctl warm-up
+      classifier_label_smoothing=0.3,  # eps of the classifier's cross-entropy
+      classifier_learning_rate=5e-3,   # Adam on the GMM parameters (own optimizer, constant)
+      mlm_weight=1.0,
+      mask_rate=0.15,
+      mask_token_rate=0.8,
+      random_token_rate=0.1,
+      label_smoothing=0.1,             # MLM label smoothing
+      mono_candidates=0,               # rows of batch kind "sentences" added as candidates
+  )
+
+
+def check_config(cfg) -> None:
+  """Raises ValueError naming the field for values the steps cannot run with."""
+  if cfg["stage"] not in STAGES:
+    raise ValueError(f"objectives.emma_x.stage must be one of {STAGES}, got {cfg['stage']!r}")
+  if cfg["num_ranks"] < 2:
+    raise ValueError(f"objectives.emma_x.num_ranks must be >= 2, got {cfg['num_ranks']}")
+  if cfg["queue_size"] < 1 or cfg["mono_candidates"] < 0:
+    raise ValueError(f"objectives.emma_x.queue_size must be >= 1 and mono_candidates >= 0, got "
+                     f"{cfg['queue_size']} and {cfg['mono_candidates']}")
+  for field in ("momentum", "rank_mean_momentum", "classifier_label_smoothing"):
+    if not 0.0 <= cfg[field] <= 1.0:
+      raise ValueError(f"objectives.emma_x.{field} must be in [0, 1], got {cfg[field]}")
+  for field in ("temperature_high", "temperature_low", "ctl_temperature"):
+    if cfg[field] <= 0:
+      raise ValueError(f"objectives.emma_x.{field} must be > 0, got {cfg[field]}")
+
+
+def _named(ctx: ObjectiveContext) -> ObjectiveContext:
+  """The context with its name set (state lives at extra[name], the head at heads[name])."""
+  check_config(ctx.config)
+  return ctx if ctx.name else dataclasses.replace(ctx, name=NAME)
+
+
+def init_params(rng, ctx: ObjectiveContext):
+  """The query tower's sentence head (pooler + projection), boxed with logical axis names."""
+  hidden = ctx.model.config.hidden_size
+  return towers.sentence_head(ctx).init(rng, jnp.zeros((1, hidden), jnp.float32))["params"]
+
+
+def init_extra_state(rng, params, ctx: ObjectiveContext) -> dict:
+  """Key tower copied from the query tower, a random unit-vector queue, zero rank means and a
+  fresh classifier. `params` is the full tree with params["heads"][name] already in it."""
+  ctx = _named(ctx)
+  cfg = ctx.config
+  if "heads" not in params or ctx.name not in params["heads"]:
+    raise ValueError(f"init_extra_state of {ctx.name!r} needs params['heads'][{ctx.name!r}] (the "
+                     "sentence head from init_params) to copy it into the key tower; call "
+                     "init_params first and add its result to the params")
+  k_queue, k_classifier = jax.random.split(rng)
+  hidden = ctx.model.config.hidden_size
+  # A real copy: the key tower must not share buffers with the (donated) query tower.
+  key_params = jax.tree.map(jnp.copy, {"encoder": params["encoder"],
+                                       "head": params["heads"][ctx.name]})
+  queue = jax.random.normal(k_queue, (cfg["queue_size"], hidden), jnp.float32)
+  queue = queue / jnp.linalg.norm(queue, axis=-1, keepdims=True)
+  classifier = gmm.init_classifier(k_classifier, cfg["num_ranks"], hidden)
+  return {
+      "key_params": key_params,
+      # Rows over the data-parallel axes: at K = 65k x d = 1024 the queue is not replicated.
+      "queue": nn.LogicallyPartitioned(queue, ("batch", None)),
+      "queue_pointer": jnp.zeros((), jnp.int32),
+      "rank_means": jnp.zeros((cfg["num_ranks"],), jnp.float32),
+      "rank_mean_weight": jnp.zeros((cfg["num_ranks"],), jnp.float32),
+      "classifier": classifier,
+      "classifier_opt_state": gmm.pack_optimizer_state(gmm.classifier_optimizer(
+          cfg["classifier_learning_rate"]).init(classifier)),
+  }
+
+
+def emma_x_loss(params, batch, rng, ctx: ObjectiveContext):
+  """Held-out metrics without any update: (loss, metrics, extra unchanged).
+
+  `loss` is the stage's training loss: the E-step's classifier loss for "gmm", else the
+  M-step's contrastive + MLM loss; "accuracy" is in-batch+queue translation retrieval.
+  """
+  ctx = _named(ctx)
+  extra = ctx.extra
+  if extra is None:
+    raise ValueError("emma_x loss_fn needs its extra state (ctx.extra = TrainState.extra"
+                     "['emma_x']); the trainer passes it when init_extra_state is set")
+  stage = ctx.config["stage"]
+  rngs = steps_lib.StepRngs(*jax.random.split(rng, 5))
+  cands = steps_lib.encode_candidates(ctx, extra, {"parallel_pairs": batch}, rngs, ctx.train)
+  loss, aux = steps_lib.m_objective(ctx, params, extra, cands, rngs.query_dropout,
+                                    "itr" if stage == "gmm" else stage, ctx.train)
+  metrics = {k: aux[k] for k in ("contrastive_loss", "mlm_loss", "mlm_accuracy")}
+  metrics["accuracy"] = aux["translation_accuracy"]
+  metrics["weight"] = jnp.asarray(2 * cands.pairs.num_pairs, jnp.float32)
+  if stage != "ctl":
+    gmm_loss, gmm_aux = steps_lib.e_objective(ctx, extra["classifier"], aux["queries"], cands,
+                                              steps_lib.current_rank_means(ctx, extra), stage,
+                                              rngs.interpolation)
+    metrics.update(gmm_loss=gmm_loss, gmm_accuracy=gmm_aux["gmm_accuracy"])
+    if stage == "gmm":
+      loss = gmm_loss
+  metrics["loss"] = loss
+  return loss, metrics, extra
+
+
+def extra_batch_kinds(cfg) -> tuple[str, ...]:
+  """Monolingual candidates come from batch kind "sentences" when mono_candidates > 0."""
+  return ("sentences",) if cfg.get("mono_candidates", 0) > 0 else ()
+
+
+def make_steps(bound, tx, schedule):
+  """[("e_step", fn)] for gmm, [("m_step", fn)] for ctl, both (in that order) for itr.
+
+  Each fn(state, batches) -> (state, metrics) is pure; the trainer jits each separately with the
+  state donated and runs them in order every iteration. The last one advances state.step.
+  """
+  ctx = dataclasses.replace(_named(bound.context), train=True)
+  stage = ctx.config["stage"]
+  out = []
+  if stage in ("gmm", "itr"):
+    out.append(("e_step", steps_lib.make_e_step(ctx, stage)))
+  if stage in ("ctl", "itr"):
+    out.append(("m_step", steps_lib.make_m_step(ctx, stage, tx, schedule)))
+  return out
+
+
+OBJECTIVES.register(NAME)(Objective(
+    name=NAME, batch_kind="parallel_pairs", loss_fn=emma_x_loss, default_config=default_config,
+    init_extra_state=init_extra_state, init_params=init_params, make_steps=make_steps,
+    extra_batch_kinds=extra_batch_kinds, eval_metrics=("loss", "accuracy")))

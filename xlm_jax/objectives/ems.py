@@ -1,0 +1,262 @@
+"""EMS (Mao, Chu and Kurohashi 2022): sentence embeddings from parallel pairs.
+
+A siamese encoder (shared weights, x and y never attend to each other) gives each side a
+sentence vector s = masked mean of the last layer. Two losses train it:
+
+- XTR, cross-lingual token reconstruction: from s_x and y's language, predict the bag of y's
+  tokens (and the other way round): L_XTR = KL(q_y || p(x->y)) + KL(q_x || p(y->x)).
+- Contrastive: S_ij = cos(g(s_y_i), g(s_x_j)) / tau over the batch, symmetric InfoNCE.
+
+L = xtr_weight * L_XTR + cl_weight * L_CL (paper: 1 and 2).
+
+The XTR target q comes in two forms (`xtr_target`); n = number of y's tokens (specials and
+padding excluded), c_t = count of token t in y, k = number of distinct tokens:
+- "normalized": q_t = c_t / n, a distribution; the loss is the true KL, minimum 0.
+- "set" (reference code: `label.index_fill_(0, ids, 1/len)`): q_t = 1/n for every distinct t,
+  whatever its count. With repeated tokens q sums to k/n < 1, so it is not a distribution:
+      sum_t q_t (log q_t - log p_t) = (k/n) KL(uniform over the k distinct tokens || p)
+                                      + (k/n) log(k/n).
+  That is, the model is pulled towards the *set* of target tokens, each equally (a token seen
+  three times is not favoured), the row's loss is scaled by k/n (sentences with many repeats
+  count less), and the minimum is (k/n) log(k/n) <= 0 rather than 0.
+Both are computed by gathering log p at the target tokens: no [B, V] target tensor is built.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from xlm_jax.models.encoder import DTYPES
+from xlm_jax.models.sentence_heads import ProjectionHead, XtrHead
+from xlm_jax.objectives.base import Objective, ObjectiveContext
+from xlm_jax.registry import OBJECTIVES
+
+XTR_TARGETS = ("set", "normalized")
+# Logit of masked-out contrastive candidates: finite, so a fully masked row cannot produce NaN.
+_MASKED_LOGIT = -1e9
+
+
+def default_config() -> dict:
+  return dict(
+      weight=1.0,               # weight of EMS in the sum over objectives
+      use_xtr=True,             # ablation: False = contrastive only (no XTR head is created)
+      use_cl=True,              # ablation: False = XTR only (no projection g is created)
+      xtr_weight=1.0,
+      cl_weight=2.0,            # paper: L = L_XTR + 2 L_CL
+      xtr_target="set",         # "set" (reference code) | "normalized" (count / length)
+      use_lang_emb=True,        # ablation: XTR head without the target-language embedding
+      tied_decoder=False,       # ablation: XTR decoder = the encoder's word embeddings
+      lang_dim=128,             # language embedding width (reference la_dim)
+      xtr_dropout=0.0,          # dropout after swish in the XTR head (reference xtr_dropout)
+      proj_dim=128,             # output width of g
+      temperature=0.1,
+      global_negatives=True,    # False: negatives only among rows of the same device (original)
+      # A row that shares a sentence with the query's row (the same English msgid paired with
+      # two languages, say) is a translation, not a negative. No-op on duplicate-free batches.
+      drop_duplicate_negatives=True,
+  )
+
+
+def _check_config(cfg) -> None:
+  if cfg["xtr_target"] not in XTR_TARGETS:
+    raise ValueError(f"objectives.ems.xtr_target must be one of {XTR_TARGETS}, "
+                     f"got {cfg['xtr_target']!r}")
+  if not (cfg["use_xtr"] or cfg["use_cl"]):
+    raise ValueError("objectives.ems: use_xtr and use_cl are both False, nothing to train; "
+                     "enable at least one of them")
+  if cfg["temperature"] <= 0:
+    raise ValueError(f"objectives.ems.temperature must be > 0, got {cfg['temperature']}")
+
+
+def xtr_head(ctx: ObjectiveContext) -> XtrHead:
+  """The XTR head for this model and config."""
+  cfg, model_cfg = ctx.config, ctx.model.config
+  width = model_cfg.hidden_size
+  if cfg["use_lang_emb"] and not cfg["tied_decoder"]:
+    # As the reference code: W1 keeps the width of [lang ; s]. A tied decoder needs the
+    # encoder's hidden size instead, to multiply with the word embeddings.
+    width += cfg["lang_dim"]
+  return XtrHead(vocab_size=ctx.vocab_size, hidden_dim=width, num_languages=len(ctx.languages),
+                 lang_dim=cfg["lang_dim"], use_lang_emb=cfg["use_lang_emb"],
+                 tied_decoder=cfg["tied_decoder"], dropout_rate=cfg["xtr_dropout"],
+                 layer_norm_eps=model_cfg.layer_norm_eps,
+                 initializer_range=model_cfg.initializer_range,
+                 dtype=DTYPES[model_cfg.dtype], param_dtype=DTYPES[model_cfg.param_dtype])
+
+
+def projection_head(ctx: ObjectiveContext) -> ProjectionHead:
+  model_cfg = ctx.model.config
+  return ProjectionHead(hidden_dim=model_cfg.hidden_size, features=ctx.config["proj_dim"],
+                        initializer_range=model_cfg.initializer_range,
+                        dtype=DTYPES[model_cfg.dtype], param_dtype=DTYPES[model_cfg.param_dtype])
+
+
+def init_params(rng, ctx: ObjectiveContext) -> dict:
+  """{"xtr": ..., "projection": ...} (only the parts the switches use), logically boxed."""
+  _check_config(ctx.config)
+  hidden = ctx.model.config.hidden_size
+  sentence = jnp.zeros((1, hidden), DTYPES[ctx.model.config.dtype])
+  xtr_rng, proj_rng = jax.random.split(rng)
+  params = {}
+  if ctx.config["use_xtr"]:
+    # A tied head creates no decoder; an identity stands in for the word embeddings at init.
+    params["xtr"] = xtr_head(ctx).init(xtr_rng, sentence, jnp.zeros((1,), jnp.int32),
+                                       decoder=lambda h: h)["params"]
+  if ctx.config["use_cl"]:
+    params["projection"] = projection_head(ctx).init(proj_rng, sentence)["params"]
+  return params
+
+
+def mean_pool(hidden: jax.Array, mask: jax.Array) -> jax.Array:
+  """float32 mean of hidden [R, L, D] over positions where mask [R, L] is True."""
+  mask = mask.astype(jnp.float32)[..., None]
+  total = jnp.sum(hidden.astype(jnp.float32) * mask, axis=1)
+  return total / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
+
+
+def xtr_kl(log_probs: jax.Array, target_ids: jax.Array, target_mask: jax.Array,
+           xtr_target: str) -> jax.Array:
+  """Per-row sum_t q_t (log q_t - log_probs_t) with q the bag of target tokens (module doc).
+
+  log_probs [R, V]; target_ids [R, L]; target_mask [R, L] True on the tokens that count.
+  Rows without any target token give 0.
+  """
+  mask = target_mask.astype(bool)
+  n = jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1).astype(jnp.float32)
+  same = (target_ids[:, :, None] == target_ids[:, None, :]) & mask[:, :, None] & mask[:, None, :]
+  if xtr_target == "normalized":
+    # Every occurrence contributes (1/n)(log(c/n) - log p): summed, c_t/n per distinct token.
+    count = jnp.sum(same, axis=2).astype(jnp.float32)
+    weight = mask / n
+    log_q = jnp.log(jnp.maximum(count, 1.0) / n)
+  elif xtr_target == "set":
+    # Only the first occurrence of each token contributes, with q = 1/n.
+    length = target_ids.shape[1]
+    earlier = jnp.tril(jnp.ones((length, length), bool), k=-1)
+    first = mask & ~jnp.any(same & earlier[None], axis=2)
+    weight = first / n
+    log_q = jnp.broadcast_to(-jnp.log(n), mask.shape)
+  else:
+    raise ValueError(f"xtr_target must be one of {XTR_TARGETS}, got {xtr_target!r}")
+  safe_ids = jnp.where(mask, target_ids, 0)
+  log_p = jnp.take_along_axis(log_probs, safe_ids, axis=1)
+  return jnp.sum(jnp.where(mask, weight * (log_q - log_p), 0.0), axis=1)
+
+
+def shared_sentence(x_ids: jax.Array, y_ids: jax.Array) -> jax.Array:
+  """[B, B] bool: rows i and j contain an identical sentence (on either side, either order).
+
+  Multi-way parallel data (gettext: one English message, seven translations) puts the same
+  sentence in several rows of a batch; their other sides are then translations of each other.
+  Rows are compared on the padded ids, so equal means equal after truncation. XLA fuses the
+  [B, B, L] comparison into the reduction.
+  """
+  def equal(a, b):
+    return jnp.all(a[:, None, :] == b[None, :, :], axis=-1)
+  return equal(x_ids, x_ids) | equal(y_ids, y_ids) | equal(x_ids, y_ids) | equal(y_ids, x_ids)
+
+
+def contrastive_loss(z_x: jax.Array, z_y: jax.Array, row_valid: jax.Array, temperature: float,
+                     num_groups: int = 1, not_negative: jax.Array | None = None
+                     ) -> tuple[jax.Array, jax.Array]:
+  """Symmetric InfoNCE over S_ij = cos(z_y_i, z_x_j) / temperature; (loss, accuracy).
+
+  Rows i are pairs; row_valid [B] drops padding pairs as queries and as candidates.
+  num_groups > 1 restricts negatives to contiguous blocks of B / num_groups rows (the rows one
+  data-parallel device holds). not_negative [B, B] (symmetric) removes further candidates j
+  from query i's softmax (the diagonal is always kept). Both numbers are means over valid rows
+  of the whole batch, and accuracy is the share of queries (y->x and x->y) whose top
+  candidate is their translation.
+  """
+  batch = z_x.shape[0]
+  if batch % num_groups:
+    raise ValueError(f"EMS per-device negatives: batch of {batch} pairs does not split into "
+                     f"{num_groups} data-parallel groups; make the batch size a multiple of it")
+  unit_x = z_x / jnp.maximum(jnp.linalg.norm(z_x, axis=-1, keepdims=True), 1e-8)
+  unit_y = z_y / jnp.maximum(jnp.linalg.norm(z_y, axis=-1, keepdims=True), 1e-8)
+  sims = (unit_y @ unit_x.T) / temperature
+  group = jnp.arange(batch) // (batch // num_groups)
+  gold = jnp.arange(batch)
+  allowed = (group[:, None] == group[None, :]) & row_valid[:, None] & row_valid[None, :]
+  if not_negative is not None:
+    allowed &= ~not_negative | (gold[:, None] == gold[None, :])
+  total = jnp.maximum(jnp.sum(row_valid), 1)
+  losses, correct = 0.0, 0.0
+  for logits in (sims, sims.T):
+    logits = jnp.where(allowed, logits, _MASKED_LOGIT)
+    per_row = jax.nn.logsumexp(logits, axis=1) - jnp.diagonal(logits)
+    losses += jnp.sum(jnp.where(row_valid, per_row, 0.0)) / total
+    correct += jnp.sum(row_valid & (jnp.argmax(logits, axis=1) == gold)) / total
+  return losses / 2, correct / 2
+
+
+def _row_language(lang_ids: jax.Array, length: int) -> jax.Array:
+  return jnp.broadcast_to(lang_ids[:, None], (lang_ids.shape[0], length)).astype(jnp.int32)
+
+
+def ems_loss(params, batch, rng, ctx: ObjectiveContext):
+  """EMS loss on a "parallel_pairs" batch; metrics xtr_loss, cl_loss, accuracy, weight."""
+  cfg = ctx.config
+  _check_config(cfg)
+  heads = ctx.head_params(params)
+  x_ids, y_ids = batch["x_input_ids"], batch["y_input_ids"]
+  if x_ids.shape != y_ids.shape:
+    raise ValueError(f"parallel_pairs batch: x_input_ids {x_ids.shape} and y_input_ids "
+                     f"{y_ids.shape} must have the same shape [B, pair_seq_len]")
+  batch_size, length = x_ids.shape
+  encoder_rng, head_rng = jax.random.split(rng)
+
+  # Both sides in one encoder call: same weights, no cross-attention (rows are independent).
+  ids = jnp.concatenate([x_ids, y_ids], axis=0)
+  inputs = {}
+  if ctx.model.config.num_languages:
+    inputs["lang_ids"] = _row_language(
+        jnp.concatenate([batch["x_lang_ids"], batch["y_lang_ids"]]), length)
+  hidden = ctx.model.apply({"params": params}, ids, deterministic=not ctx.train,
+                           rngs={"dropout": encoder_rng}, method="encode", **inputs)
+  real = ids != ctx.pad_id
+  sentences = mean_pool(hidden, real)
+  s_x, s_y = sentences[:batch_size], sentences[batch_size:]
+  row_valid = jnp.any(x_ids != ctx.pad_id, axis=1) & jnp.any(y_ids != ctx.pad_id, axis=1)
+  num_valid = jnp.maximum(jnp.sum(row_valid), 1)
+
+  loss, metrics = 0.0, {}
+  if cfg["use_xtr"]:
+    # Direction x->y predicts y's bag in y's language from s_x, and y->x the other way.
+    targets = jnp.concatenate([y_ids, x_ids], axis=0)
+    target_lang = jnp.concatenate([batch["y_lang_ids"], batch["x_lang_ids"]]).astype(jnp.int32)
+    decoder = None
+    if cfg["tied_decoder"]:
+      def decoder(h):
+        # The target language picks the table when the model has separate_embeddings.
+        return ctx.model.apply({"params": params}, h, target_lang,
+                               method=lambda model, q, lang: model.encoder.attend(q, lang))
+    logits = xtr_head(ctx).apply({"params": heads["xtr"]}, sentences, target_lang,
+                                 decoder=decoder, deterministic=not ctx.train,
+                                 rngs={"dropout": head_rng})
+    special = jnp.isin(targets, jnp.asarray(sorted(set(ctx.special_ids) | {ctx.pad_id})))
+    per_row = xtr_kl(jax.nn.log_softmax(logits, axis=-1), targets, ~special, cfg["xtr_target"])
+    valid_twice = jnp.concatenate([row_valid, row_valid])
+    # Sum of the two directions' batch means (each over the valid pairs).
+    xtr = jnp.sum(jnp.where(valid_twice, per_row, 0.0)) / num_valid
+    loss += cfg["xtr_weight"] * xtr
+    metrics["xtr_loss"] = xtr
+  groups = 1 if cfg["global_negatives"] else ctx.data_parallel_size
+  duplicates = shared_sentence(x_ids, y_ids) if cfg["drop_duplicate_negatives"] else None
+  if cfg["use_cl"]:
+    projection = projection_head(ctx)
+    z = projection.apply({"params": heads["projection"]}, sentences)
+    cl, accuracy = contrastive_loss(z[:batch_size], z[batch_size:], row_valid,
+                                    cfg["temperature"], groups, duplicates)
+    loss += cfg["cl_weight"] * cl
+    metrics["cl_loss"] = cl
+  else:
+    # XTR only: retrieval accuracy of the sentence vectors themselves (no g was trained).
+    _, accuracy = contrastive_loss(s_x, s_y, row_valid, cfg["temperature"], groups, duplicates)
+  metrics.update(loss=loss, accuracy=accuracy, weight=jnp.sum(row_valid).astype(jnp.float32))
+  return loss, metrics
+
+
+OBJECTIVES.register("ems")(Objective(
+    name="ems", batch_kind="parallel_pairs", loss_fn=ems_loss, default_config=default_config,
+    init_params=init_params, eval_metrics=("loss", "accuracy")))

@@ -1,0 +1,101 @@
+"""Translation language modelling (XLM): MLM over a sentence and its translation side by side.
+
+A "parallel" row is `<s> x </s> </s> y </s>` + padding, segment 1 on `<s> x </s>` and segment 2 on
+`</s> y </s>`. Tokens of both sides are masked (one `mlm_mask` over the row) and every token
+attends to every real token of both sides, so a masked word can be recovered from its
+translation. Each token carries its side's language id (batch `lang_ids`) when the model has
+language embeddings. With `reset_positions` (XLM's default) y's positions restart at pad_id + 1
+on its leading `</s>`, mirroring x's `<s>`; otherwise they continue from x.
+
+The helpers `merged_config`, `mask_tokens` and `pair_model_inputs` are shared with CAMLM and BTMLM.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from xlm_jax.models.attention import segment_position_ids
+from xlm_jax.objectives import attention_patterns
+from xlm_jax.objectives.base import Objective, ObjectiveContext, weighted_cross_entropy
+from xlm_jax.objectives.masking import MaskedTokens, mlm_mask
+from xlm_jax.registry import OBJECTIVES
+
+
+def default_config() -> dict:
+  return dict(
+      weight=1.0,              # weight in the summed loss / sampling weight when alternating
+      mask_rate=0.15,          # share of non-special tokens (both sides) chosen for prediction
+      mask_token_rate=0.8,     # of the chosen: replaced by <mask>
+      random_token_rate=0.1,   # of the chosen: replaced by a random id of the token's language
+      label_smoothing=0.0,
+      reset_positions=True,    # y's positions restart at pad_id + 1 (XLM); False = continuous
+  )
+
+
+def merged_config(ctx: ObjectiveContext, defaults: Callable[[], dict]) -> dict:
+  """The objective's config section over its defaults (an experiment may set only some fields)."""
+  return {**defaults(), **dict(ctx.config)}
+
+
+def mask_tokens(rng: jax.Array, input_ids: jax.Array, lang_ids: jax.Array, ctx: ObjectiveContext,
+                cfg: Mapping[str, Any], eligible: jax.Array | None = None) -> MaskedTokens:
+  """`mlm_mask` whose random replacements come from each masked token's own language.
+
+  With `ctx.random_ranges` (a vocabulary split by language, [num_languages, 2] [low, high)),
+  the replacement for a token is drawn from the range of `lang_ids` at that token, so on a
+  parallel row x and y each keep their own language. `mlm_mask` only takes per-row bounds, so
+  it writes an out-of-vocabulary sentinel (vocab_size) for "random" and those slots are redrawn
+  here: the choice of positions and the 80/10/10 split are exactly `mlm_mask`'s. Without
+  ranges the whole vocabulary above the special ids is used.
+  """
+  input_ids, lang_ids = jnp.asarray(input_ids), jnp.asarray(lang_ids)
+  kwargs = dict(special_ids=ctx.special_ids, mask_id=ctx.mask_id, vocab_size=ctx.vocab_size,
+                mask_rate=cfg["mask_rate"], mask_token_rate=cfg["mask_token_rate"],
+                random_token_rate=cfg["random_token_rate"], eligible=eligible)
+  if ctx.random_ranges is None:
+    return mlm_mask(rng, input_ids, **kwargs)
+  choose_rng, random_rng = jax.random.split(rng)
+  sentinel = ctx.vocab_size
+  masked = mlm_mask(choose_rng, input_ids, random_low=sentinel, random_high=sentinel + 1, **kwargs)
+  rows = jnp.arange(input_ids.shape[0])[:, None]
+  current = masked.input_ids[rows, masked.positions]
+  ranges = jnp.asarray(ctx.random_ranges, jnp.int32)
+  lang_at = jnp.take_along_axis(lang_ids, masked.positions, axis=1)
+  redrawn = jax.random.randint(random_rng, current.shape, ranges[lang_at, 0], ranges[lang_at, 1],
+                               dtype=jnp.int32)
+  new = jnp.where(current == sentinel, redrawn, current).astype(input_ids.dtype)
+  # top_k positions are distinct within a row, so this scatter has no colliding writes.
+  return masked._replace(input_ids=masked.input_ids.at[rows, masked.positions].set(new))
+
+
+def pair_model_inputs(batch, ctx: ObjectiveContext, reset_positions: bool) -> dict:
+  """Position ids (restarting on y or continuous) and language ids of a "parallel" batch."""
+  if reset_positions:
+    position_ids = segment_position_ids(batch["segment_ids"], ctx.pad_id)
+  else:
+    position_ids = batch["position_ids"]
+  inputs = dict(position_ids=position_ids)
+  if ctx.model.config.num_languages:
+    inputs["lang_ids"] = batch["lang_ids"]
+  return inputs
+
+
+def tlm_loss(params, batch, rng, ctx: ObjectiveContext):
+  """Cross-entropy at masked tokens of both sides, full attention over the pair."""
+  cfg = merged_config(ctx, default_config)
+  mask_rng, dropout_rng = jax.random.split(rng)
+  segment_ids = batch["segment_ids"]
+  masked = mask_tokens(mask_rng, batch["input_ids"], batch["lang_ids"], ctx, cfg,
+                       eligible=segment_ids != 0)
+  logits = ctx.model.apply(
+      {"params": params}, masked.input_ids, label_positions=masked.positions,
+      attention_mask=attention_patterns.full_pair_mask(segment_ids),
+      deterministic=not ctx.train, rngs={"dropout": dropout_rng},
+      **pair_model_inputs(batch, ctx, cfg["reset_positions"]))
+  return weighted_cross_entropy(logits, masked.labels, masked.weights, cfg["label_smoothing"])
+
+
+OBJECTIVES.register("tlm")(Objective(
+    name="tlm", batch_kind="parallel", loss_fn=tlm_loss, default_config=default_config))
