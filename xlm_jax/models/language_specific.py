@@ -57,7 +57,7 @@ def _spread_by_language(x: jax.Array, weights: jax.Array, num_feature_axes: int)
 
 
 class LanguageDense(nn.Module):
-  """DenseGeneral over the trailing `len(axis)` input axes, one kernel and bias per language.
+  """DenseGeneral over the trailing `num_input_axes` axes of x, one kernel and bias per language.
 
   kernel `[languages, *in, *features]`, bias `[languages, *features]`; logical names are
   ("languages",) + kernel_axes / bias_axes.

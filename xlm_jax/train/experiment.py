@@ -50,7 +50,10 @@ def load_corpus(config) -> Corpus:
   recipe = config.data.corpus
   can_build = config.data.build_if_missing and recipe in RECIPES
   if can_build and jax.process_index() == 0:
-    corpus_build.ensure_corpus(path, languages=tuple(config.data.languages),
+    # Derived languages ("en_trans") are made from a built language on first use, not built here.
+    base_languages = tuple(dict.fromkeys(
+        derived.split_derived(l)[0] if derived.is_derived(l) else l for l in config.data.languages))
+    corpus_build.ensure_corpus(path, languages=base_languages,
                                build_if_missing=True, vocab_size=config.data.vocab_size,
                                seed=config.seed, recipe=recipe)
   if jax.process_count() > 1:
