@@ -41,8 +41,18 @@ SENTENCE_RUNS = [
 EMMA_STAGES = (("ctl", 0.4), ("gmm", 0.2), ("itr", 0.4))
 
 
+def read_summary(workdir: pathlib.Path) -> dict:
+  summary = json.loads((workdir / "summary.json").read_text())
+  lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if l]
+  losses = [l["train/loss"] for l in lines if "train/loss" in l]
+  summary["first_loss"] = losses[0] if losses else float("nan")
+  return summary
+
+
 def train(name: str, spec: str, extra: list[str], workdir: pathlib.Path, budget: list[str]) -> dict:
-  command = ["xlm-jax", "train", "--config", spec, "--workdir", str(workdir),
+  # The console script of the Python running this (a venv need not be activated).
+  script = pathlib.Path(sys.executable).with_name("xlm-jax")
+  command = [str(script) if script.exists() else "xlm-jax", "train", "--config", spec, "--workdir", str(workdir),
              "--config.train.progress_bar=False", *budget, *extra]
   print(f"[{name}] {' '.join(command)}", flush=True)
   start = time.time()
@@ -51,19 +61,25 @@ def train(name: str, spec: str, extra: list[str], workdir: pathlib.Path, budget:
   if result.returncode:
     raise SystemExit(f"[{name}] failed with exit code {result.returncode}; see "
                      f"{workdir.with_suffix('.log')}")
-  summary = json.loads((workdir / "summary.json").read_text())
+  summary = read_summary(workdir)
   summary["wall_seconds_total"] = time.time() - start
-  lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if l]
-  losses = [l["train/loss"] for l in lines if "train/loss" in l]
-  summary["first_loss"] = losses[0] if losses else float("nan")
   return summary
+
+
+MLM_LIKE = ("mlm", "dict_mlm", "align_mlm", "mlm_code_switch")
 
 
 def row(name: str, summary: dict) -> dict:
   ev = summary.get("eval", {})
+  # Held-out masked-token accuracy on monolingual text: MLM's, or the MLM part of a variant.
+  mlm_like = next((k for k in MLM_LIKE if f"{k}/accuracy" in ev), None)
+  others = {k: v for k, v in ev.items() if k.endswith("/accuracy") and k.count("/") == 1
+            and k.split("/")[0] not in (mlm_like, "unigram")}
   out = {"run": name, "steps": summary["step"], "train_s": round(summary["train_seconds"]),
          "loss_first": summary["first_loss"], "loss_last": summary["train"].get("loss"),
-         "mlm_acc": ev.get("mlm/accuracy"), "unigram_acc": ev.get("unigram/accuracy"),
+         "mlm_acc": ev.get(f"{mlm_like}/accuracy") if mlm_like else None,
+         "other_acc": ", ".join(f"{k.split('/')[0]} {v:.3f}" for k, v in sorted(others.items())),
+         "unigram_acc": ev.get("unigram/accuracy"),
          "retrieval_p1": ev.get("retrieval/mean_p1"),
          "tfidf_p1": ev.get("retrieval/mean_tfidf_p1")}
   for key, value in ev.items():
@@ -89,6 +105,8 @@ def main(argv=None) -> int:
                       help="sentence set: training wall-clock budget per run")
   parser.add_argument("--out", required=True, help="folder for the workdirs and the table")
   parser.add_argument("--only", nargs="*", default=None, help="run names to keep")
+  parser.add_argument("--table-only", action="store_true",
+                      help="rebuild the table from the workdirs under --out without training")
   args = parser.parse_args(argv)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
@@ -106,6 +124,9 @@ def main(argv=None) -> int:
       budget = ["--config.train.total_steps=100000",
                 f"--config.train.max_wall_seconds={args.seconds}",
                 "--config.optimizer.warmup_steps=100"]
+    if args.table_only:
+      rows.append(row(name, read_summary(workdir)))
+      continue
     rows.append(row(name, train(name, spec, extra + common, workdir, budget)))
     print(markdown(rows[-1:]), flush=True)
   if args.set == "sentence" and (not args.only or "emma_x" in args.only):
@@ -116,8 +137,8 @@ def main(argv=None) -> int:
                 f"--config.train.max_wall_seconds={args.seconds * share}",
                 "--config.optimizer.warmup_steps=50"]
       extra = [f"--config.init_from={previous}"] if previous else []
-      summary = train(f"emma_x {stage}", f"experiments/emma_x.py:{stage}", extra + common,
-                      workdir, budget)
+      summary = read_summary(workdir) if args.table_only else train(
+          f"emma_x {stage}", f"experiments/emma_x.py:{stage}", extra + common, workdir, budget)
       rows.append(row(f"emma_x after {stage}", summary))
       print(markdown(rows[-1:]), flush=True)
       previous = str(workdir)

@@ -90,12 +90,15 @@ def run_build(mono_dir: str, corpus_dir: str) -> dict:
   """The child's job: `python -m data_prep build --mono-dir` as the command line runs it, measuring
   the peak RSS of each stage of this process."""
   from data_prep import cli, stages
-  peaks, other, cpu, started = {}, [0.0], {}, {}
+  peaks, other, cpu, started, at_start = {}, [0.0], {}, {}, {}
 
   def observe(stage: str, event: str) -> None:
     if event == "start":
       other[0] = max(other[0], _status_mb("VmHWM"))  # since the last stage ended
       started[stage] = time.process_time()
+      # What earlier stages left resident (the allocator keeps freed memory for reuse): the stage's own
+      # share of its peak is the difference.
+      at_start[stage] = _status_mb("VmRSS")
     else:
       peaks[stage] = max(peaks.get(stage, 0.0), _status_mb("VmHWM"))
       cpu[stage] = cpu.get(stage, 0.0) + time.process_time() - started[stage]
@@ -112,7 +115,7 @@ def run_build(mono_dir: str, corpus_dir: str) -> dict:
     raise SystemExit(f"data build failed with exit code {code}")
   manifest = json.loads((pathlib.Path(corpus_dir) / "manifest.json").read_text(encoding="utf-8"))
   return {"seconds": seconds, "cpu_seconds": time.process_time(), "stage_cpu_seconds": cpu,
-          "rss_after_imports_mb": baseline, "stage_peak_rss_mb": peaks,
+          "rss_after_imports_mb": baseline, "stage_peak_rss_mb": peaks, "stage_start_rss_mb": at_start,
           "other_peak_rss_mb": other[0], "peak_rss_mb": max([other[0], *peaks.values()]),
           "stage_seconds": manifest["build_seconds"], "counts": manifest["counts"]["de"],
           "dropped": manifest["dropped"], "tokens": manifest["tokens"]["de"],
@@ -159,18 +162,23 @@ def main(argv=None) -> int:
     print(json.dumps(run_build(*args.run_build)))
     return 0
   results = []
-  print("per stage: peak RSS MB / wall s / CPU s;  others: share of the CPU other processes took")
-  print(f"{'input MB':>9} {'lines':>11} {'wall s':>7} {'CPU s':>6} {'others':>6} {'peak RSS MB':>11} "
-        f"{'at start':>8} | " + " ".join(f"{stage:>16}" for stage in STAGES) + f" {'other MB':>8}")
+  print("RSS in MB (at start: resident when the stage began; peak: its high-water mark); others: the "
+        "share of the machine's CPU other processes took while the build ran")
+  print(f"{'input MB':>9} {'lines':>11}  {'stage':<12} {'at start':>8} {'peak':>6} {'wall s':>7} "
+        f"{'CPU s':>6}")
   for size_mb in args.sizes_mb:
     r = measure(size_mb, args.tmp_dir)
     results.append(r)
-    per_stage = " ".join(f"{r['stage_peak_rss_mb'][s]:>6.0f}/{r['stage_seconds'][s]:.0f}/"
-                         f"{r['stage_cpu_seconds'][s]:<5.0f}" for s in STAGES)
-    print(f"{r['input_mb']:>9.0f} {r['inputs'][0]['lines']:>11} {r['seconds']:>7.0f} "
-          f"{r['cpu_seconds']:>6.0f} "
-          f"{r.get('others_cpu_share', float('nan')):>6.0%} {r['peak_rss_mb']:>11.0f} "
-          f"{r['rss_after_imports_mb']:>8.0f} | {per_stage} {r['other_peak_rss_mb']:>8.0f}", flush=True)
+    head = f"{r['input_mb']:>9.0f} {r['inputs'][0]['lines']:>11}"
+    for stage in STAGES:
+      print(f"{head}  {stage:<12} {r['stage_start_rss_mb'][stage]:>8.0f} "
+            f"{r['stage_peak_rss_mb'][stage]:>6.0f} {r['stage_seconds'][stage]:>7.0f} "
+            f"{r['stage_cpu_seconds'][stage]:>6.0f}")
+    print(f"{head}  {'between':<12} {'':>8} {r['other_peak_rss_mb']:>6.0f}")
+    others = r.get("others_cpu_share", float("nan"))
+    print(f"{head}  {'whole build':<12} {r['rss_after_imports_mb']:>8.0f} {r['peak_rss_mb']:>6.0f} "
+          f"{r['seconds']:>7.0f} {r['cpu_seconds']:>6.0f}  (others {others:.0%}, "
+          f"{r['input_mb'] / r['seconds']:.1f} MB/s)", flush=True)
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
   return 0

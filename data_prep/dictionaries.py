@@ -272,36 +272,46 @@ def artifact_paths(path) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
   return path, path.with_suffix(".ids.npy"), path.with_suffix(".json")
 
 
-def single_piece_ids(tokenizer, words) -> dict[str, int | None]:
+def single_piece_ids(tokenizer, words, lang: str | None = None) -> dict[str, int | None]:
   """The id of each word that is one tokenizer piece, else None.
 
   A word encodes either as one piece ("▁house") or as the bare word-boundary piece plus one piece ("▁" +
   "犬": how words of unspaced scripts, and rarer words, appear in running text). Both count; the id kept is
-  the content piece. Special pieces (<unk>) never count.
+  the content piece. Special pieces (<unk>) never count. `lang` is passed to tokenizers whose vocabulary
+  is split by language (the "no anchors" LanguageTaggedTokenizer).
   """
   words = list(dict.fromkeys(words))
   special = set(getattr(tokenizer, "special_ids", ()))
   result = {}
-  for word, ids in zip(words, tokenizer.encode(words)):
+  encoded = tokenizer.encode(words) if lang is None else tokenizer.encode(words, lang)
+  for word, ids in zip(words, encoded):
     if len(ids) == 2 and tokenizer.id_to_piece(ids[0]) == WORD_BOUNDARY_PIECE:
       ids = ids[1:]
     result[word] = ids[0] if len(ids) == 1 and ids[0] not in special else None
   return result
 
 
-def token_pairs(pairs, tokenizer, dropped: collections.Counter) -> np.ndarray:
-  """int32 [N, 2] ids of the pairs whose words are both one piece; unique, in pair order."""
-  ids = single_piece_ids(tokenizer, [w for pair in pairs for w in pair])
+def token_pairs(pairs, tokenizer, dropped: collections.Counter, lang: str | None = None) -> np.ndarray:
+  """int32 [N, 2] ids of the pairs whose words are both one piece; unique, in pair order.
+
+  `lang` (the foreign side's language) is needed by tokenizers whose vocabulary is split by language;
+  the English side is then encoded as "en".
+  """
+  if lang is None:
+    en_ids = xx_ids = single_piece_ids(tokenizer, [w for pair in pairs for w in pair])
+  else:
+    en_ids = single_piece_ids(tokenizer, [en for en, _ in pairs], "en")
+    xx_ids = single_piece_ids(tokenizer, [xx for _, xx in pairs], lang)
   kept = {}
   for en, xx in pairs:
-    if ids[en] is None or ids[xx] is None:
+    if en_ids[en] is None or xx_ids[xx] is None:
       dropped["not_single_piece"] += 1
-    elif ids[en] == ids[xx]:
+    elif en_ids[en] == xx_ids[xx]:
       dropped["same_piece"] += 1  # cos(E[i], E[i]) = 1: nothing to align
-    elif (ids[en], ids[xx]) in kept:
+    elif (en_ids[en], xx_ids[xx]) in kept:
       dropped["duplicate_ids"] += 1
     else:
-      kept[ids[en], ids[xx]] = None
+      kept[en_ids[en], xx_ids[xx]] = None
   return np.array(list(kept), dtype=np.int32).reshape(-1, 2)
 
 

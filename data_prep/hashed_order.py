@@ -77,16 +77,16 @@ class HashedOrder:
     if self._buffered >= self._buffer_bytes:
       self._spill()
 
-  def _new_run(self) -> pathlib.Path:
+  def _run_path(self) -> pathlib.Path:
     self.folder.mkdir(parents=True, exist_ok=True)
-    path = self.folder / f"run-{self._run_names:06d}"
     self._run_names += 1
-    self._runs.append(path)
-    return path
+    return self.folder / f"run-{self._run_names:06d}"
 
   def _spill(self) -> None:
     self._buffer.sort()
-    _write_run(self._new_run(), self._buffer)
+    path = self._run_path()
+    _write_run(path, self._buffer)
+    self._runs.append(path)
     self._buffer, self._buffered = [], 0
 
   def __iter__(self):
@@ -101,11 +101,11 @@ class HashedOrder:
     runs, self._runs = self._runs, []
     while len(runs) > MAX_OPEN_RUNS:
       group, runs = runs[:MAX_OPEN_RUNS], runs[MAX_OPEN_RUNS:]
-      merged = self._new_run()
+      merged = self._run_path()
       _write_run(merged, heapq.merge(*map(_read_run, group)))
       for path in group:
         path.unlink()
-      runs.append(self._runs.pop())
+      runs.append(merged)
     for _, data in heapq.merge(*map(_read_run, runs)):
       yield data
     for path in runs:

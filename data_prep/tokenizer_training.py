@@ -58,8 +58,12 @@ def alpha_sample(texts_by_lang: dict[str, list[str]], alpha: float = DEFAULT_ALP
   return sorted(sampled)
 
 
+DEFAULT_CHARACTER_COVERAGE = 0.9995
+
+
 def train_sentencepiece(sentences: list[str], vocab_size: int, model_type: str = "unigram", seed: int = 0,
-                        num_threads: int | None = None, verbose: bool = False) -> bytes:
+                        num_threads: int | None = None, verbose: bool = False,
+                        character_coverage: float = DEFAULT_CHARACTER_COVERAGE) -> bytes:
   """Trains SentencePiece on `sentences` and returns the serialized model (bytes).
 
   Raises ValueError when `vocab_size` does not fit the text (SentencePiece's own reason is kept).
@@ -77,7 +81,7 @@ def train_sentencepiece(sentences: list[str], vocab_size: int, model_type: str =
         sentence_iterator=iter(sentences), model_writer=model,
         model_type=model_type, vocab_size=vocab_size,
         bos_id=0, pad_id=1, eos_id=2, unk_id=3, user_defined_symbols=["<mask>"],
-        character_coverage=0.9995,
+        character_coverage=character_coverage,
         input_sentence_size=len(sentences), shuffle_input_sentence=True,
         num_threads=num_threads or os.cpu_count() or 1,
         minloglevel=0 if verbose else 2)

@@ -13,8 +13,10 @@ Every model keeps the contract's special ids: <s>=0 <pad>=1 </s>=2 <unk>=3 <mask
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import json
+import logging
 import pathlib
 
 import numpy as np
@@ -22,12 +24,14 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
 from xlm_jax.atomic_files import write_directory_atomically
-from data_prep.tokenizer_training import DEFAULT_MAX_SENTENCES, alpha_sample, train_sentencepiece
+from data_prep.tokenizer_training import (DEFAULT_CHARACTER_COVERAGE, DEFAULT_MAX_SENTENCES, alpha_sample,
+                                          train_sentencepiece)
 
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")  # ids 0..4 (contract)
 NUM_SPECIALS = len(SPECIALS)
 TAGGED_FORMAT = "language_tagged_sentencepiece"
 FORMAT_VERSION = 1
+FALLBACK_CHARACTER_COVERAGE = 0.995
 _NORMAL = sentencepiece_model_pb2.ModelProto.SentencePiece.NORMAL
 
 
@@ -45,11 +49,22 @@ def train_per_language(texts_by_lang: dict[str, list[str]], vocab_size_per_lang,
     if not texts:
       raise ValueError(f"language {lang!r} has no text to train its SentencePiece model on")
     sentences = alpha_sample({lang: list(texts)}, alpha=1.0, max_sentences=max_sentences, seed=seed)
+    train = functools.partial(train_sentencepiece, sentences, size, model_type=model_type, seed=seed,
+                              num_threads=num_threads)
     try:
-      models[lang] = train_sentencepiece(sentences, size, model_type=model_type, seed=seed,
-                                         num_threads=num_threads)
+      models[lang] = train()
     except ValueError as err:
-      raise ValueError(f"language {lang!r}: {err}") from err
+      if "required_chars" not in str(err):
+        raise ValueError(f"language {lang!r}: {err}") from err
+      # A per-language model of a logographic script (zh, ja) can need more distinct characters
+      # for 99.95% coverage than it has pieces; the rarest characters then become <unk>.
+      logging.warning("language %r: %d pieces cannot hold the characters of %.2f%% coverage; "
+                      "training with %.1f%% character coverage", lang, size,
+                      100 * DEFAULT_CHARACTER_COVERAGE, 100 * FALLBACK_CHARACTER_COVERAGE)
+      try:
+        models[lang] = train(character_coverage=FALLBACK_CHARACTER_COVERAGE)
+      except ValueError as err2:
+        raise ValueError(f"language {lang!r}: {err2} (raise --vocab-size-per-lang)") from err2
   return models
 
 
@@ -212,6 +227,10 @@ class LanguageTaggedTokenizer:
 
   def save(self, directory) -> None:
     """Writes <lang>.model per language and tokenizer.json (ranges, checksums), atomically."""
+    write_directory_atomically(pathlib.Path(directory), self.files())
+
+  def files(self) -> dict[str, bytes]:
+    """The folder `save` writes, as {file name: bytes} (an export embeds it)."""
     files = {f"{lang}.model": model for lang, model in self._models.items()}
     meta = {"format": TAGGED_FORMAT, "format_version": FORMAT_VERSION, "languages": list(self.languages),
             "language_ranges": {lang: list(r) for lang, r in self.language_ranges.items()},
@@ -219,7 +238,7 @@ class LanguageTaggedTokenizer:
             "models": {lang: {"file": f"{lang}.model", "sha256": hashlib.sha256(model).hexdigest()}
                        for lang, model in self._models.items()}}
     files["tokenizer.json"] = (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
-    write_directory_atomically(pathlib.Path(directory), files)
+    return files
 
   @classmethod
   def load(cls, directory) -> LanguageTaggedTokenizer:
@@ -229,20 +248,29 @@ class LanguageTaggedTokenizer:
     if not meta_path.is_file():
       raise FileNotFoundError(f"{meta_path} not found; write the tokenizer with "
                               "data_prep.tokenizer_variants.build_no_anchors_tokenizer")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    files = {path.name: path.read_bytes() for path in directory.iterdir() if path.is_file()}
+    return cls.from_files(files, source=str(directory))
+
+  @classmethod
+  def from_files(cls, files: dict[str, bytes], source: str = "tokenizer files") -> LanguageTaggedTokenizer:
+    """Rebuilds the tokenizer from `files()` output; checks checksums and ranges."""
+    if "tokenizer.json" not in files:
+      raise FileNotFoundError(f"{source}: tokenizer.json not found; write the tokenizer with "
+                              "data_prep.tokenizer_variants.build_no_anchors_tokenizer")
+    meta = json.loads(files["tokenizer.json"].decode("utf-8"))
+    meta_path = f"{source}/tokenizer.json"
     if meta.get("format") != TAGGED_FORMAT or meta.get("format_version") != FORMAT_VERSION:
       raise ValueError(f"{meta_path}: format {meta.get('format')!r} v{meta.get('format_version')} is not "
                        f"{TAGGED_FORMAT!r} v{FORMAT_VERSION}; rebuild the tokenizer")
     models = {}
     for lang in meta["languages"]:
       entry = meta["models"][lang]
-      path = directory / entry["file"]
-      if not path.is_file():
-        raise FileNotFoundError(f"{path} (the {lang} model named in {meta_path}) not found")
-      models[lang] = path.read_bytes()
+      if entry["file"] not in files:
+        raise FileNotFoundError(f"{source}/{entry['file']} (the {lang} model named in {meta_path}) not found")
+      models[lang] = files[entry["file"]]
       if hashlib.sha256(models[lang]).hexdigest() != entry["sha256"]:
-        raise ValueError(f"{path} does not match the sha256 in {meta_path}; the folder was changed, "
-                         "rebuild it")
+        raise ValueError(f"{source}/{entry['file']} does not match the sha256 in {meta_path}; the folder was "
+                         "changed, rebuild it")
     tokenizer = cls(models)
     if {lang: list(r) for lang, r in tokenizer.language_ranges.items()} != meta["language_ranges"]:
       raise ValueError(f"{meta_path}: language_ranges do not match the models' sizes; rebuild the tokenizer")

@@ -32,20 +32,21 @@ USER_REGISTER_NOTE = "users' own text"
 
 def _recipe_text(recipe: str, recipe_options: dict, clock: StageClock, progress: bool):
   """(RecipeText, fetched packages, recipe dropped counts, recipe_data, splits) of a Debian recipe."""
-  options = dict(recipe_options)
-  languages = list(dict.fromkeys(options.pop("languages", build.DEFAULT_LANGUAGES)))
-  packages = list(options.pop("packages", None) or build.GETTEXT_PACKAGES)
-  pool = build.worker_pool(options.pop("workers", None))
+  unknown = sorted(set(recipe_options) - {"languages", "packages", "cache_dir", "workers"})
+  if unknown:
+    raise ValueError(f"unknown recipe options {unknown}; use languages, packages, cache_dir, workers")
+  languages = list(dict.fromkeys(recipe_options.get("languages") or build.DEFAULT_LANGUAGES))
+  packages = list(recipe_options.get("packages") or build.GETTEXT_PACKAGES)
+  pool = build.worker_pool(recipe_options.get("workers"))
   timings = {}
   try:
     with clock.stage("recipe", f"reading recipe {recipe} for {' '.join(languages)}"):
       fetched, splits, dropped, recipe_data = build.collect_recipe(
-          recipe, packages, languages, options.pop("cache_dir", None), pool, progress, timings)
+          recipe, packages, languages, recipe_options.get("cache_dir"), pool, progress, timings)
   finally:
     if pool is not None:
       pool.shutdown(cancel_futures=True)
-  if options:
-    raise ValueError(f"unknown recipe options {sorted(options)}; use languages, packages, cache_dir, workers")
+  clock.seconds.update({f"recipe_{name}": round(seconds, 1) for name, seconds in timings.items()})
   # The recipe removed its own evaluation strings from its text; users' training text must lose them too.
   eval_strings = recipe_data["evals"].strings() if recipe_data else ()
   text = RecipeText(mono=splits.mono, parallel=splits.parallel, eval_strings=eval_strings)

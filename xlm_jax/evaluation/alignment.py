@@ -24,6 +24,8 @@ import pathlib
 
 import numpy as np
 
+from xlm_jax.data.tokenizer import needs_language
+
 from data_prep import dictionaries as dict_lib
 from data_prep import synthetic
 from xlm_jax.data import derived
@@ -72,10 +74,12 @@ def dictionary_alignment_accuracy(table, pairs, seed: int, procrustes: bool = Fa
   return 100.0 * hits / max(len(eval_ids), 1)
 
 
-def bli_token_pairs(path, tokenizer) -> np.ndarray:
-  """int32 [N, 2] single-piece (English id, foreign id) pairs of a BLI test TSV."""
+def bli_token_pairs(path, tokenizer, lang: str | None = None) -> np.ndarray:
+  """int32 [N, 2] single-piece (English id, foreign id) pairs of a BLI test TSV; `lang` (the
+  foreign language) matters for vocabularies split by language."""
   pairs = dict_lib.load_dictionary(path).pairs
-  return dict_lib.token_pairs(pairs, tokenizer, collections.Counter())
+  split = lang if needs_language(tokenizer) else None
+  return dict_lib.token_pairs(pairs, tokenizer, collections.Counter(), lang=split)
 
 
 def derived_pairs(corpus, name: str, table_rows: int):
@@ -124,7 +128,7 @@ class Alignment:
       if not path.is_file():
         logging.info("alignment: skipping %s: no BLI test pairs (%s not found)", lang, path)
         continue
-      pairs = bli_token_pairs(path, run.tokenizer)
+      pairs = bli_token_pairs(path, run.tokenizer, lang)
       pairs = pairs[(pairs < rows).all(axis=1)]
       if not len(pairs):
         logging.info("alignment: skipping %s: no BLI pair of %s is single-piece on both sides", lang, path)

@@ -24,13 +24,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from xlm_jax.atomic_files import write_directory_atomically
-from xlm_jax.data.tokenizer import Tokenizer
+from xlm_jax.data.tokenizer import Tokenizer, encode_texts
 from xlm_jax.models.encoder import EncoderConfig, Model
 
 FORMAT_VERSION = 1
 PARAMS_FILE = "params.msgpack"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "spm.model"
+TAGGED_TOKENIZER_DIR = "tokenizer"  # a "no anchors" vocabulary: one model per language
 POOLINGS = ("mean", "cls", "layer")
 
 
@@ -72,15 +73,17 @@ def _check_params_match(params, config: EncoderConfig) -> None:
                      f"(path, shape): {diff}); export the params the config was trained with")
 
 
-def export_model(export_dir, params, encoder_config: dict, tokenizer_bytes: bytes,
+def export_model(export_dir, params, encoder_config: dict, tokenizer_bytes: bytes | dict,
                  extra_metadata: dict | None = None) -> pathlib.Path:
-  """Writes params.msgpack, config.json and spm.model into export_dir, atomically.
+  """Writes params.msgpack, config.json and the tokenizer into export_dir, atomically.
 
   Args:
     export_dir: target folder; an existing export there is replaced.
     params: the model's params collection (boxed or not, device or host arrays on one host).
     encoder_config: EncoderConfig fields (validated; must match the params' shapes).
-    tokenizer_bytes: the serialized SentencePiece model (Tokenizer.serialized()).
+    tokenizer_bytes: the serialized SentencePiece model (Tokenizer.serialized()), or the files of
+      a language-tagged "no anchors" tokenizer (LanguageTaggedTokenizer.files()), which go to
+      tokenizer/ and need the language at encode time.
     extra_metadata: JSON-serializable; its "languages" list (in lang_id order) is stored at the
       top level and is required when the encoder has language embeddings.
   Returns the export folder.
@@ -89,7 +92,14 @@ def export_model(export_dir, params, encoder_config: dict, tokenizer_bytes: byte
   if export_dir.exists() and not export_dir.is_dir():
     raise ValueError(f"export_model: {export_dir} exists and is not a folder; choose another path")
   config = EncoderConfig.from_dict(encoder_config)
-  tokenizer = Tokenizer.from_bytes(tokenizer_bytes)
+  if isinstance(tokenizer_bytes, dict):
+    from data_prep.tokenizer_variants import LanguageTaggedTokenizer
+    tokenizer = LanguageTaggedTokenizer.from_files(tokenizer_bytes)
+    tokenizer_files = {f"{TAGGED_TOKENIZER_DIR}/{name}": bytes(data)
+                       for name, data in tokenizer_bytes.items()}
+  else:
+    tokenizer = Tokenizer.from_bytes(tokenizer_bytes)
+    tokenizer_files = {TOKENIZER_FILE: bytes(tokenizer_bytes)}
   if tokenizer.vocab_size > config.vocab_size or tokenizer.pad_id != config.pad_id:
     raise ValueError(f"export_model: tokenizer (vocab {tokenizer.vocab_size}, pad {tokenizer.pad_id}) "
                      f"does not fit encoder_config (vocab_size {config.vocab_size}, pad_id "
@@ -117,7 +127,7 @@ def export_model(export_dir, params, encoder_config: dict, tokenizer_bytes: byte
   write_directory_atomically(export_dir, {
       PARAMS_FILE: flax.serialization.msgpack_serialize(host_params),
       CONFIG_FILE: config_json.encode("utf-8"),
-      TOKENIZER_FILE: bytes(tokenizer_bytes),
+      **tokenizer_files,
   })
   return export_dir
 
@@ -178,7 +188,8 @@ class Pretrained(NamedTuple):
     lang_index = self._language_index(lang)
 
     tok = self.tokenizer
-    rows = [[tok.bos_id] + ids[:max_len - 2] + [tok.eos_id] for ids in tok.encode(list(texts))]
+    rows = [[tok.bos_id] + ids[:max_len - 2] + [tok.eos_id]
+            for ids in encode_texts(tok, list(texts), lang)]
     vectors = []
     for start in range(0, len(rows), batch_size):
       chunk = rows[start:start + batch_size]
@@ -220,7 +231,8 @@ def load_pretrained(path) -> Pretrained:
   if not path.is_dir():
     raise FileNotFoundError(f"export folder {path} does not exist; create one with "
                             "`xlm-jax export --workdir DIR` (or export_model)")
-  for name in (CONFIG_FILE, PARAMS_FILE, TOKENIZER_FILE):
+  tagged = (path / TAGGED_TOKENIZER_DIR / "tokenizer.json").is_file()
+  for name in (CONFIG_FILE, PARAMS_FILE, *(() if tagged else (TOKENIZER_FILE,))):
     if not (path / name).is_file():
       raise FileNotFoundError(f"{path / name} is missing: {path} is not a complete export; "
                               "export again with `xlm-jax export --workdir DIR`")
@@ -234,5 +246,9 @@ def load_pretrained(path) -> Pretrained:
   model = Model(EncoderConfig.from_dict(config["encoder"]))
   params = flax.serialization.msgpack_restore((path / PARAMS_FILE).read_bytes())
   _check_params_match(params, model.config)
-  tokenizer = Tokenizer(path / TOKENIZER_FILE)
+  if tagged:
+    from data_prep.tokenizer_variants import LanguageTaggedTokenizer
+    tokenizer = LanguageTaggedTokenizer.load(path / TAGGED_TOKENIZER_DIR)
+  else:
+    tokenizer = Tokenizer(path / TOKENIZER_FILE)
   return Pretrained(model, jax.device_put(params), tokenizer, config)

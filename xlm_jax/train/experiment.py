@@ -176,8 +176,10 @@ class Run:
     # Gathered on every host (a collective: FSDP shards live on several), written by one.
     params, step = mesh_lib.host_copy((model_params(state.params), state.step))
     if jax.process_index() == 0:
+      # A language-tagged ("no anchors") vocabulary is a folder of per-language models.
+      files = getattr(self.tokenizer, "files", None)
       export_model(target, params, self.model_config.to_dict(),
-                   self.tokenizer.serialized(),
+                   files() if files is not None else self.tokenizer.serialized(),
                    extra_metadata={"languages": list(self.config.data.languages),
                                    "step": int(step),
                                    "corpus_manifest": self.corpus.manifest.get("packages", [])})
