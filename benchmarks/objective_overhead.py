@@ -46,7 +46,8 @@ CASES = {
                                              "model.separate_embeddings": True,
                                              "model.separate_layers": 2}),
     "ems (xtr + cl)": ({"ems": {}}, {}),
-    "emma_x itr (e_step + m_step)": ({"emma_x": {"stage": "itr"}}, {}),
+    "emma_x ctl (m_step)": ({"emma_x": {"stage": "ctl", "queue_size": 1024}}, {}),
+    "emma_x itr (e_step + m_step)": ({"emma_x": {"stage": "itr", "queue_size": 1024}}, {}),
 }
 
 

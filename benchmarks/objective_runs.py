@@ -46,6 +46,13 @@ def read_summary(workdir: pathlib.Path) -> dict:
   lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if l]
   losses = [l["train/loss"] for l in lines if "train/loss" in l]
   summary["first_loss"] = losses[0] if losses else float("nan")
+  summary["last_loss"] = losses[-1] if losses else float("nan")
+  if summary["start_step"] and len(lines) > 2:
+    # Resumed after training had finished (e.g. to re-run a failed evaluation): the summary's
+    # clock covers only the resumed part, so use the log's clock, one interval added for the
+    # first, un-timed interval (compilation is then not counted).
+    times = [l["time"] for l in lines if "train/loss" in l]
+    summary["train_seconds"] = (times[-1] - times[0]) * len(times) / (len(times) - 1)
   return summary
 
 
@@ -69,6 +76,14 @@ def train(name: str, spec: str, extra: list[str], workdir: pathlib.Path, budget:
 MLM_LIKE = ("mlm", "dict_mlm", "align_mlm", "mlm_code_switch")
 
 
+def _direction_mean(ev: dict, to_english: bool):
+  """Mean retrieval P@1 over the languages in one direction (keys retrieval/<src>-<tgt>/p1)."""
+  values = [v for k, v in ev.items() if k.startswith("retrieval/") and k.endswith("/p1")
+            and k.count("/") == 2 and (k.split("/")[1].endswith("-en") == to_english)
+            and "-" in k.split("/")[1]]
+  return sum(values) / len(values) if values else None
+
+
 def row(name: str, summary: dict) -> dict:
   ev = summary.get("eval", {})
   # Held-out masked-token accuracy on monolingual text: MLM's, or the MLM part of a variant.
@@ -76,11 +91,13 @@ def row(name: str, summary: dict) -> dict:
   others = {k: v for k, v in ev.items() if k.endswith("/accuracy") and k.count("/") == 1
             and k.split("/")[0] not in (mlm_like, "unigram")}
   out = {"run": name, "steps": summary["step"], "train_s": round(summary["train_seconds"]),
-         "loss_first": summary["first_loss"], "loss_last": summary["train"].get("loss"),
+         "loss_first": summary["first_loss"], "loss_last": summary["last_loss"],
          "mlm_acc": ev.get(f"{mlm_like}/accuracy") if mlm_like else None,
          "other_acc": ", ".join(f"{k.split('/')[0]} {v:.3f}" for k, v in sorted(others.items())),
          "unigram_acc": ev.get("unigram/accuracy"),
          "retrieval_p1": ev.get("retrieval/mean_p1"),
+         "p1_xx_en": _direction_mean(ev, to_english=True),
+         "p1_en_xx": _direction_mean(ev, to_english=False),
          "tfidf_p1": ev.get("retrieval/mean_tfidf_p1")}
   for key, value in ev.items():
     if key.startswith(("geometry/", "alignment/mean")) and key.count("/") == 1:

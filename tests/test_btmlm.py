@@ -1,12 +1,9 @@
 """BTMLM: placeholder layout, step-1 isolation of x, no gradient through step 1, x-only labels."""
 import dataclasses
-import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from xlm_jax.models import attention
@@ -17,6 +14,7 @@ from xlm_jax.objectives.btmlm import (btmlm_loss, btmlm_step2, default_config,
                                       generate_pseudo_tokens, max_placeholders,
                                       placeholder_layout, sample_target_languages)
 from xlm_jax.registry import OBJECTIVES
+from objective_checks import init_model_params, sgd_losses
 
 PAD, MASK = 1, 4
 SPECIALS = (0, 1, 2, 3, 4)
@@ -36,11 +34,8 @@ def context(config=CONFIG, train=False, random_ranges=None, **overrides):
                           name="btmlm")
 
 
-@functools.cache
 def init_params(config=CONFIG, seed=0):
-  ids = jnp.zeros((1, 4), jnp.int32)
-  return jax.jit(lambda: nn.meta.unbox(
-      Model(config).init(jax.random.key(seed), ids, lang_ids=ids)["params"]))()
+  return init_model_params(config, seed)
 
 
 def sentence_batch(sentences, length):
@@ -219,22 +214,8 @@ def test_requires_language_embeddings():
 
 def test_loss_decreases_and_is_finite_with_padding_rows():
   ctx = context(train=True)
-  tx = optax.sgd(0.5)
-  params = init_params()
-  opt_state = tx.init(params)
-  rng = jax.random.key(5)   # the same masks and targets every step: a repeated batch
-
-  @jax.jit
-  def step(params, opt_state):
-    (loss, metrics), grads = jax.value_and_grad(btmlm_loss, has_aux=True)(params, BATCH, rng, ctx)
-    updates, opt_state = tx.update(grads, opt_state)
-    return optax.apply_updates(params, updates), opt_state, loss, metrics, grads
-
-  losses = []
-  for _ in range(8):
-    params, opt_state, loss, metrics, grads = step(params, opt_state)
-    assert np.isfinite(loss) and all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
-    losses.append(float(loss))
+  # A repeated batch: the same masks every step.
+  losses, metrics = sgd_losses(btmlm_loss, init_params(), BATCH, ctx)
   assert losses[-1] < losses[0] - 0.3, losses
   # Rows of n = 6, 5, 7, 8 real tokens in L = 16: ratio 1 fits all but the last (8 of 8 fit).
   np.testing.assert_allclose(metrics["placeholders"], (6 + 5 + 7 + 8) / 4)

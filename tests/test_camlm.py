@@ -1,11 +1,7 @@
 """CAMLM: the exact two-pass mode predicts x only from y (no leak through x), single pass leaks."""
-import functools
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from xlm_jax.models.encoder import EncoderConfig, Model
@@ -14,6 +10,8 @@ from xlm_jax.objectives.base import ObjectiveContext
 from xlm_jax.objectives.camlm import camlm_logits, camlm_loss, default_config
 from xlm_jax.objectives.tlm import mask_tokens
 from xlm_jax.registry import OBJECTIVES
+import objective_checks as checks
+from objective_checks import init_model_params, sgd_losses
 
 PAD, MASK = 1, 4
 SPECIALS = (0, 1, 2, 3, 4)
@@ -30,25 +28,12 @@ def context(train=False, **overrides):
                           languages=("en", "de", "fr"), train=train, name="camlm")
 
 
-@functools.cache
 def init_params(seed=0):
-  ids = jnp.zeros((1, 4), jnp.int32)
-  return jax.jit(lambda: nn.meta.unbox(
-      Model(CONFIG).init(jax.random.key(seed), ids, lang_ids=ids)["params"]))()
+  return init_model_params(CONFIG, seed)
 
 
 def pair_batch(pairs, length):
-  """Pipeline layout `<s> x </s> </s> y </s>` + padding; pairs = [(x, y, x_lang, y_lang)]."""
-  keys = ("input_ids", "segment_ids", "position_ids", "lang_ids")
-  batch = {k: np.full((len(pairs), length), v, np.int32) for k, v in zip(keys, (PAD, 0, PAD, 0))}
-  for row, (x, y, x_lang, y_lang) in enumerate(pairs):
-    side_x, side_y = [0, *x, 2], [2, *y, 2]
-    n = len(side_x) + len(side_y)
-    batch["input_ids"][row, :n] = side_x + side_y
-    batch["segment_ids"][row, :n] = [1] * len(side_x) + [2] * len(side_y)
-    batch["position_ids"][row, :n] = np.arange(n) + PAD + 1
-    batch["lang_ids"][row, :n] = [x_lang] * len(side_x) + [y_lang] * len(side_y)
-  return batch
+  return checks.pair_batch(pairs, length, pad=PAD)
 
 
 BATCH = pair_batch([([10, 11, 12, 13, 14], [30, 31, 32, 33], 1, 0),
@@ -144,21 +129,7 @@ def test_bad_mode_is_rejected():
 @pytest.mark.parametrize("mode", ["two_pass", "single_pass"])
 def test_loss_decreases_and_is_finite_with_padding_rows(mode):
   ctx = context(train=True, camlm_mode=mode)
-  tx = optax.sgd(0.5)
-  params = init_params()
-  opt_state = tx.init(params)
-  rng = jax.random.key(5)   # the same masks every step: a repeated batch
-
-  @jax.jit
-  def step(params, opt_state):
-    (loss, metrics), grads = jax.value_and_grad(camlm_loss, has_aux=True)(params, BATCH, rng, ctx)
-    updates, opt_state = tx.update(grads, opt_state)
-    return optax.apply_updates(params, updates), opt_state, loss, metrics, grads
-
-  losses = []
-  for _ in range(8):
-    params, opt_state, loss, metrics, grads = step(params, opt_state)
-    assert np.isfinite(loss) and all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
-    losses.append(float(loss))
+  # A repeated batch: the same masks every step.
+  losses, metrics = sgd_losses(camlm_loss, init_params(), BATCH, ctx)
   assert losses[-1] < losses[0] - 0.3, losses
   assert metrics["weight"] > 0

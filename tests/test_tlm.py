@@ -1,11 +1,7 @@
 """TLM: hand-checked position and language ids, masking over both sides, full pair attention."""
-import functools
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from xlm_jax.models.encoder import EncoderConfig, Model
@@ -13,6 +9,8 @@ from xlm_jax.objectives import attention_patterns
 from xlm_jax.objectives.base import ObjectiveContext, weighted_cross_entropy
 from xlm_jax.objectives.tlm import default_config, mask_tokens, pair_model_inputs, tlm_loss
 from xlm_jax.registry import OBJECTIVES
+import objective_checks as checks
+from objective_checks import init_model_params, sgd_losses
 
 PAD, MASK = 1, 4
 SPECIALS = (0, 1, 2, 3, 4)
@@ -30,26 +28,12 @@ def context(config=CONFIG, train=False, random_ranges=None, **overrides):
                           random_ranges=random_ranges, name="tlm")
 
 
-@functools.cache
 def init_params(config=CONFIG, seed=0):
-  """Jitted (one compilation instead of op-by-op dispatch) and cached: params are read-only."""
-  ids = jnp.zeros((1, 4), jnp.int32)
-  return jax.jit(lambda: nn.meta.unbox(
-      Model(config).init(jax.random.key(seed), ids, lang_ids=ids)["params"]))()
+  return init_model_params(config, seed)
 
 
 def pair_batch(pairs, length):
-  """Pipeline layout `<s> x </s> </s> y </s>` + padding; pairs = [(x, y, x_lang, y_lang)]."""
-  keys = ("input_ids", "segment_ids", "position_ids", "lang_ids")
-  batch = {k: np.full((len(pairs), length), v, np.int32) for k, v in zip(keys, (PAD, 0, PAD, 0))}
-  for row, (x, y, x_lang, y_lang) in enumerate(pairs):
-    side_x, side_y = [0, *x, 2], [2, *y, 2]
-    n = len(side_x) + len(side_y)
-    batch["input_ids"][row, :n] = side_x + side_y
-    batch["segment_ids"][row, :n] = [1] * len(side_x) + [2] * len(side_y)
-    batch["position_ids"][row, :n] = np.arange(n) + PAD + 1
-    batch["lang_ids"][row, :n] = [x_lang] * len(side_x) + [y_lang] * len(side_y)
-  return batch
+  return checks.pair_batch(pairs, length, pad=PAD)
 
 
 def random_pairs(rows, seed, max_len=6, ranges=RANGES):
@@ -184,21 +168,7 @@ def test_loss_decreases_and_is_finite_with_padding_rows():
   batch = random_pairs(rows=8, seed=2)
   assert (batch["segment_ids"][3] == 0).all()
   ctx = context(train=True, random_ranges=RANGES)
-  tx = optax.sgd(0.5)
-  params = init_params()
-  opt_state = tx.init(params)
-  rng = jax.random.key(5)   # the same masks every step: a repeated batch
-
-  @jax.jit
-  def step(params, opt_state):
-    (loss, metrics), grads = jax.value_and_grad(tlm_loss, has_aux=True)(params, batch, rng, ctx)
-    updates, opt_state = tx.update(grads, opt_state)
-    return optax.apply_updates(params, updates), opt_state, loss, metrics, grads
-
-  losses = []
-  for _ in range(8):
-    params, opt_state, loss, metrics, grads = step(params, opt_state)
-    assert np.isfinite(loss) and all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
-    losses.append(float(loss))
+  # A repeated batch: the same masks every step.
+  losses, metrics = sgd_losses(tlm_loss, init_params(), batch, ctx)
   assert losses[-1] < losses[0] - 0.3, losses
   assert 0 <= metrics["accuracy"] <= 1 and metrics["weight"] > 0

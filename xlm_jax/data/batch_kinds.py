@@ -1,9 +1,19 @@
-"""One entry point for the input pipeline of every batch kind (contract "Batch kinds").
+"""One entry point for the input pipeline of every batch kind.
 
     mono            MLM streams or packed sentences        pipeline.make_mono_dataset
     parallel        <s> x </s> </s> y </s> per row         pairs.make_pair_dataset
     parallel_pairs  x and y in separate rows (siamese)     pairs.make_pair_dataset
     sentences       one <s> s </s> per row                 sentences.make_sentence_dataset
+
+Every batch is a dict of int32 numpy arrays (per host; the trainer assembles the global batch):
+- mono, sentences: input_ids, segment_ids, position_ids, lang_ids, all [B, L]. Segment ids are
+  1..k for the packed segments of a row and 0 on padding; positions start at pad_id + 1 in every
+  segment (XLM-R) and are pad_id on padding; lang_ids index data.languages (0 on padding).
+- parallel: the same four keys for `<s> x </s> </s> y </s>` + padding, segment 1 on `<s> x </s>`
+  and 2 on `</s> y </s>`, continuous positions over the pair (TLM resets y's on device), each
+  token's lang_id that of its side. English is one side of every pair, first or second at random.
+- parallel_pairs: x_input_ids, y_input_ids [B, Ls] (`<s> s </s>` + padding; row i of x and of y
+  are translations) and x_lang_ids, y_lang_ids [B].
 
 `make_dataset` opens the corpus's sources for a kind (TFDS text, or the pre-tokenized rows of derived
 languages "<lang>_<op>", derived on first use) and builds that kind's grain dataset.

@@ -8,7 +8,7 @@ prefetched in a thread (`batch_rows`, also used by pairs.py and sentences.py). E
 with get_state/set_state, so the whole iterator restores exactly (grain.checkpoint.CheckpointSave).
 
 Batches are dicts of int32 numpy arrays [batch_size, seq_len]: input_ids, segment_ids, position_ids,
-lang_ids (see /work/contracts.md, "Batch kinds").
+lang_ids (the batch kinds are described in xlm_jax/data/batch_kinds.py).
 """
 from collections.abc import Mapping, Sequence
 import functools

@@ -20,18 +20,14 @@ from xlm_jax.data import dictionary as dict_data
 from xlm_jax.objectives import mlm
 from xlm_jax.objectives.base import Objective, ObjectiveContext
 from xlm_jax.registry import OBJECTIVES
+from xlm_jax.objectives.mlm import masking_config
 
 WORD_EMBEDDINGS_PATH = ("encoder", "embeddings", "word_embeddings", "embedding")
 _EPS = 1e-8
 
 
 def default_config() -> dict:
-  return dict(
-      weight=1.0,
-      mask_rate=0.15,
-      mask_token_rate=0.8,
-      random_token_rate=0.1,
-      label_smoothing=0.0,
+  return masking_config(
       align_weight=10.0,           # lambda
       align_pairs_per_step=0,      # 0 = the whole dictionary every step; k > 0 = k sampled pairs
       dictionary_languages=(),     # () = every run language but English; "en_trans"-style derived too

@@ -29,15 +29,11 @@ from xlm_jax.objectives import attention_patterns as patterns
 from xlm_jax.objectives.base import Objective, ObjectiveContext, weighted_cross_entropy
 from xlm_jax.objectives.tlm import mask_tokens, merged_config
 from xlm_jax.registry import OBJECTIVES
+from xlm_jax.objectives.mlm import masking_config
 
 
 def default_config() -> dict:
-  return dict(
-      weight=1.0,              # weight in the summed loss / sampling weight when alternating
-      mask_rate=0.15,          # share of x's non-special tokens chosen for prediction (step 2)
-      mask_token_rate=0.8,     # of the chosen: replaced by <mask>
-      random_token_rate=0.1,   # of the chosen: replaced by a random id of the row's language
-      label_smoothing=0.0,
+  return masking_config(
       placeholder_ratio=1.0,   # rho: m = ceil(rho * n) placeholders for a row of n real tokens
       sample_temperature=0.0,  # 0 = argmax pseudo tokens; > 0 = sample softmax(logits / T)
       target_languages=None,   # codes to translate into (list or "en,de"); None = data.languages

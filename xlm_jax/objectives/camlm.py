@@ -22,15 +22,11 @@ from xlm_jax.objectives import attention_patterns as patterns
 from xlm_jax.objectives.base import Objective, ObjectiveContext, weighted_cross_entropy
 from xlm_jax.objectives.tlm import mask_tokens, merged_config, pair_model_inputs
 from xlm_jax.registry import OBJECTIVES
+from xlm_jax.objectives.mlm import masking_config
 
 
 def default_config() -> dict:
-  return dict(
-      weight=1.0,              # weight in the summed loss / sampling weight when alternating
-      mask_rate=0.15,          # share of non-special tokens (both sides) chosen for prediction
-      mask_token_rate=0.8,     # of the chosen: replaced by <mask>
-      random_token_rate=0.1,   # of the chosen: replaced by a random id of the token's language
-      label_smoothing=0.0,
+  return masking_config(
       camlm_mode="two_pass",   # "two_pass" (exact) | "single_pass" (x reaches x after 2 layers)
       reset_positions=False,   # True: y's positions restart at pad_id + 1 (as TLM)
   )

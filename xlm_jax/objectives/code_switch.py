@@ -35,17 +35,13 @@ from xlm_jax.objectives.base import Objective, ObjectiveContext
 from xlm_jax.objectives.dict_mlm import (check_table_fits, load_dictionary_resources, lookup,
                                          pick_translation, whole_word_positions)
 from xlm_jax.registry import OBJECTIVES
+from xlm_jax.objectives.mlm import masking_config
 
 SWITCH_ORDERS = ("replace_then_cap", "select_then_replace")
 
 
 def default_config() -> dict:
-  return dict(
-      weight=1.0,
-      mask_rate=0.15,
-      mask_token_rate=0.8,
-      random_token_rate=0.1,
-      label_smoothing=0.0,
+  return masking_config(
       replace_rate=0.3,            # a dictionary word is replaced with this probability (kept: 0.7)
       max_switch_rate=0.15,        # cap: replaced (or selected) words <= this share of the batch's words
       switch_order="replace_then_cap",  # "replace_then_cap" | "select_then_replace" (docstring)

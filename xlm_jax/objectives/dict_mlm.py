@@ -27,19 +27,14 @@ import jax.numpy as jnp
 from xlm_jax.data import dictionary as dict_data
 from xlm_jax.objectives.base import Objective, ObjectiveContext, weighted_cross_entropy
 from xlm_jax.objectives.masking import MaskedTokens, mlm_mask
-from xlm_jax.objectives.mlm import model_inputs, row_random_ranges
+from xlm_jax.objectives.mlm import masking_config, model_inputs, row_random_ranges
 from xlm_jax.registry import OBJECTIVES
 
 VARIANTS = ("target_swap", "input_swap")
 
 
 def default_config() -> dict:
-  return dict(
-      weight=1.0,
-      mask_rate=0.15,
-      mask_token_rate=0.8,
-      random_token_rate=0.1,
-      label_smoothing=0.0,
+  return masking_config(
       variant="target_swap",       # "target_swap" (paper) | "input_swap" (princeton-nlp code)
       p_swap=0.5,                  # probability that a masked dictionary word is swapped
       whole_words=True,            # only swap tokens that are a whole word (not "▁house" of "houses")

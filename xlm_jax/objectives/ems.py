@@ -225,12 +225,11 @@ def ems_loss(params, batch, rng, ctx: ObjectiveContext):
     # Direction x->y predicts y's bag in y's language from s_x, and y->x the other way.
     targets = jnp.concatenate([y_ids, x_ids], axis=0)
     target_lang = jnp.concatenate([batch["y_lang_ids"], batch["x_lang_ids"]]).astype(jnp.int32)
-    decoder = None
-    if cfg["tied_decoder"]:
-      def decoder(h):
-        # The target language picks the table when the model has separate_embeddings.
-        return ctx.model.apply({"params": params}, h, target_lang,
-                               method=lambda model, q, lang: model.encoder.attend(q, lang))
+    def tied_decoder(h):
+      # The target language picks the table when the model has separate_embeddings.
+      return ctx.model.apply({"params": params}, h, target_lang,
+                             method=lambda model, q, lang: model.encoder.attend(q, lang))
+    decoder = tied_decoder if cfg["tied_decoder"] else None
     logits = xtr_head(ctx).apply({"params": heads["xtr"]}, sentences, target_lang,
                                  decoder=decoder, deterministic=not ctx.train,
                                  rngs={"dropout": head_rng})

@@ -9,14 +9,23 @@ from xlm_jax.objectives.masking import mlm_mask
 from xlm_jax.registry import OBJECTIVES
 
 
-def default_config() -> dict:
-  return dict(
+def masking_config(**overrides) -> dict:
+  """The config fields of every masked-token objective (BERT/XLM-R's 15% and 80/10/10), with
+  `weight`; objectives add their own fields next to them."""
+  fields = dict(
       weight=1.0,              # weight in the summed loss / sampling weight when alternating
-      mask_rate=0.15,
-      mask_token_rate=0.8,
-      random_token_rate=0.1,
+      mask_rate=0.15,          # share of non-special tokens chosen for prediction
+      mask_token_rate=0.8,     # of the chosen: replaced by <mask>
+      random_token_rate=0.1,   # of the chosen: replaced by a random id (of the token's language
+                               # where the vocabulary is split by language)
       label_smoothing=0.0,
   )
+  fields.update(overrides)
+  return fields
+
+
+def default_config() -> dict:
+  return masking_config()
 
 
 def model_inputs(batch, ctx: ObjectiveContext) -> dict:
