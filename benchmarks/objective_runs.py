@@ -63,6 +63,7 @@ def train(name: str, spec: str, extra: list[str], workdir: pathlib.Path, budget:
              "--config.train.progress_bar=False", *budget, *extra]
   print(f"[{name}] {' '.join(command)}", flush=True)
   start = time.time()
+  workdir.parent.mkdir(parents=True, exist_ok=True)
   with open(workdir.with_suffix(".log"), "w") as log:
     result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
   if result.returncode:

@@ -66,16 +66,17 @@ class _HostStackIterator:
 
 def feed_as_hosts(num_hosts: int) -> None:
   """Makes every pipeline of this (single) process yield the global batches of `num_hosts` hosts."""
-  from xlm_jax.train import experiment
-  original = experiment.make_mono_dataset
+  from xlm_jax.data import batch_kinds
+  original = batch_kinds.make_dataset
 
-  def make_mono_dataset(sources, tokenizer, *, batch_size, **kwargs):
+  def make_dataset(kind, corpus, tokenizer, *, batch_size, **kwargs):
     if batch_size % num_hosts:
       raise ValueError(f"--as-hosts {num_hosts}: batch size {batch_size} does not split evenly")
-    return _HostStack([original(sources, tokenizer, batch_size=batch_size // num_hosts,
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("shard_index", "shard_count")}
+    return _HostStack([original(kind, corpus, tokenizer, batch_size=batch_size // num_hosts,
                                 shard_index=k, shard_count=num_hosts, **kwargs)
                        for k in range(num_hosts)])
-  experiment.make_mono_dataset = make_mono_dataset
+  batch_kinds.make_dataset = make_dataset
 
 
 def sigterm_at_step(target: int) -> None:
