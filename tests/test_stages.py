@@ -2,6 +2,7 @@
 language: the trainer features that the cross-lingual recipes (ERNIE-M, EMMA-X, Emerging
 structure) are built from, end to end on the small real corpus."""
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from xlm_jax import config as config_lib
 from xlm_jax import presets
+from xlm_jax.data.corpus import Corpus
 from xlm_jax.export.export import load_pretrained
 from xlm_jax.train import experiment, trainer, warm_start
 
@@ -105,9 +107,12 @@ def test_warm_start_from_a_folder_without_checkpoints_is_a_clear_error(small_cor
 
 
 def test_no_anchors_vocabulary_trains_exports_and_encodes_by_language(small_corpus, tmp_path):
+  # A copy: the tokenizer variant is built inside the corpus folder, which other tests share.
+  shutil.copytree(small_corpus.dir, tmp_path / "corpus", ignore=shutil.ignore_patterns("tokenizers"))
+  small_corpus = Corpus(tmp_path / "corpus")
   config = _config(small_corpus, {"mlm": {}}, 2, data__vocabulary="no_anchors",
                    data__vocab_size_per_lang=1000, export__enabled=True)
-  summary = trainer.train_and_evaluate(config, tmp_path)
+  summary = trainer.train_and_evaluate(config, tmp_path / "run")
   pretrained = load_pretrained(summary["export_dir"])
   ranges = pretrained.tokenizer.language_ranges
   assert ranges["en"][1] <= ranges["de"][0]  # disjoint id ranges: nothing shared but specials

@@ -18,7 +18,8 @@ LANGS = ["de", "en", "fr"]  # English not first: lang ids follow this order
 @pytest.fixture(scope="module")
 def corpus(small_corpus, tmp_path_factory):
   copy = tmp_path_factory.mktemp("vocabulary") / "corpus"
-  shutil.copytree(small_corpus.dir, copy)
+  # Other tests may have built vocabulary variants inside the shared corpus: start without them.
+  shutil.copytree(small_corpus.dir, copy, ignore=shutil.ignore_patterns("tokenizers"))
   return Corpus(copy)
 
 
