@@ -64,9 +64,12 @@ class Checkpointer:
 def check_same_model(saved_model: dict, model: dict, directory: pathlib.Path) -> None:
   """Raises if a checkpoint was written for a model of another shape than `model`."""
   shape_fields = ("vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim",
-                  "max_positions", "type_vocab_size", "num_languages", "scan_layers")
-  diffs = [f"model.{k}: checkpoint {saved_model.get(k)!r}, config {model.get(k)!r}"
-           for k in shape_fields if saved_model.get(k) != model.get(k)]
+                  "max_positions", "type_vocab_size", "num_languages", "scan_layers",
+                  "separate_embeddings", "separate_layers")
+  # Fields added after a checkpoint was written take their default there.
+  defaults = {"separate_embeddings": False, "separate_layers": 0}
+  diffs = [f"model.{k}: checkpoint {saved_model.get(k, defaults.get(k))!r}, config {model.get(k)!r}"
+           for k in shape_fields if saved_model.get(k, defaults.get(k)) != model.get(k)]
   if diffs:
     raise ValueError(
         f"workdir checkpoint {directory} holds a model of a different shape:\n  "
