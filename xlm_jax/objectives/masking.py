@@ -41,8 +41,9 @@ def mlm_mask(rng: jax.Array, input_ids: jax.Array, *, special_ids: Sequence[int]
     vocab_size: random replacements are drawn from [random_low, random_high), by default the
       whole vocabulary above the special ids.
     eligible: optional [B, L] bool restricting which positions may be chosen (e.g. x only).
-    random_low / random_high: optional per-row [B] (or scalar) bounds for random replacements,
-      used where the vocabulary is split by language.
+    random_low / random_high: optional bounds for random replacements, used where the
+      vocabulary is split by language: a scalar, per row [B], or per token [B, L] (a parallel
+      row whose two sides are in two languages).
   """
   batch, seq_len = input_ids.shape
   num_slots = max_predictions(seq_len, mask_rate)
@@ -61,10 +62,10 @@ def mlm_mask(rng: jax.Array, input_ids: jax.Array, *, special_ids: Sequence[int]
   chosen = jnp.arange(num_slots)[None, :] < count[:, None]
   labels = jnp.take_along_axis(input_ids, positions, axis=1)
 
-  low = max(special_ids) + 1 if random_low is None else random_low
-  high = vocab_size if random_high is None else random_high
-  low = jnp.broadcast_to(jnp.asarray(low, jnp.int32).reshape(-1, 1), (batch, num_slots))
-  high = jnp.broadcast_to(jnp.asarray(high, jnp.int32).reshape(-1, 1), (batch, num_slots))
+  low = _bounds_at(max(special_ids) + 1 if random_low is None else random_low, positions,
+                  (batch, seq_len), num_slots)
+  high = _bounds_at(vocab_size if random_high is None else random_high, positions,
+                    (batch, seq_len), num_slots)
   random_ids = jax.random.randint(k_random, (batch, num_slots), low, high, dtype=jnp.int32)
 
   u = jax.random.uniform(k_kind, (batch, num_slots))
@@ -74,3 +75,11 @@ def mlm_mask(rng: jax.Array, input_ids: jax.Array, *, special_ids: Sequence[int]
   rows = jnp.arange(batch)[:, None]
   corrupted = input_ids.at[rows, positions].set(new_ids.astype(input_ids.dtype))
   return MaskedTokens(corrupted, positions, labels.astype(jnp.int32), chosen.astype(jnp.float32))
+
+
+def _bounds_at(bound, positions: jax.Array, ids_shape: tuple[int, int], num_slots: int) -> jax.Array:
+  """A scalar, [B] or [B, L] replacement bound as [B, num_slots] at the chosen positions."""
+  bound = jnp.asarray(bound, jnp.int32)
+  if bound.shape == ids_shape:
+    return jnp.take_along_axis(bound, positions, axis=1)
+  return jnp.broadcast_to(bound.reshape(-1, 1), (ids_shape[0], num_slots))

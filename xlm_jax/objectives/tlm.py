@@ -41,29 +41,18 @@ def mask_tokens(rng: jax.Array, input_ids: jax.Array, lang_ids: jax.Array, ctx: 
 
   With `ctx.random_ranges` (a vocabulary split by language, [num_languages, 2] [low, high)),
   the replacement for a token is drawn from the range of `lang_ids` at that token, so on a
-  parallel row x and y each keep their own language. `mlm_mask` only takes per-row bounds, so
-  it writes an out-of-vocabulary sentinel (vocab_size) for "random" and those slots are redrawn
-  here: the choice of positions and the 80/10/10 split are exactly `mlm_mask`'s. Without
-  ranges the whole vocabulary above the special ids is used.
+  parallel row x and y each keep their own language. Without ranges the whole vocabulary above
+  the special ids is used.
   """
   input_ids, lang_ids = jnp.asarray(input_ids), jnp.asarray(lang_ids)
-  kwargs = dict(special_ids=ctx.special_ids, mask_id=ctx.mask_id, vocab_size=ctx.vocab_size,
-                mask_rate=cfg["mask_rate"], mask_token_rate=cfg["mask_token_rate"],
-                random_token_rate=cfg["random_token_rate"], eligible=eligible)
-  if ctx.random_ranges is None:
-    return mlm_mask(rng, input_ids, **kwargs)
-  choose_rng, random_rng = jax.random.split(rng)
-  sentinel = ctx.vocab_size
-  masked = mlm_mask(choose_rng, input_ids, random_low=sentinel, random_high=sentinel + 1, **kwargs)
-  rows = jnp.arange(input_ids.shape[0])[:, None]
-  current = masked.input_ids[rows, masked.positions]
-  ranges = jnp.asarray(ctx.random_ranges, jnp.int32)
-  lang_at = jnp.take_along_axis(lang_ids, masked.positions, axis=1)
-  redrawn = jax.random.randint(random_rng, current.shape, ranges[lang_at, 0], ranges[lang_at, 1],
-                               dtype=jnp.int32)
-  new = jnp.where(current == sentinel, redrawn, current).astype(input_ids.dtype)
-  # top_k positions are distinct within a row, so this scatter has no colliding writes.
-  return masked._replace(input_ids=masked.input_ids.at[rows, masked.positions].set(new))
+  bounds = {}
+  if ctx.random_ranges is not None:
+    ranges = jnp.asarray(ctx.random_ranges, jnp.int32)[lang_ids]  # [B, L, 2]: per token
+    bounds = {"random_low": ranges[..., 0], "random_high": ranges[..., 1]}
+  return mlm_mask(rng, input_ids, special_ids=ctx.special_ids, mask_id=ctx.mask_id,
+                  vocab_size=ctx.vocab_size, mask_rate=cfg["mask_rate"],
+                  mask_token_rate=cfg["mask_token_rate"],
+                  random_token_rate=cfg["random_token_rate"], eligible=eligible, **bounds)
 
 
 def pair_model_inputs(batch, ctx: ObjectiveContext, reset_positions: bool) -> dict:
