@@ -2,10 +2,10 @@
 
 One run, on one built corpus, alternating in rounds so both sides see the same machine conditions:
 
-  (a) step: the quickstart's real train step (experiments/quickstart.py, built by
-      `xlm_jax.train.experiment.build_run` and jitted with the state donated, as
-      xlm_jax/train/trainer.py does), timed on batches already on the device: the rate at which
-      training consumes batches when input costs nothing.
+  (a) step: the quickstart's real train step (experiments/quickstart.py, its pieces built by
+      benchmarks/run_pieces.py with xlm_jax/train/trainer.py's own functions and jitted by
+      `trainer.jit_update_steps` with the state donated, as training does), timed on batches
+      already on the device: the rate at which training consumes batches when input costs nothing.
   (b) pipeline: `make_batch_dataset("mono", config, ...)`, the iterator training reads, with the same
       per-host batch size and seq_len, iterated only (no training) after a short warm-up.
 
@@ -27,12 +27,12 @@ import os
 import pathlib
 import statistics
 import sys
-import tempfile
 import time
 
 import numpy as np
 
-from machine_load import machine_busy_seconds  # benchmarks/ is on sys.path[0]
+import run_pieces  # benchmarks/ is on sys.path[0]
+from machine_load import machine_busy_seconds
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 QUICKSTART = REPO / "experiments" / "quickstart.py"
@@ -125,8 +125,8 @@ def measure(iterator, num_batches: int, warmup_batches: int) -> dict[str, float]
 
 def pipeline_only(args) -> int:
   from xlm_jax.data import pipeline
-  from xlm_jax.data.corpus import Corpus, default_corpus_dir
-  corpus_dir = args.corpus_dir or default_corpus_dir()
+  from xlm_jax.data.corpus import Corpus, resolve_corpus_dir
+  corpus_dir = resolve_corpus_dir(args.corpus_dir or "")
   check_corpus(corpus_dir)
   corpus = Corpus(corpus_dir)
   languages = args.languages.split(",") if args.languages else list(corpus.languages)
@@ -168,9 +168,9 @@ def check_corpus(path: pathlib.Path) -> None:
 
 def load_quickstart(args):
   from xlm_jax.config import load_config
-  from xlm_jax.train import experiment
+  from xlm_jax.data.corpus import resolve_corpus_dir
   config = load_config(args.config, list(args.set))
-  corpus_dir = args.corpus_dir or experiment.corpus_dir(config)
+  corpus_dir = args.corpus_dir or resolve_corpus_dir(config.data.corpus_dir, config.data.corpus)
   check_corpus(corpus_dir)
   from xlm_jax.config import apply_override
   apply_override(config, f"data.corpus_dir={str(corpus_dir)!r}")
@@ -179,35 +179,26 @@ def load_quickstart(args):
 
 
 class StepSide:
-  """The real train step, built as xlm_jax/train/trainer.py builds it, fed pre-fetched device batches."""
+  """The real train step, built as xlm_jax/train/trainer.py builds it, fed pre-fetched device batches.
 
-  def __init__(self, config, workdir: pathlib.Path, args):
+  The objective groups are those of the run's first stage (the quickstart has one: mlm), drawn
+  per step by `trainer.group_for_step` as training draws them. The train state is held here,
+  passed to and returned by the jitted steps, which donate it.
+  """
+
+  def __init__(self, config, args):
     import jax
-    from xlm_jax.train import experiment, trainer
-    from xlm_jax.train import mesh as mesh_lib
-    from xlm_jax.train.step import make_train_step
     self.jax = jax
-    self.run = run = experiment.build_run(config, workdir, with_data=True)
-    self.groups = trainer._objective_groups(run)
-    batch_shardings = {
-        kind: mesh_lib.batch_sharding(run.mesh, 1 if config.train.grad_accum_steps > 1 else 0)
-        for kind in run.iterators}
-    self.steps = []
-    for group in self.groups:
-      step_fn = make_train_step({n: run.bound[n] for n in group}, run.tx, run.schedule,
-                                config.train.grad_accum_steps)
-      kinds = {run.bound[n].objective.batch_kind for n in group}
-      self.steps.append(jax.jit(
-          step_fn, donate_argnums=0,
-          in_shardings=(run.shardings, {k: batch_shardings[k] for k in kinds}),
-          out_shardings=(run.shardings, mesh_lib.replicated(run.mesh))))
+    pieces, self.state = run_pieces.build_pieces(config, with_data=True)
+    self.pieces = pieces
+    self.groups = pieces.stages[0].groups
+    self.steps = [run_pieces.jit_group(pieces, group) for group in self.groups]
     # Device batches from the run's own training iterator, drawn before any timing; then the
     # iterator's threads are stopped so they take no CPU from the step.
-    self.batches = [[trainer._next_batches(run, group) for _ in range(args.device_batches)]
+    self.batches = [[run_pieces.next_batches(pieces, group) for _ in range(args.device_batches)]
                     for group in self.groups]
     jax.block_until_ready(self.batches)
-    for it in run.iterators.values():
-      it.close()
+    run_pieces.close(pieces)
     self.step = 0
     with Sampler() as s:
       self._run(1)  # compiles
@@ -218,12 +209,12 @@ class StepSide:
     from xlm_jax.train import trainer
     metrics = None
     for _ in range(n):
-      g = trainer._group_for_step(self.run, self.groups, self.step)
+      g = run_pieces.group_for_step(self.pieces, self.groups, self.step)
       batch = self.batches[g][self.step % len(self.batches[g])]
       with self.jax.transfer_guard("disallow"):
-        self.run.state, metrics = self.steps[g](self.run.state, batch)
+        self.state, metrics = trainer.run_group(self.steps[g], self.state, batch)
       self.step += 1
-    self.jax.block_until_ready((self.run.state, metrics))
+    self.jax.block_until_ready((self.state, metrics))
     return metrics
 
   def timed(self, n: int) -> dict:
@@ -234,43 +225,42 @@ class StepSide:
             "loss": float(self.jax.device_get(metrics["loss"]))}
 
   def close(self):
-    self.run.checkpointer.close()
+    run_pieces.close(self.pieces)  # already closed after drawing the batches; closing is idempotent
 
 
 def compare(args) -> int:
   import jax
-  from xlm_jax.train import experiment
+  from xlm_jax.train import trainer
   config = load_quickstart(args)
-  with tempfile.TemporaryDirectory(prefix="input_pipeline_bench_") as workdir:
-    step = StepSide(config, pathlib.Path(workdir), args)
-    try:
-      corpus, tokenizer = step.run.corpus, step.run.tokenizer
-      dataset = experiment.make_batch_dataset("mono", config, corpus, tokenizer, "train")
-      per_host = config.train.batch_size // jax.process_count()
-      print(f"config {args.config} {' '.join(args.set)}".rstrip())
-      print(f"corpus {corpus.dir} languages={','.join(config.data.languages)}")
-      print(f"batch {per_host} x seq_len {config.data.seq_len}, packing={config.data.packing}, "
-            f"read_threads={config.data.prefetch_threads}; model {config.model.num_layers} layers, "
-            f"hidden {config.model.hidden_size}; {jax.device_count()} {jax.default_backend()} device(s), "
-            f"{os.cpu_count()} CPUs")
-      print(f"step compiled in {step.compile_seconds:.1f} s; rounds: {args.steps} steps, then "
-            f"{args.warmup_batches} + {args.num_batches} pipeline batches (fresh iterator each round)")
-      rounds = []
-      for r in range(args.rounds):
-        a = step.timed(args.steps)
-        iterator = iter(dataset)
-        try:
-          b = measure(iterator, args.num_batches, args.warmup_batches)
-        finally:
-          iterator.close()
-        ratio = b["batches_per_s"] / a["steps_per_s"]
-        rounds.append({"step": a, "pipeline": b, "ratio": ratio})
-        others = lambda x: "n/a" if x["others_share"] is None else f"{x['others_share']:.0%}"
-        print(f"round {r + 1}: step {a['steps_per_s']:.2f} steps/s ({a['s_per_step'] * 1e3:.0f} ms, "
-              f"others {others(a)}, loss {a['loss']:.3f}) | pipeline {b['batches_per_s']:.1f} batches/s "
-              f"({b['tokens_per_s']:,.0f} tokens/s, others {others(b)}) | ratio {ratio:.1f}x")
-    finally:
-      step.close()
+  step = StepSide(config, args)
+  try:
+    corpus, tokenizer = step.pieces.corpus, step.pieces.tokenizer
+    dataset = trainer.make_batch_dataset("mono", config, corpus, tokenizer, "train")
+    per_host = config.train.batch_size // jax.process_count()
+    print(f"config {args.config} {' '.join(args.set)}".rstrip())
+    print(f"corpus {corpus.dir} languages={','.join(config.data.languages)}")
+    print(f"batch {per_host} x seq_len {config.data.seq_len}, packing={config.data.packing}, "
+          f"read_threads={config.data.prefetch_threads}; model {config.model.num_layers} layers, "
+          f"hidden {config.model.hidden_size}; {jax.device_count()} {jax.default_backend()} device(s), "
+          f"{os.cpu_count()} CPUs")
+    print(f"step compiled in {step.compile_seconds:.1f} s; rounds: {args.steps} steps, then "
+          f"{args.warmup_batches} + {args.num_batches} pipeline batches (fresh iterator each round)")
+    rounds = []
+    for r in range(args.rounds):
+      a = step.timed(args.steps)
+      iterator = iter(dataset)
+      try:
+        b = measure(iterator, args.num_batches, args.warmup_batches)
+      finally:
+        iterator.close()
+      ratio = b["batches_per_s"] / a["steps_per_s"]
+      rounds.append({"step": a, "pipeline": b, "ratio": ratio})
+      others = lambda x: "n/a" if x["others_share"] is None else f"{x['others_share']:.0%}"
+      print(f"round {r + 1}: step {a['steps_per_s']:.2f} steps/s ({a['s_per_step'] * 1e3:.0f} ms, "
+            f"others {others(a)}, loss {a['loss']:.3f}) | pipeline {b['batches_per_s']:.1f} batches/s "
+            f"({b['tokens_per_s']:,.0f} tokens/s, others {others(b)}) | ratio {ratio:.1f}x")
+  finally:
+    step.close()
   med = lambda key, side: statistics.median(x[side][key] for x in rounds)
   step_rate, pipe_rate = med("steps_per_s", "step"), med("batches_per_s", "pipeline")
   ratio = statistics.median(x["ratio"] for x in rounds)
@@ -282,7 +272,7 @@ def compare(args) -> int:
   if args.json:
     args.json.write_text(json.dumps({
         "mode": "compare", "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "config": args.config, "overrides": list(args.set), "corpus": str(step.run.corpus.dir),
+        "config": args.config, "overrides": list(args.set), "corpus": str(step.pieces.corpus.dir),
         "batch_size": per_host, "seq_len": config.data.seq_len, "packing": config.data.packing,
         "cpus": os.cpu_count(), "loadavg_end": loads, "compile_seconds": step.compile_seconds,
         "rounds": rounds, "median_steps_per_s": step_rate, "median_batches_per_s": pipe_rate,

@@ -3,9 +3,10 @@
     python benchmarks/objective_overhead.py [--corpus-dir ~/.cache/xlm_jax/data/debian8] \
       [--rounds 5 --steps-per-round 5] [--json out.json]
 
-Each case is the real jitted update of `xlm_jax/train/trainer.py` (built by `build_run` from the
-tiny experiment config, so masks, dictionaries, heads and extra state are the ones training uses)
-fed with real batches of its kind from the corpus. Every case sees 32 x 128 = 4096 token slots
+Each case is the real jitted update of `xlm_jax/train/trainer.py` (`jit_update_steps`, its pieces
+built by benchmarks/run_pieces.py with trainer.py's own functions from the tiny experiment config,
+so masks, dictionaries, heads and extra state are the ones training uses) fed with real batches of
+its kind from the corpus. Every case sees 32 x 128 = 4096 token slots
 per step: mono/parallel/sentences rows of 128, or parallel_pairs sides of 64. Cases take turns
 round by round, so all see the same machine conditions; the table gives the median step time and
 its ratio to MLM. Input-pipeline time is excluded (batches are drawn before timing), because
@@ -20,16 +21,16 @@ import os
 import pathlib
 import statistics
 import sys
-import tempfile
 import time
 
 import jax
 
-from machine_load import machine_busy_seconds  # benchmarks/ is on sys.path[0]
+import run_pieces  # benchmarks/ is on sys.path[0]
+from machine_load import machine_busy_seconds
 
 from xlm_jax import config as config_lib
 from xlm_jax import presets
-from xlm_jax.train import experiment, trainer
+from xlm_jax.train import trainer
 
 # name -> (objective sections, extra config overrides)
 CASES = {
@@ -63,15 +64,18 @@ def case_config(corpus_dir: str, sections: dict, overrides: dict):
   return c
 
 
-def prepare(name: str, config, workdir: pathlib.Path, num_batches: int):
-  """Builds the run, compiles its update and draws `num_batches` batches up front."""
-  run = experiment.build_run(config, workdir / name.replace(" ", "_").replace("/", "_"))
-  group = tuple(run.bound)
-  fns = trainer.compile_group(run, group)
-  batches = [trainer._next_batches(run, group) for _ in range(num_batches)]
-  metrics = trainer.run_group(run, fns, batches[0])  # compile + first step
+def prepare(config, num_batches: int):
+  """Builds the run's pieces, compiles its update and draws `num_batches` batches up front.
+
+  Returns (pieces, fns, batches, state): the state after the first (compiling) step.
+  """
+  pieces, state = run_pieces.build_pieces(config)
+  group = tuple(pieces.bound)
+  fns = run_pieces.jit_group(pieces, group)
+  batches = [run_pieces.next_batches(pieces, group) for _ in range(num_batches)]
+  state, metrics = trainer.run_group(fns, state, batches[0])  # compile + first step
   jax.block_until_ready(metrics)
-  return run, fns, batches
+  return pieces, fns, batches, state
 
 
 def main(argv=None) -> int:
@@ -91,31 +95,33 @@ def main(argv=None) -> int:
   if "mlm" not in args.cases:
     args.cases.insert(0, "mlm")
 
-  workdir = pathlib.Path(tempfile.mkdtemp(prefix="xlmj_overhead_"))
-  prepared = {}
+  prepared, states = {}, {}
   for name in args.cases:
     sections, overrides = CASES[name]
     config = case_config(args.corpus_dir, sections, {"train.progress_bar": False,
                                                       "train.async_checkpointing": False,
                                                       **overrides})
     print(f"compiling {name} ...", file=sys.stderr, flush=True)
-    prepared[name] = prepare(name, config, workdir, args.steps_per_round)
+    pieces, fns, batches, states[name] = prepare(config, args.steps_per_round)
+    prepared[name] = (pieces, fns, batches)
 
   times = {name: [] for name in args.cases}
   busy = []
   for _ in range(args.rounds):
-    for name, (run, fns, batches) in prepared.items():
+    for name, (_, fns, batches) in prepared.items():
       busy_start, start = machine_busy_seconds(), time.perf_counter()
+      state = states.pop(name)
       for batch in batches:
-        metrics = trainer.run_group(run, fns, batch)
+        state, metrics = trainer.run_group(fns, state, batch)
       jax.block_until_ready(metrics)
+      states[name] = state
       elapsed = time.perf_counter() - start
       times[name].append(elapsed / len(batches))
       if busy_start is not None:
         # Our own process uses at most the cores it has; the rest is other load on the machine.
         busy.append((machine_busy_seconds() - busy_start) / elapsed)
-  for run, _, _ in prepared.values():
-    run.close()
+  for pieces, _, _ in prepared.values():
+    run_pieces.close(pieces)
 
   base = statistics.median(times["mlm"])
   rows = []

@@ -20,9 +20,10 @@ import time
 
 import tqdm
 
-from data_prep import debian, debian8, gettext_corpus, splits as splits_lib, tfds_writer, tokenizer_training
+from data_prep import debian, debian8, gettext_corpus, splits as splits_lib, tfds_writer
 from data_prep.stats import stats_table  # noqa: F401  (moved to stats.py; build.stats_table still works)
-from xlm_jax.data.corpus import FORMAT_VERSION, Corpus, build_command, read_manifest
+from xlm_jax.data import tokenizer_training
+from xlm_jax.data.corpus import FORMAT_VERSION, RECIPES, Corpus, build_command, read_manifest
 from xlm_jax.data.tokenizer import Tokenizer
 
 DEFAULT_LANGUAGES = ("en", "de", "fr", "es", "it", "ru", "ja", "zh")
@@ -170,8 +171,8 @@ def collect_recipe(recipe: str, packages, languages, cache_dir, pool, progress: 
   recipe_data (debian8 only) is what debian8.write_extras needs once the tokenizer exists; `pool` is a
   process pool for the catalogue parsing, or None.
   """
-  if recipe not in debian8.RECIPES:
-    raise ValueError(f"unknown recipe {recipe!r}; choose one of {list(debian8.RECIPES)}")
+  if recipe not in RECIPES:
+    raise ValueError(f"unknown recipe {recipe!r}; choose one of {list(RECIPES)}")
   if recipe == "debian8":
     map_fn = map if pool is None else functools.partial(pool.map, chunksize=4)
     return debian8.collect_and_split(packages, languages, cache_dir, map_fn, progress, timings)
@@ -211,8 +212,8 @@ def build_corpus(corpus_dir, languages=DEFAULT_LANGUAGES, packages=None, vocab_s
   """
   corpus_dir = pathlib.Path(corpus_dir).expanduser().absolute()
   languages = list(dict.fromkeys(languages))
-  if recipe not in debian8.RECIPES:
-    raise ValueError(f"unknown recipe {recipe!r}; choose one of {list(debian8.RECIPES)}")
+  if recipe not in RECIPES:
+    raise ValueError(f"unknown recipe {recipe!r}; choose one of {list(RECIPES)}")
   if not languages:
     raise ValueError("languages is empty; pass at least one language code, e.g. en de")
   packages = list(packages) if packages else list(GETTEXT_PACKAGES)

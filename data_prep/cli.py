@@ -11,18 +11,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from data_prep import build, debian8, inspect_batches, synthetic, tokenizer_training, tokenizer_variants, user_build
+from data_prep import build, debian8, inspect_batches, user_build
 from data_prep.stats import stats_table
 from data_prep.user_corpora import cli_args as user_args
-from xlm_jax.data.corpus import Corpus, build_command, default_corpus_dir
+from xlm_jax.data import derived, synthetic, tokenizer_training, tokenizer_variants
+from xlm_jax.data.corpus import RECIPES, Corpus, resolve_corpus_dir
 
 
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
   """Flags of `build` (shared with `xlm-jax data build`)."""
-  parser.add_argument("--recipe", default=None, choices=debian8.RECIPES,
+  parser.add_argument("--recipe", default=None, choices=RECIPES,
                       help="debian8 (default): gettext, LibreOffice help, fortunes, man pages, FreeDict, "
                       "with evaluation sets under eval/; gettext8: gettext catalogues only (the "
                       "quickstart's corpus, built on the fly by `xlm-jax train`). With users' corpora "
@@ -34,13 +34,16 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--languages", nargs="+", default=list(build.DEFAULT_LANGUAGES), help="language codes")
   parser.add_argument("--packages", nargs="+", default=None,
                       help="Debian packages with gettext catalogues (default: the 28 of the default corpus)")
-  parser.add_argument("--vocab-size", type=int, default=8000, help="SentencePiece vocabulary size")
+  parser.add_argument("--vocab-size", type=user_args.int_at_least(1), default=8000,
+                      help="SentencePiece vocabulary size")
   parser.add_argument("--model-type", default="unigram", choices=tokenizer_training.MODEL_TYPES)
-  parser.add_argument("--alpha", type=float, default=tokenizer_training.DEFAULT_ALPHA,
+  parser.add_argument("--alpha", type=user_args.float_in(0.0, 1.0), default=tokenizer_training.DEFAULT_ALPHA,
                       help="language sampling exponent for the tokenizer's training text")
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--min-sentences", type=int, default=build.DEFAULT_MIN_SENTENCES,
-                      help="fail if a language has fewer training sentences than this")
+  parser.add_argument("--min-sentences", type=user_args.int_at_least(0), default=None,
+                      help="fail if a language has fewer training sentences than this (default: "
+                      f"{build.DEFAULT_MIN_SENTENCES} for a recipe's languages, 1 for languages only in "
+                      "users' text; when given, it applies to every language)")
   parser.add_argument("--cache-dir", default=None,
                       help="where .debs are cached (default ~/.cache/xlm_jax/debs)")
   parser.add_argument("--force", action="store_true", help="rebuild even if the corpus exists")
@@ -50,8 +53,9 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _default_built_corpus() -> str:
   """The debian8 corpus if it was built (the default of `build`), else the quickstart's gettext8."""
-  full = default_corpus_dir(debian8.FULL_RECIPE)
-  return str(full if (full / "manifest.json").is_file() else default_corpus_dir(debian8.DEFAULT_RECIPE))
+  full = resolve_corpus_dir(corpus=debian8.FULL_RECIPE)
+  quickstart = resolve_corpus_dir(corpus=debian8.DEFAULT_RECIPE)
+  return str(full if (full / "manifest.json").is_file() else quickstart)
 
 
 def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,9 +66,11 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
   add_stats_arguments(parser)
-  parser.add_argument("--seq-len", type=int, default=inspect_batches.DEFAULT_SEQ_LEN)
-  parser.add_argument("--rows", type=int, default=inspect_batches.DEFAULT_ROWS, help="rows per mono batch")
-  parser.add_argument("--pairs", type=int, default=inspect_batches.DEFAULT_PAIRS, help="pairs per language")
+  parser.add_argument("--seq-len", type=user_args.int_at_least(3), default=inspect_batches.DEFAULT_SEQ_LEN)
+  parser.add_argument("--rows", type=user_args.int_at_least(1), default=inspect_batches.DEFAULT_ROWS,
+                      help="rows per mono batch")
+  parser.add_argument("--pairs", type=user_args.int_at_least(1), default=inspect_batches.DEFAULT_PAIRS,
+                      help="pairs per language")
 
 
 def build_main(args: argparse.Namespace) -> Corpus:
@@ -90,10 +96,11 @@ def build_main(args: argparse.Namespace) -> Corpus:
         min_sentences_per_language=args.min_sentences, **common, **user_args.build_options(args))
   else:
     recipe = args.recipe or debian8.FULL_RECIPE
-    corpus_dir = args.corpus_dir or str(default_corpus_dir(recipe))
+    corpus_dir = resolve_corpus_dir(args.corpus_dir or "", corpus=recipe)
     corpus = build.build_corpus(
         corpus_dir, languages=args.languages, packages=args.packages,
-        min_sentences_per_language=args.min_sentences, cache_dir=args.cache_dir, recipe=recipe,
+        min_sentences_per_language=(build.DEFAULT_MIN_SENTENCES if args.min_sentences is None
+                                    else args.min_sentences), cache_dir=args.cache_dir, recipe=recipe,
         **common)
   print(stats_table(corpus))
   return corpus
@@ -123,7 +130,7 @@ def add_tokenizers_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--kind", required=True, choices=TOKENIZER_KINDS,
                       help="union: one vocabulary, pieces learned by several languages shared (anchors); "
                       "no_anchors: each language in its own id range, nothing shared but ids 0..4")
-  parser.add_argument("--vocab-size-per-lang", type=int, default=DEFAULT_VOCAB_SIZE_PER_LANG,
+  parser.add_argument("--vocab-size-per-lang", type=user_args.int_at_least(1), default=DEFAULT_VOCAB_SIZE_PER_LANG,
                       help="pieces of each language's SentencePiece model (lower it for small corpora)")
   # Subword models only, as in the studies these variants reproduce.
   parser.add_argument("--model-type", default="unigram", choices=("unigram", "bpe"))
@@ -170,61 +177,13 @@ def add_derive_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--seed", type=int, default=0)
 
 
-def canonical_op(op: str) -> str:
-  """The OPS spelling of an op ("inv+trans" -> "trans∘inv"); ValueError listing OPS for an unknown one."""
-  parsed = synthetic.parse_op(op)
-  return next(known for known in synthetic.OPS if synthetic.parse_op(known) == parsed)
-
-
-def classification_test_rows(corpus: Corpus, lang: str) -> list[dict]:
-  """Rows of <corpus>/eval/classification/test.jsonl in `lang`, in file order ([] without the file)."""
-  path = corpus.dir / "eval" / "classification" / "test.jsonl"
-  if not path.is_file():
-    return []
-  rows = []
-  for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-    if not line.strip():
-      continue
-    try:
-      row = json.loads(line)
-      if row["lang"] == lang:
-        rows.append({"id": row["id"], "text": row["text"]})
-    except (ValueError, KeyError, TypeError) as err:
-      raise ValueError(f"{path}:{number}: not a classification row with id, lang and text ({err}); "
-                       f"rebuild the corpus (`{build_command(corpus.dir)} --force`)") from err
-  return rows
-
-
 def derive_main(args: argparse.Namespace) -> Corpus:
   """Derives a synthetic language from `lang`'s training text with the corpus tokenizer and writes it to
-  <corpus>/derived/<op with '+'>/: shuffled train text, implicit dictionary, derived eval sets (the
-  language's test split; its classification test rows when the corpus has eval/classification)."""
-  op = canonical_op(args.op)
-  corpus = Corpus(args.corpus_dir)
-  corpus.check_languages([args.lang])
-  eval_texts = {"test": corpus.mono_texts(args.lang, "test")}
-  eval_sources = {"test": f"text/mono/test/{args.lang}.txt"}
-  rows = classification_test_rows(corpus, args.lang)
-  if rows:
-    eval_texts["classification_test"] = [row["text"] for row in rows]
-    # The derived rows keep this order; the ids join them back to their labels in the source file.
-    eval_sources["classification_test"] = {"file": "eval/classification/test.jsonl", "lang": args.lang,
-                                           "ids": [row["id"] for row in rows]}
-  result = synthetic.derive_corpus(corpus.mono_texts(args.lang, "train"), corpus.tokenizer(), op, args.seed,
-                                   overlap=args.overlap, eval_texts=eval_texts, source_language=args.lang)
-  result.manifest["eval_sources"] = eval_sources
-  # ASCII folder names: "∘" is awkward in shells and on some file systems.
-  out_dir = corpus.dir / "derived" / op.replace("∘", "+")
-  synthetic.write_derived_corpus(result, out_dir)
-  source_size = result.vocab_size // 2
-  print(f"derived language {op!r} of {args.lang} (seed {args.seed}) -> {out_dir}")
-  print(f"  train {len(result.ids)} sequences; vocab_size {result.vocab_size} (source {source_size} + "
-        f"derived); {len(result.manifest['overlap_ids'])} overlap ids")
-  print("  eval sets: " + ", ".join(f"{name} {len(seqs)} rows (eval/{name}.jsonl)"
-                                    for name, seqs in result.eval_ids.items()))
-  print(f"  implicit dictionary: {len(result.dictionary)} pairs (i, i + {source_size}) in "
-        f"{out_dir / 'dictionary.npy'} (+ dictionary.json)")
-  return corpus
+  <corpus>/derived/<op with '+'>/ (xlm_jax.data.derived.derive_language, which training also calls when a
+  run names a derived language that is not built yet); prints what it wrote."""
+  made = derived.derive_language(args.corpus_dir, args.op, args.lang, args.seed, overlap=args.overlap)
+  print(made.report())
+  return Corpus(args.corpus_dir)
 
 
 def run(argv, prog: str = "python -m data_prep") -> Corpus:

@@ -4,14 +4,14 @@
   eval/bli/en-<lang>.tsv            "english<TAB>foreign" BLI test pairs (held-out English headwords)
   eval/classification/train.jsonl   {"id", "label", "text"}: English help paragraphs of training files
   eval/classification/test.jsonl    {"id", "label", "lang", "text"}: paragraphs of held-out files
-  dictionaries/en-<lang>.tsv (+ .ids.npy, .json)   training pairs (dictionaries.save_dictionary)
+  dictionaries/en-<lang>.tsv (+ .ids.npy, .json)   training pairs (xlm_jax.data.dictionary's format)
 """
 from __future__ import annotations
 
 import json
 import pathlib
 
-from data_prep import dictionaries
+from xlm_jax.data.dictionary import save_dictionary, word_dictionary_path
 
 
 def _write_jsonl(path: pathlib.Path, rows) -> int:
@@ -44,9 +44,10 @@ def write_dictionaries(train_pairs: dict, collected_dicts: dict, tokenizer, corp
   for lang, pairs in train_pairs.items():
     if not pairs:
       continue
-    path = pathlib.Path(corpus_dir) / "dictionaries" / f"en-{lang}.tsv"
+    # The path training reads (word_dictionary_path), so the writer and the reader cannot drift apart.
+    path = word_dictionary_path(corpus_dir, lang)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sidecar = dictionaries.save_dictionary(path, pairs, tokenizer, metadata=collected_dicts[lang].counts)
+    sidecar = save_dictionary(path, pairs, tokenizer, metadata=collected_dicts[lang].counts)
     sizes[lang] = {"word_pairs": sidecar["word_pairs"], "token_pairs": sidecar["token_pairs"]}
   return sizes
 

@@ -20,11 +20,13 @@ import pathlib
 import shutil
 import sys
 
-from data_prep import build, debian8, stats, tfds_writer, tokenizer_training
+from data_prep import build, debian8, stats, tfds_writer
 from data_prep.stages import StageClock
 from data_prep.user_corpora import alpha_sample_files, build_user_text, corpus_views
-from data_prep.user_corpora.build_text import RecipeText
-from xlm_jax.data.corpus import FORMAT_VERSION, Corpus, read_manifest
+from data_prep.user_corpora.build_text import DEFECT_REASONS, RecipeText
+from xlm_jax.data import tokenizer_training
+from xlm_jax.data.corpus import FORMAT_VERSION, RECIPES, Corpus, read_manifest
+from xlm_jax.atomic_files import check_replaceable
 from xlm_jax.data.tokenizer import Tokenizer
 
 USER_REGISTER_NOTE = "users' own text"
@@ -66,12 +68,50 @@ def _write_tfds(work: pathlib.Path, report: dict, progress: bool) -> None:
       tfds_writer.write_parallel(work / "tfds", lang, parallel[lang])
 
 
+def training_sentences(counts: dict, lang: str) -> int:
+  """Training sentences of `lang` in a report's counts: monolingual plus its side of the pairs (English is
+  a side of every language's pairs)."""
+  pairs = (sum(c["parallel_train"] for c in counts.values()) if lang == "en"
+           else counts[lang]["parallel_train"])
+  return counts[lang]["mono_train"] + pairs
+
+
+def check_users_languages(report: dict, languages, min_sentences: int) -> None:
+  """ValueError ("empty language") naming each of `languages` (those only users' text brings) with fewer
+  than min_sentences training sentences, with its inputs and the lines they lost."""
+  short = {lang: training_sentences(report["counts"], lang) for lang in languages}
+  short = {lang: n for lang, n in short.items() if n < min_sentences}
+  if not short:
+    return
+  parts = []
+  for lang, n in short.items():
+    entries = [e for e in report["inputs"] if e["lang"] == lang or (lang == "en" and e["kind"] == "parallel")]
+    sources = "; ".join(e["source"] for e in entries) or "no input"
+    parts.append(f"{lang} ({n} training sentences, from {sources})")
+  dropped = {k: v for k, v in report["dropped"].items() if k in DEFECT_REASONS}
+  lost = f" Lines dropped as unreadable: {dropped}." if dropped else ""
+  raise ValueError(f"empty language: too little training text in users' inputs for {', '.join(parts)}; at "
+                   f"least {min_sentences} needed (--min-sentences).{lost} Add text for these languages, "
+                   "leave them out (--languages), or lower --min-sentences.")
+
+
+def _say_dropped(report: dict) -> None:
+  """Prints the lines dropped as unreadable, by reason, with the first of each (always: lost text is never
+  silent; the manifest has them under user_corpora.dropped and user_corpora.first_defects)."""
+  dropped = {k: v for k, v in report["dropped"].items() if k in DEFECT_REASONS}
+  if dropped:
+    print(f"[data build] dropped unreadable lines: {', '.join(f'{k} {v}' for k, v in dropped.items())}",
+          file=sys.stderr)
+    for reason, first in report["first_defects"].items():
+      print(f"[data build]   first {reason}: {first}", file=sys.stderr)
+
+
 def build_user_corpus(corpus_dir, inputs, *, vocab_size: int = 8000, seed: int = 0, force: bool = False,
                       progress: bool = True, model_type: str = "unigram",
                       alpha: float = tokenizer_training.DEFAULT_ALPHA,
                       max_tokenizer_sentences: int = tokenizer_training.DEFAULT_MAX_SENTENCES,
                       recipe: str | None = None, recipe_options: dict | None = None,
-                      min_sentences_per_language: int = build.DEFAULT_MIN_SENTENCES,
+                      min_sentences_per_language: int | None = None,
                       **text_options) -> Corpus:
   """Builds a corpus at corpus_dir from checked user inputs (user_corpora.collect_inputs); returns it.
 
@@ -79,15 +119,18 @@ def build_user_corpus(corpus_dir, inputs, *, vocab_size: int = 8000, seed: int =
   corpus: the recipe's languages (recipe_options["languages"], default the 8 of build.DEFAULT_LANGUAGES)
   plus any other language of the inputs. recipe_options may also give packages, cache_dir and workers, as
   for build.build_corpus; a recipe language with fewer than min_sentences_per_language training sentences
-  (both sources together) fails the build. The manifest records the packages, the input files with their
-  sha256 and every dropped line, by reason.
+  (both sources together) fails the build. A language only in users' text fails with fewer than
+  min_sentences_per_language training sentences (monolingual, plus its side of pairs) too; when it is None,
+  recipe languages need build.DEFAULT_MIN_SENTENCES and users' languages 1. The manifest records the
+  packages, the input files with their sha256 and every dropped line, by reason.
 
-  An existing finished corpus is returned as it is unless `force`. text_options go to build_user_text
-  (test_fraction, max_unit_lines, strict).
+  An existing finished corpus is returned as it is unless `force`; an existing folder that is not a corpus
+  (no manifest.json) is never replaced. A failed build leaves nothing behind. text_options go to
+  build_user_text (test_fraction, max_unit_lines, strict, encoding).
   """
   corpus_dir = pathlib.Path(corpus_dir).expanduser().absolute()
-  if recipe is not None and recipe not in debian8.RECIPES:
-    raise ValueError(f"unknown recipe {recipe!r}; choose one of {list(debian8.RECIPES)}")
+  if recipe is not None and recipe not in RECIPES:
+    raise ValueError(f"unknown recipe {recipe!r}; choose one of {list(RECIPES)}")
   want = "user" if recipe is None else f"{recipe}+user"
   if not force and (corpus_dir / "manifest.json").is_file():
     built = read_manifest(corpus_dir).get("recipe", "gettext8")
@@ -97,6 +140,10 @@ def build_user_corpus(corpus_dir, inputs, *, vocab_size: int = 8000, seed: int =
     if progress:
       print(f"[data build] corpus {corpus_dir} already built; reusing it (--force rebuilds)", file=sys.stderr)
     return Corpus(corpus_dir)
+  # Replacing a folder that is not a corpus would delete the user's files in it (--force or not).
+  check_replaceable(corpus_dir, ("manifest.json",), "xlm-jax corpus")
+  recipe_minimum = build.DEFAULT_MIN_SENTENCES if min_sentences_per_language is None else min_sentences_per_language
+  user_minimum = 1 if min_sentences_per_language is None else min_sentences_per_language
   corpus_dir.parent.mkdir(parents=True, exist_ok=True)
   build._remove_stale_partials(corpus_dir)
   work = corpus_dir.parent / f"{corpus_dir.name}.partial-{os.getpid()}"
@@ -112,9 +159,12 @@ def build_user_corpus(corpus_dir, inputs, *, vocab_size: int = 8000, seed: int =
     with clock.stage("text", "splitting and deduplicating the text"):
       report = build_user_text(work, inputs, progress=progress, recipe=recipe_text, **text_options)
     languages = report["languages"]
+    _say_dropped(report)
+    recipe_languages = recipe_text.languages() if recipe is not None else []
     if recipe is not None:
-      build.check_enough_text(report["counts"], recipe_text.languages(), fetched, min_sentences_per_language)
+      build.check_enough_text(report["counts"], recipe_languages, fetched, recipe_minimum)
       recipe_text = None  # in the text files now; the lists are the recipe's largest objects
+    check_users_languages(report, [lang for lang in languages if lang not in recipe_languages], user_minimum)
     mono, _ = corpus_views(work, report)
     train = {lang: mono[lang]["train"] for lang in languages if len(mono[lang]["train"])}
     if not train:
@@ -137,7 +187,9 @@ def build_user_corpus(corpus_dir, inputs, *, vocab_size: int = 8000, seed: int =
       with clock.stage("tokens", "counting training tokens"):
         extra = {"tokens": {lang: stats.count_tokens(tokenizer, view.path) for lang, view in train.items()}}
     combined = collections.Counter(recipe_dropped) + collections.Counter(report["dropped"])
-    user_section = {k: report[k] for k in ("inputs", "skipped_inputs", "changed", "split", "dropped")}
+    user_section = {k: report[k] for k in ("inputs", "skipped_inputs", "changed", "split", "dropped",
+                                           "first_defects", "encoding")}
+    user_section["min_sentences_per_language"] = user_minimum
     manifest = {
         "name": corpus_dir.name, "languages": languages,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -157,7 +209,7 @@ def build_user_corpus(corpus_dir, inputs, *, vocab_size: int = 8000, seed: int =
     }
     if recipe is not None:
       manifest["recipe_dropped"] = dict(sorted(recipe_dropped.items()))
-      manifest["min_sentences_per_language"] = min_sentences_per_language
+      manifest["min_sentences_per_language"] = recipe_minimum
     text = json.dumps(manifest, indent=1, ensure_ascii=False, default=str)
     (work / "manifest.json").write_text(text + "\n", encoding="utf-8")  # last: marks a finished corpus
     build._move_into_place(work, corpus_dir)

@@ -11,15 +11,17 @@ from xlm_jax.models.encoder import Model
 
 
 def sgd_losses(loss_fn, params, batch, ctx, steps: int = 8, learning_rate: float = 0.5):
-  """Trains `loss_fn` with plain SGD on one repeated batch (the same RNG, so the same masks every
-  step); checks every loss and gradient is finite; returns (losses, last metrics)."""
+  """Trains `loss_fn` (an objective's, returning (loss, metrics, extra_state)) with plain SGD on one
+  repeated batch (the same RNG, so the same masks every step); checks every loss and gradient is
+  finite; returns (losses, last metrics)."""
   tx = optax.sgd(learning_rate)
   opt_state = tx.init(params)
   rng = jax.random.key(5)
 
   @jax.jit
   def step(params, opt_state):
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng, ctx)
+    (loss, metrics), grads = jax.value_and_grad(lambda *args: loss_fn(*args)[:2], has_aux=True)(
+        params, batch, rng, ctx)
     updates, opt_state = tx.update(grads, opt_state)
     return optax.apply_updates(params, updates), opt_state, loss, metrics, grads
 

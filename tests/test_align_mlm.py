@@ -61,7 +61,7 @@ def test_full_dictionary_loss_matches_numpy(setup):
   # One compiled program for both (compiles dominate this file's time on a busy CPU).
   both = jax.jit(lambda p, b, r: (align_mlm.align_mlm_loss(p, b, r, ctx),
                                   mlm.mlm_loss(p, b, jax.random.split(r)[0], ctx)))
-  (loss, metrics), (mlm_value, mlm_metrics) = both(setup.params, setup.batch, rng)
+  (loss, metrics, _), (mlm_value, mlm_metrics, _) = both(setup.params, setup.batch, rng)
   table = setup.params["encoder"]["embeddings"]["word_embeddings"]["embedding"]
   expected_align = numpy_align_loss(table, word_pairs(setup.tokenizer))
   np.testing.assert_allclose(metrics["align_loss"], expected_align, rtol=1e-5)
@@ -78,7 +78,7 @@ def test_sampled_pairs_loss_matches_numpy_and_is_unbiased(setup):
   pairs = np.asarray(ctx.resources["pairs"])
   table = setup.params["encoder"]["embeddings"]["word_embeddings"]["embedding"]
   rng = jax.random.PRNGKey(11)
-  _, metrics = jax.jit(lambda p, b, r: align_mlm.align_mlm_loss(p, b, r, ctx))(setup.params, setup.batch, rng)
+  _, metrics, _ = jax.jit(lambda p, b, r: align_mlm.align_mlm_loss(p, b, r, ctx))(setup.params, setup.batch, rng)
   # Documented key use: the second half of split(rng) draws the pair indices.
   index = np.asarray(align_mlm.sample_pair_indices(jax.random.split(rng)[1], len(pairs), 7))
   assert index.shape == (7,) and index.min() >= 0 and index.max() < len(pairs)

@@ -1,6 +1,6 @@
 """The "alignment" evaluator: 100% on an embedding table built to be aligned, chance on a random one,
-Procrustes recovering a rotated table, and the same numbers as data_prep.synthetic.alignment_accuracy
-on a derived language's one-to-one dictionary."""
+Procrustes recovering a rotated table, and on a derived language's one-to-one dictionary the same numbers
+as the two-table definition of the synthetic-language papers (written out below as a reference)."""
 import logging
 import types
 
@@ -8,11 +8,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from data_prep import synthetic
 from test_dict_mlm import NUM_WORDS, WordTokenizer, write_corpus
+from xlm_jax.data import synthetic
 from xlm_jax.evaluation import alignment
 from xlm_jax.models.encoder import EncoderConfig
-from xlm_jax.registry import EVALUATORS
+from xlm_jax.evaluation.base import EvalData, EvalModel, from_data
 
 DIM = 32
 
@@ -40,17 +40,62 @@ def test_metric_on_aligned_random_and_rotated_tables():
   assert alignment.dictionary_alignment_accuracy(rotated, pairs, seed=0, procrustes=True) == 100.0
 
 
-def test_same_numbers_as_synthetic_alignment_accuracy():
+def two_table_alignment_accuracy(E_orig, E_derived, ids, seed: int, procrustes: bool = False) -> float:
+  """Reference: % of a seeded 90% of `ids` whose cosine nearest row among E_derived[ids] is its own row
+  (row i of E_derived is the counterpart of row i of E_orig), optionally after the orthogonal map learned
+  on the next 5% of the same permutation. Written out independently of the evaluator's code."""
+  def normalise(rows):
+    rows = np.asarray(rows, np.float64)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+  orig, derived = normalise(E_orig), normalise(E_derived)
+  ids = np.asarray(ids, np.int64)
+  shuffled = np.random.default_rng(seed).permutation(ids)
+  num_eval, num_train = int(round(0.9 * len(ids))), int(round(0.05 * len(ids)))
+  eval_ids, train_ids = shuffled[:num_eval], shuffled[num_eval:num_eval + num_train]
+  queries = orig[eval_ids]
+  if procrustes:
+    u, _, vt = np.linalg.svd(orig[train_ids].T @ derived[train_ids])
+    queries = normalise(queries @ (u @ vt))
+  nearest = ids[(queries @ derived[ids].T).argmax(axis=1)]
+  return 100.0 * float(np.mean(nearest == eval_ids))
+
+
+def implicit_accuracy(E_orig, E_derived, ids, seed: int, procrustes: bool = False) -> float:
+  """dictionary_alignment_accuracy on the table [E_orig; E_derived] with the implicit pairs (i, i + V)."""
+  V = len(E_orig)
+  pairs = np.stack([ids, np.asarray(ids) + V], axis=1)
+  return alignment.dictionary_alignment_accuracy(np.concatenate([E_orig, E_derived]), pairs, seed, procrustes)
+
+
+def test_same_numbers_as_the_two_table_definition():
   rng = np.random.default_rng(1)
   V = 1000  # 5% of the ids > DIM: a rank-deficient SVD would leave the map's null space arbitrary
   pairs = synthetic.implicit_dictionary(V)
   table = rng.normal(size=(2 * V, DIM))
   table[V:] = table[:V] + 1.2 * rng.normal(size=(V, DIM))  # partly aligned: scores strictly inside (0, 100)
-  for procrustes, reference in ((False, synthetic.alignment_accuracy),
-                                (True, synthetic.procrustes_alignment_accuracy)):
+  for procrustes in (False, True):
     ours = alignment.dictionary_alignment_accuracy(table, pairs, seed=3, procrustes=procrustes)
-    theirs = reference(table[:V], table[V:], pairs[:, 0], seed=3)
+    theirs = two_table_alignment_accuracy(table[:V], table[V:], pairs[:, 0], seed=3, procrustes=procrustes)
     assert 0 < ours < 100 and ours == pytest.approx(theirs)
+
+
+def test_derived_metric_on_identical_random_and_rotated_tables():
+  """The derived-language case: E[V:2V] a scaled, unrelated or rotated copy of E[:V] (ids = moved ids)."""
+  rng = np.random.default_rng(0)
+  table = rng.normal(size=(600, 16))
+  ids = np.arange(5, 600)
+  assert implicit_accuracy(table, table * 3.0, ids, seed=0) == 100.0
+  # Unrelated tables: about chance (1 in 595).
+  assert implicit_accuracy(table, rng.normal(size=(600, 16)), ids, seed=0) < 3.0
+  rotation, _ = np.linalg.qr(rng.normal(size=(16, 16)))
+  rotated = table @ rotation + 0.01 * rng.normal(size=table.shape)
+  assert implicit_accuracy(table, rotated, ids, seed=0) < 3.0
+  assert implicit_accuracy(table, rotated, ids, seed=0, procrustes=True) == 100.0
+  # The evaluated 90% and the 5% the map learns from are disjoint and fixed by the seed.
+  eval_ids, train_ids = alignment.split_source_ids(ids, seed=0)
+  assert len(eval_ids) == 536 and len(train_ids) == 30 and not set(eval_ids) & set(train_ids)
+  np.testing.assert_array_equal(eval_ids, alignment.split_source_ids(ids, seed=0)[0])
 
 
 def test_any_listed_translation_counts():
@@ -80,7 +125,14 @@ def run(tmp_path):
 
 
 def state_with(table):
-  return types.SimpleNamespace(params={"encoder": {"embeddings": {"word_embeddings": {"embedding": table}}}})
+  """The model as the evaluator sees it: its word-embedding table."""
+  return EvalModel(encode=None, word_embeddings=lambda: table, config=None)
+
+
+def build_alignment(run):
+  return from_data("alignment", EvalData(
+      corpus=run.corpus, tokenizer=run.tokenizer, languages=tuple(run.config.data.languages),
+      seed=run.config.seed, alpha=0.3, model_config=run.model.config, eval_config=None))
 
 
 def test_evaluator_scores_bli_and_derived_sets(run, caplog):
@@ -92,7 +144,7 @@ def test_evaluator_scores_bli_and_derived_sets(run, caplog):
     aligned[tok.id(f"▁de{k}")] = aligned[tok.id(f"▁en{k}")] * (1 + 1e-5 * rng.normal(size=dim))
   aligned[V:] = aligned[:V]   # derived id i + V = id i
   with caplog.at_level(logging.INFO):
-    evaluator = EVALUATORS.get("alignment")(run)
+    evaluator = build_alignment(run)
   assert "skipping fr" in caplog.text  # no eval/bli/en-fr.tsv
   out = evaluator(state_with(aligned))
   assert out["alignment/de/pairs"] == NUM_WORDS
@@ -117,10 +169,10 @@ def test_evaluator_skips_derived_languages_the_model_lacks(run, caplog):
   run.model = types.SimpleNamespace(config=EncoderConfig(vocab_size=run.tokenizer.vocab_size,
                                                          hidden_size=DIM, num_heads=2))
   with caplog.at_level(logging.INFO):
-    evaluator = EVALUATORS.get("alignment")(run)
+    evaluator = build_alignment(run)
   assert "skipping en_trans: its ids reach" in caplog.text
   out = evaluator(state_with(np.ones((run.tokenizer.vocab_size, DIM), np.float32)))
   assert not any(k.startswith("alignment/en_trans/") for k in out) and "alignment/de/accuracy" in out
   run.model = types.SimpleNamespace(config=types.SimpleNamespace(separate_embeddings=True, vocab_size=10))
   with pytest.raises(ValueError, match="separate_embeddings"):
-    EVALUATORS.get("alignment")(run)
+    build_alignment(run)

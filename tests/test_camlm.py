@@ -8,7 +8,7 @@ from xlm_jax.models.encoder import EncoderConfig, Model
 from xlm_jax.objectives import attention_patterns as patterns
 from xlm_jax.objectives.base import ObjectiveContext
 from xlm_jax.objectives.camlm import camlm_logits, camlm_loss, default_config
-from xlm_jax.objectives.tlm import mask_tokens
+from xlm_jax.objectives.mlm_core import mask_tokens
 from xlm_jax.registry import OBJECTIVES
 import objective_checks as checks
 from objective_checks import init_model_params, sgd_losses

@@ -10,7 +10,7 @@ import pytest
 
 from test_dict_mlm import (LANGUAGES, NUM_WORDS, WordTokenizer, expected_by_language, random_batch,
                            whole_words_numpy, write_corpus)
-from xlm_jax.objectives import code_switch, mlm
+from xlm_jax.objectives import dictionary_swap, mlm, mlm_code_switch
 from xlm_jax.objectives.base import ObjectiveContext
 from xlm_jax.registry import OBJECTIVES
 
@@ -26,9 +26,9 @@ def setup(tmp_path_factory):
 
 
 def context(s, model=None, **overrides):
-  cfg = dict(code_switch.default_config(), **overrides)
+  cfg = dict(mlm_code_switch.default_config(), **overrides)
   languages = LANGUAGES
-  resources = code_switch.load_dictionary_resources(cfg, s.corpus, s.tokenizer, languages)
+  resources = dictionary_swap.load_dictionary_resources(cfg, s.corpus, s.tokenizer, languages)
   return ObjectiveContext(model=model, config=cfg, vocab_size=s.tokenizer.vocab_size, mask_id=4, pad_id=1,
                           special_ids=(0, 1, 2, 3, 4), languages=languages, train=False,
                           resources=resources, name="mlm_code_switch")
@@ -49,7 +49,7 @@ def text_batch(tokenizer, dictionary_share, seed):
 
 def draws(ctx, ids):
   """code_switch over DRAWS keys, the rows read as English text (numpy)."""
-  fn = jax.jit(lambda key, x: code_switch.code_switch(key, x, jnp.zeros_like(x), ctx))
+  fn = jax.jit(lambda key, x: mlm_code_switch.code_switch(key, x, jnp.zeros_like(x), ctx))
   outs = [fn(key, jnp.asarray(ids, jnp.int32)) for key in jax.random.split(jax.random.PRNGKey(2), DRAWS)]
   return [jax.device_get(o) for o in outs]
 
@@ -78,7 +78,7 @@ def test_registered_with_config_fields():
   assert (cfg["replace_rate"], cfg["max_switch_rate"], cfg["switch_order"]) == (0.3, 0.15, "replace_then_cap")
 
 
-@pytest.mark.parametrize("order", code_switch.SWITCH_ORDERS)
+@pytest.mark.parametrize("order", mlm_code_switch.SWITCH_ORDERS)
 def test_rate_when_the_cap_does_not_bind(setup, order):
   """Dictionary words ~ 8% of words: each is replaced with probability 0.3 under both orders."""
   ids = text_batch(setup.tokenizer, 0.08, seed=1)
@@ -121,10 +121,10 @@ def test_loss_is_mlm_on_the_switched_text(setup):
 
   def both(p, b, r):
     switch_rng, mlm_rng = jax.random.split(r)
-    switched = code_switch.code_switch(switch_rng, b["input_ids"], b["lang_ids"], ctx)[0]
-    return (code_switch.code_switch_mlm_loss(p, b, r, ctx),
+    switched = mlm_code_switch.code_switch(switch_rng, b["input_ids"], b["lang_ids"], ctx)[0]
+    return (mlm_code_switch.code_switch_mlm_loss(p, b, r, ctx),
             mlm.mlm_loss(p, dict(b, input_ids=switched), mlm_rng, ctx), switched)
-  (loss, metrics), (expected, _), switched = jax.jit(both)(params, batch, rng)
+  (loss, metrics, _), (expected, _, _), switched = jax.jit(both)(params, batch, rng)
   assert (np.asarray(switched) != np.asarray(batch["input_ids"])).any()
   np.testing.assert_allclose(loss, expected, rtol=1e-6)
   np.testing.assert_allclose(metrics["switch_rate"], metrics["dictionary_word_rate"])  # rate 1, no cap

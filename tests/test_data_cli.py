@@ -6,8 +6,9 @@ import shutil
 
 import pytest
 
-from data_prep import cli, synthetic
-from data_prep.tokenizer_variants import LanguageTaggedTokenizer
+from data_prep import cli
+from xlm_jax.data import synthetic
+from xlm_jax.data.tokenizer_variants import LanguageTaggedTokenizer
 from xlm_jax.data.tokenizer import Tokenizer
 
 SPECIALS = (0, 1, 2, 3, 4)

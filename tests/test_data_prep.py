@@ -13,9 +13,9 @@ from tensorflow_datasets.core import example_serializer, hashing as tfds_hashing
 from tensorflow_datasets.core.utils import shard_utils
 from tensorflow_datasets.proto import tf_example_pb2
 
-from data_prep import (build, cli, debian, gettext_corpus, hashed_order, splits, tfds_writer,
-                       tokenizer_training)
+from data_prep import build, cli, debian, gettext_corpus, hashed_order, splits, tfds_writer
 from data_prep.gettext_corpus import Message
+from xlm_jax.data import tokenizer_training
 from xlm_jax.data.corpus import Corpus, EmptySource
 from xlm_jax.data.tokenizer import Tokenizer
 

@@ -1,6 +1,6 @@
 """Dictionary arrays (xlm_jax.data.dictionary) and DICT-MLM's swap statistics.
 
-Every dictionary here is written by the test with data_prep.dictionaries.save_dictionary through a
+Every dictionary here is written by the test with xlm_jax.data.dictionary.save_dictionary through a
 word-level tokenizer of our own (one piece per known word), so the expected translations of each id are
 known by construction. Statistical checks draw thousands of masked dictionary words and allow
 4 standard errors of a binomial proportion (a false failure about once in 16 000 runs).
@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from data_prep import dictionaries, synthetic
 from xlm_jax.data import dictionary as dict_data
-from xlm_jax.objectives import dict_mlm, mlm
+from xlm_jax.data import synthetic
+from xlm_jax.objectives import dict_mlm, dictionary_swap, mlm, mlm_core
 from xlm_jax.objectives.base import ObjectiveContext
 from xlm_jax.objectives.masking import mlm_mask
 
@@ -71,7 +71,7 @@ def write_corpus(root, tokenizer):
   """A corpus folder with dictionaries/en-{de,fr,ja} and the derived language en_trans (derived/trans,
   as `xlm-jax data derive` writes it); returns a Corpus stand-in."""
   for lang, pairs in (("de", DE_PAIRS), ("fr", FR_PAIRS), ("ja", JA_PAIRS)):
-    dictionaries.save_dictionary(root / "dictionaries" / f"en-{lang}.tsv", pairs, tokenizer)
+    dict_data.save_dictionary(root / "dictionaries" / f"en-{lang}.tsv", pairs, tokenizer)
   synthetic.derive_corpus(["en0 en1 en2", "en3 x4"], tokenizer, "trans", seed=0,
                           output_dir=root / "derived" / "trans")
   return types.SimpleNamespace(dir=root, languages=["en", "de", "fr", "ja"])
@@ -167,7 +167,7 @@ def test_missing_dictionary_names_file_and_command(corpus, tokenizer):
 def context(tokenizer, corpus, model=None, **overrides):
   cfg = dict(dict_mlm.default_config(), **overrides)
   languages = LANGUAGES
-  resources = dict_mlm.load_dictionary_resources(cfg, corpus, tokenizer, languages)
+  resources = dictionary_swap.load_dictionary_resources(cfg, corpus, tokenizer, languages)
   return ObjectiveContext(model=model, config=cfg, vocab_size=tokenizer.vocab_size, mask_id=4, pad_id=1,
                           special_ids=(0, 1, 2, 3, 4), languages=languages, train=False,
                           resources=resources, name="dict_mlm")
@@ -206,7 +206,7 @@ def test_whole_word_positions(tokenizer, corpus):
   pieces = ("▁en0", "s", "▁en1", "▁", "ja0", "▁en2", "犬", "猫", "s")
   ids = np.array([[0] + [tokenizer.id(p) for p in pieces] + [2] + [tokenizer.id("▁en3")]])
   res = context(tokenizer, corpus).resources
-  got = np.asarray(dict_mlm.whole_word_positions(jnp.asarray(ids), res["starts_word"], res["is_boundary"]))
+  got = np.asarray(dictionary_swap.whole_word_positions(jnp.asarray(ids), res["starts_word"], res["is_boundary"]))
   # <s> en0+s(no) s(no) en1(yes) ▁(no) ja0(yes) en2(yes) 犬(yes: 猫 is a word) 猫+s(no) s(no)
   # </s>(yes, special) en3(cut by the row's end: no)
   assert got.tolist() == [[True, False, False, True, False, True, True, True, False, False, True, False]]
@@ -329,12 +329,12 @@ def test_language_aware_lookup(tokenizer, corpus):
   key = jax.random.PRNGKey(0)
   for lang, expected in ((0, [True, False, False, False]), (1, [False, True, True, False]),
                          (2, [False, False, True, False]), (3, [False, False, False, True])):
-    choice, has = dict_mlm.pick_translation(key, res, ids, jnp.full(ids.shape, lang))
+    choice, has = dictionary_swap.pick_translation(key, res, ids, jnp.full(ids.shape, lang))
     assert np.asarray(has)[0].tolist() == expected
     assert (np.asarray(choice)[~np.asarray(has)] == -1).all()
-  choice, _ = dict_mlm.pick_translation(key, res, ids[:, 2:3], jnp.full((1, 1), 2))
+  choice, _ = dictionary_swap.pick_translation(key, res, ids[:, 2:3], jnp.full((1, 1), 2))
   assert int(choice[0, 0]) == tokenizer.id("▁en1")  # "▁de9" read as French
-  _, has = dict_mlm.pick_translation(key, res, ids)  # no languages: every entry counts
+  _, has = dictionary_swap.pick_translation(key, res, ids)  # no languages: every entry counts
   assert np.asarray(has).all()
 
 
@@ -347,7 +347,7 @@ def test_random_replacements_stay_in_the_row_language_range(tokenizer, corpus):
   batch = random_batch(tokenizer)
   lang = np.arange(batch["input_ids"].shape[0]) % 4
   batch["lang_ids"] = jnp.asarray(np.repeat(lang[:, None], batch["input_ids"].shape[1], 1), jnp.int32)
-  m = jax.device_get(jax.jit(lambda k, b: dict_mlm.mask_mono_batch(k, b["input_ids"], b, ctx))(
+  m = jax.device_get(jax.jit(lambda k, b: mlm_core.mask_mono_batch(k, b["input_ids"], b, ctx))(
       jax.random.PRNGKey(4), batch))
   shown = m.input_ids[np.arange(len(lang))[:, None], m.positions]
   low, high = ranges[lang, 0][:, None], ranges[lang, 1][:, None]
@@ -365,7 +365,7 @@ def test_loss_with_no_swap_is_the_mlm_loss(tokenizer, corpus):
   rng = jax.random.PRNGKey(3)
   base = context(tokenizer, corpus, model=model, p_swap=0.0)
   both = jax.jit(lambda p, b, r: (dict_mlm.dict_mlm_loss(p, b, r, base), mlm.mlm_loss(p, b, r, base)))
-  (loss, metrics), (mlm_value, mlm_metrics) = both(params, batch, rng)
+  (loss, metrics, _), (mlm_value, mlm_metrics, _) = both(params, batch, rng)
   np.testing.assert_allclose(loss, mlm_value, rtol=1e-6)
   np.testing.assert_allclose(metrics["accuracy"], mlm_metrics["accuracy"])
   assert float(metrics["weight"]) == float(mlm_metrics["weight"]) > 0

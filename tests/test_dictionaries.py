@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from data_prep import dictionaries, freedict
+from xlm_jax.data import dictionary as dict_format
 
 B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
@@ -213,10 +214,10 @@ PAIRS = [("house", "Haus"), ("dog", "Hund"), ("home", "Haus"), ("bank", "Ufer"),
 
 def test_artifact_round_trip(tmp_path):
   path = tmp_path / "dicts" / "en-de.tsv"
-  sidecar = dictionaries.save_dictionary(path, PAIRS, FakeTokenizer(), metadata={"lang": "de"})
+  sidecar = dict_format.save_dictionary(path, PAIRS, FakeTokenizer(), metadata={"lang": "de"})
   assert sorted(p.name for p in path.parent.iterdir()) == ["en-de.ids.npy", "en-de.json", "en-de.tsv"]
   assert path.read_text(encoding="utf-8") == "house\tHaus\ndog\tHund\nhome\tHaus\nbank\tUfer\nshore\tUfer\n"
-  loaded = dictionaries.load_dictionary(path, vocab_size=FakeTokenizer.vocab_size)
+  loaded = dict_format.load_dictionary(path, vocab_size=FakeTokenizer.vocab_size)
   assert loaded.pairs == PAIRS
   # home = "▁ho" + "me" and shore = <unk> are not one piece; "▁" + "Hund" counts as the piece "Hund".
   np.testing.assert_array_equal(loaded.token_ids, [[6, 7], [9, 8], [10, 11]])
@@ -225,27 +226,27 @@ def test_artifact_round_trip(tmp_path):
   assert loaded.metadata == json.loads(json.dumps(sidecar))
   assert loaded.metadata["tokenizer_sha256"] == hashlib.sha256(b"fake model").hexdigest()
   # Saving again without a tokenizer leaves no stale token ids behind.
-  dictionaries.save_dictionary(path, PAIRS[:2])
-  again = dictionaries.load_dictionary(path)
+  dict_format.save_dictionary(path, PAIRS[:2])
+  again = dict_format.load_dictionary(path)
   assert again.pairs == PAIRS[:2] and again.token_ids is None and again.metadata["token_pairs"] is None
 
 
 def test_token_id_outside_vocabulary_is_refused(tmp_path):
   path = tmp_path / "en-de.tsv"
-  dictionaries.save_dictionary(path, PAIRS, FakeTokenizer())
+  dict_format.save_dictionary(path, PAIRS, FakeTokenizer())
   with pytest.raises(ValueError, match=r"en-de.ids.npy: row 1 holds token id 9, outside \[0, 8\).*rebuild"):
-    dictionaries.load_dictionary(path, vocab_size=8)
+    dict_format.load_dictionary(path, vocab_size=8)
   with pytest.raises(ValueError, match=r"made for vocab_size 14, not 20.*rebuild"):
-    dictionaries.load_dictionary(path, vocab_size=20)
+    dict_format.load_dictionary(path, vocab_size=20)
 
 
 def test_malformed_tsv_names_file_and_line(tmp_path):
   path = tmp_path / "en-fr.tsv"
   path.write_text("house\tmaison\nbroken line\n", encoding="utf-8")
   with pytest.raises(ValueError, match=r"en-fr.tsv:2: expected 'english<TAB>foreign'"):
-    dictionaries.load_dictionary(path)
+    dict_format.load_dictionary(path)
   with pytest.raises(FileNotFoundError, match="xlm-jax data build"):
-    dictionaries.load_dictionary(tmp_path / "missing.tsv")
+    dict_format.load_dictionary(tmp_path / "missing.tsv")
 
 
 def test_word_zipf_uses_wordfreq():

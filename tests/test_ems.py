@@ -58,7 +58,7 @@ def _batch(seed=0, rows=8, length=12):
 
 
 def _loss(ctx, params, batch, rng=0):
-  return ems.ems_loss(params, batch, jax.random.PRNGKey(rng), dataclasses.replace(ctx, train=False))
+  return ems.ems_loss(params, batch, jax.random.PRNGKey(rng), dataclasses.replace(ctx, train=False))[:2]
 
 
 # --- NumPy references -------------------------------------------------------------------------------------
@@ -238,7 +238,7 @@ def _loss_and_grads_on_mesh(mesh_shape, batch):
   shardings = mesh_lib.shardings_from_boxed(boxed, mesh, mesh_lib.logical_rules(config.mesh))
   params = jax.device_put(nn.meta.unbox(boxed), shardings)
   # Dropout on (train=True): its bits do not depend on the sharding either.
-  grad_fn = jax.jit(jax.value_and_grad(lambda p, b: ems.ems_loss(p, b, jax.random.PRNGKey(2), ctx),
+  grad_fn = jax.jit(jax.value_and_grad(lambda p, b: ems.ems_loss(p, b, jax.random.PRNGKey(2), ctx)[:2],
                                        has_aux=True),
                     in_shardings=(shardings, mesh_lib.batch_sharding(mesh)))
   (_, metrics), grads = grad_fn(params, mesh_lib.to_global_batch(batch, mesh))
@@ -362,7 +362,7 @@ def test_contrastive_training_raises_in_sample_retrieval(small_corpus):
 
   @jax.jit
   def train_step(params, opt_state, batch, rng):
-    grads, metrics = jax.grad(lambda p: ems.ems_loss(p, batch, rng, ctx), has_aux=True)(params)
+    grads, metrics = jax.grad(lambda p: ems.ems_loss(p, batch, rng, ctx)[:2], has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, metrics
 

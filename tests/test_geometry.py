@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from xlm_jax.evaluation import geometry
-from xlm_jax.registry import EVALUATORS
+from xlm_jax.evaluation.base import EvalData, EvalModel, from_data
 
 
 def test_principal_ratio_hand_example():
@@ -86,8 +86,10 @@ def _fake_run(corpus_dir, pairs, vectors_of, languages=("en", "de", "fr"), items
       calls.append((lang, pooling, len(texts)))
       return np.stack([vectors_of(t) for t in texts])
 
-  run = types.SimpleNamespace(config=config, corpus=corpus, encoder=lambda state: Encoder())
-  return run, calls
+  data = EvalData(corpus=corpus, tokenizer=None, languages=tuple(languages), seed=0, alpha=0.3,
+                  model_config=None, eval_config=config.eval)
+  model = EvalModel(encode=Encoder().encode, word_embeddings=None, config=None)
+  return (data, model), calls
 
 
 def test_items_built_from_shared_english_side(tmp_path):
@@ -112,10 +114,10 @@ def test_evaluator_reads_retrieval_jsonl_and_scores(tmp_path):
   table = {f"e{i}": base[i] for i in range(6)}
   table.update({f"d{i}": base[i] for i in range(6)})
   table.update({f"f{i}": base[i] + 0.5 for i in range(6)})
-  run, calls = _fake_run(tmp_path, {}, table.__getitem__)
-  evaluator = EVALUATORS.get("geometry")(run)
+  (data, model), calls = _fake_run(tmp_path, {}, table.__getitem__)
+  evaluator = from_data("geometry", data)
   assert [item["id"] for item in evaluator.items] == [f"m{i}" for i in range(6)]
-  out = evaluator(state=None)
+  out = evaluator(model)
   assert sorted(calls) == [("de", "mean", 6), ("en", "mean", 6), ("fr", "mean", 6)]
   en = np.stack([base[i] for i in range(6)])
   assert out["geometry/de/invariance_kl"] == 0.0
@@ -131,6 +133,6 @@ def test_evaluator_reads_retrieval_jsonl_and_scores(tmp_path):
 def test_bad_jsonl_names_file_and_line(tmp_path):
   (tmp_path / "eval").mkdir()
   (tmp_path / "eval" / "retrieval.jsonl").write_text('{"id": 1, "en": "a", "de": "b"}\n{oops\n')
-  run, _ = _fake_run(tmp_path, {}, None, languages=("en", "de"))
+  (data, _), _ = _fake_run(tmp_path, {}, None, languages=("en", "de"))
   with pytest.raises(ValueError, match=r"retrieval.jsonl:2"):
-    EVALUATORS.get("geometry")(run)
+    from_data("geometry", data)

@@ -114,7 +114,7 @@ def test_mlm_loss_equals_numpy_recomputation(label_smoothing):
   ctx = ObjectiveContext(model=model, config=cfg, vocab_size=97, mask_id=4, pad_id=1,
                          special_ids=SPECIALS, languages=("en",), train=False)
   key = jax.random.PRNGKey(7)
-  loss, metrics = mlm_loss(params, batch, key, ctx)
+  loss, metrics, _ = mlm_loss(params, batch, key, ctx)
 
   # Recompute by hand: same mask draw, full-sequence logits, NumPy log-softmax.
   masked = mlm_mask(jax.random.split(key)[0], batch["input_ids"], special_ids=SPECIALS, mask_id=4,

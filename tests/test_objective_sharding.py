@@ -11,14 +11,14 @@ import jax
 import numpy as np
 import pytest
 
-from data_prep.dictionaries import save_dictionary
+from xlm_jax.data.dictionary import save_dictionary
 from xlm_jax import config as config_lib
 from xlm_jax.data.corpus import Corpus
 from xlm_jax.models.encoder import EncoderConfig, Model
-from xlm_jax.train import experiment
 from xlm_jax.train import mesh as mesh_lib
 from xlm_jax.train.optimizer import make_optimizer
 from xlm_jax.train.state import create_train_state
+from xlm_jax.train import trainer
 from xlm_jax.train.trainer import jit_update_steps
 
 # fp32; sharded matmuls and reductions sum in another order. Adam's first steps move a weight by
@@ -86,8 +86,8 @@ def _train(case, corpus, mesh_shape, batches, steps=2, data_parallel_size=None):
       "mlp_dim": 64, "max_positions": SEQ_LEN + 2, "dropout_rate": 0.1,
       "attention_dropout_rate": 0.0, **model_fields}))
   mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[: int(np.prod(mesh_shape))])
-  bound = experiment.bind_objectives(
-      config, model, tokenizer, corpus,
+  bound = trainer.bind_objectives(
+      config, model, tokenizer, trainer.load_objective_resources(config, corpus, tokenizer),
       data_parallel_size=data_parallel_size or mesh_lib.data_parallel_size(mesh))
   tx, schedule = make_optimizer(config.optimizer, 100)
   state, shardings, _ = create_train_state(model, tx, bound, SEQ_LEN, mesh,
@@ -111,7 +111,7 @@ def _batches(case, corpus, steps=2):
   for name, section in config.objectives.items():
     from xlm_jax.registry import OBJECTIVES
     bound_kinds |= set(OBJECTIVES.get(name).batch_kinds(section.to_dict()))
-  iterators = {kind: iter(experiment.make_batch_dataset(kind, config, corpus, tokenizer, "train"))
+  iterators = {kind: iter(trainer.make_batch_dataset(kind, config, corpus, tokenizer, "train"))
                for kind in sorted(bound_kinds)}
   return [{kind: next(it) for kind, it in iterators.items()} for _ in range(steps)]
 

@@ -12,7 +12,11 @@ from xlm_jax import config as config_lib
 from xlm_jax import presets
 from xlm_jax.data.corpus import Corpus
 from xlm_jax.export.export import load_pretrained
-from xlm_jax.train import experiment, trainer, warm_start
+from xlm_jax.models.encoder import Model
+from xlm_jax.train import mesh as mesh_lib
+from xlm_jax.train import trainer, warm_start
+from xlm_jax.train.optimizer import make_optimizer
+from xlm_jax.train.state import create_train_state
 
 
 def _config(small_corpus, objectives, steps, **fields):
@@ -38,6 +42,21 @@ def _config(small_corpus, objectives, steps, **fields):
     section, _, name = key.rpartition("__")
     (c[section] if section else c)[name] = value
   return config_lib.validate(c, source="test_stages")
+
+
+def _fresh_state(config):
+  """(bound objectives, freshly initialised state, shardings) as the trainer builds them."""
+  corpus = trainer.open_corpus(config)
+  tokenizer = trainer.open_tokenizer(config, corpus)
+  model = Model(trainer.model_config(config, tokenizer))
+  mesh = mesh_lib.make_mesh(config.mesh)
+  bound = trainer.bind_objectives(config, model, tokenizer,
+                                  trainer.load_objective_resources(config, corpus, tokenizer),
+                                  mesh_lib.data_parallel_size(mesh))
+  tx, _ = make_optimizer(config.optimizer, config.train.total_steps)
+  state, shardings, _ = create_train_state(model, tx, bound, config.data.seq_len, mesh,
+                                           mesh_lib.logical_rules(config.mesh), config.seed)
+  return bound, state, shardings
 
 
 def _logged(workdir):
@@ -81,10 +100,10 @@ def test_warm_start_copies_matching_weights_and_rebuilds_momentum_copies(small_c
 
   config = _config(small_corpus, {"emma_x": {"stage": "ctl", "queue_size": 64}}, 2,
                    init_from=str(source))
-  run = experiment.build_run(config, tmp_path / "emma")
-  fresh_head = jax.device_get(run.state.params["heads"]["emma_x"])
-  info = warm_start.warm_start(run, source)
-  params = jax.device_get(run.state.params)
+  bound, state, shardings = _fresh_state(config)
+  fresh_head = jax.device_get(state.params["heads"]["emma_x"])
+  state, info = warm_start.warm_start(state, shardings, bound, config.seed, source)
+  params = jax.device_get(state.params)
   # Encoder and MLM head come from the MLM run, bit for bit ...
   for a, b in zip(jax.tree.leaves(params["encoder"]), jax.tree.leaves(saved["params"]["encoder"])):
     np.testing.assert_array_equal(a, b)
@@ -94,10 +113,9 @@ def test_warm_start_copies_matching_weights_and_rebuilds_momentum_copies(small_c
     np.testing.assert_array_equal(a, b)
   assert all(p.startswith("heads/") for p in info["kept"])
   # ... and the momentum key encoder, absent from the MLM run, restarts as a copy of the loaded one.
-  key = jax.device_get(run.state.extra["emma_x"]["key_params"]["encoder"])
+  key = jax.device_get(state.extra["emma_x"]["key_params"]["encoder"])
   for a, b in zip(jax.tree.leaves(key), jax.tree.leaves(saved["params"]["encoder"])):
     np.testing.assert_array_equal(a, b)
-  run.close()
 
 
 def test_warm_start_from_a_folder_without_checkpoints_is_a_clear_error(small_corpus, tmp_path):

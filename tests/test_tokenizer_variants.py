@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sentencepiece import sentencepiece_model_pb2
 
-from data_prep import tokenizer_variants as tv
+from xlm_jax.data import tokenizer_variants as tv
 from xlm_jax.data.tokenizer import Tokenizer
 
 # (determiners, nouns, verbs); "server" and "Linux" are shared by every language: they should become anchors.

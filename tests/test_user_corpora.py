@@ -23,10 +23,11 @@ import pytest
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import utils as tfds_utils
 
-from data_prep import tfds_writer, tokenizer_training
+from data_prep import tfds_writer
 from data_prep.user_corpora import (alpha_sample_files, build_user_text, cli_args, collect_inputs,
                                     corpus_views, reading, tfds_text, units)
 from data_prep.user_corpora.build_text import RecipeText
+from xlm_jax.data import tokenizer_training
 from xlm_jax.data.corpus import SPLITS
 
 # Units (test_fraction 0.2 -> test below bucket 2000), buckets computed once by hand from the rule.

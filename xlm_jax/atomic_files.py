@@ -10,7 +10,7 @@ import os
 import pathlib
 import shutil
 import tempfile
-from typing import Any
+from typing import Any, Sequence
 
 
 def _fsync_dir(path: pathlib.Path) -> None:
@@ -21,11 +21,38 @@ def _fsync_dir(path: pathlib.Path) -> None:
     os.close(fd)
 
 
-def write_directory_atomically(directory: pathlib.Path, files: dict[str, bytes]) -> None:
+def check_replaceable(directory: pathlib.Path, markers: Sequence[str], what: str) -> None:
+  """Raises ValueError unless `directory` is absent, an empty folder, or a folder holding every
+  name in `markers`, i.e. an earlier `what` that a new one may replace. Only reads."""
+  directory = pathlib.Path(directory)
+  if not directory.exists() and not directory.is_symlink():
+    return
+  if not directory.is_dir():
+    raise ValueError(f"{directory} exists and is not a folder; choose another path for the {what}")
+  contents = sorted(p.name for p in directory.iterdir())
+  missing = [name for name in markers if not (directory / name).exists()]
+  if not contents or not missing:
+    return
+  shown = ", ".join(contents[:5]) + (f" and {len(contents) - 5} more" if len(contents) > 5 else "")
+  raise ValueError(f"{directory} is not empty and is not an {what} (it has no {' or '.join(missing)}; "
+                   f"it holds {shown}); refusing to replace it, which would delete those files. "
+                   "Choose another folder, or move its contents away yourself")
+
+
+def write_directory_atomically(directory: pathlib.Path, files: dict[str, bytes], *,
+                               markers: Sequence[str] | None = None,
+                               what: str = "earlier output of this writer") -> None:
   """Writes `files` ({relative name: bytes}) into a staging folder beside `directory`, then
   renames it into place. At worst a crash leaves a hidden `.<name>.tmp-*` folder beside it.
+
+  An existing `directory` is replaced whole. With `markers` (pass them whenever the path comes
+  from a user), it is replaced only if it is an empty folder or holds every name in `markers`
+  (an earlier `what`); anything else is refused with a ValueError naming it, before anything is
+  written, so that a mistyped path never deletes a user's files.
   """
   directory = pathlib.Path(directory)
+  if markers is not None:
+    check_replaceable(directory, markers, what)
   parent = directory.parent
   parent.mkdir(parents=True, exist_ok=True)
   staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import pathlib
 import sys
@@ -17,14 +16,27 @@ _OVERRIDE_PREFIX = "--config."
 
 
 def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-  """Separates `--config.a.b=v` (or `--config.a.b v`) overrides from the other arguments."""
+  """Separates `--config.a.b=v` (or `--config.a.b v`) overrides from the other arguments.
+
+  ValueError for an override without a value (`--config.a.b` last, or followed by another flag):
+  taking the next flag as its value would silently drop that flag.
+  """
   rest, overrides, i = [], [], 0
   while i < len(argv):
     arg = argv[i]
     if arg.startswith(_OVERRIDE_PREFIX):
       item = arg[len(_OVERRIDE_PREFIX):]
-      if "=" not in item and i + 1 < len(argv):
-        item, i = f"{item}={argv[i + 1]}", i + 1
+      field = item.split("=", 1)[0]
+      if not field:
+        raise ValueError(f"override {arg!r} names no field; write --config.<field>=<value>, e.g. "
+                         "--config.train.total_steps=300")
+      if "=" not in item:
+        following = argv[i + 1] if i + 1 < len(argv) else None
+        if following is None or following.startswith("--"):
+          got = "nothing follows it" if following is None else f"it is followed by {following!r}"
+          raise ValueError(f"override {arg} has no value ({got}); write {arg}=<value>, e.g. "
+                           "--config.train.total_steps=300")
+        item, i = f"{item}={following}", i + 1
       overrides.append(item)
     else:
       rest.append(arg)
@@ -32,66 +44,67 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
   return rest, overrides
 
 
-def _workdir_config(workdir: pathlib.Path, overrides: list[str]):
-  from xlm_jax import config as config_lib
-  import ml_collections
-  path = workdir / "config.json"
-  if not path.is_file():
-    raise FileNotFoundError(f"{path} not found: {workdir} is not a training workdir "
-                            "(run `xlm-jax train --config ... --workdir` first)")
-  config = config_lib.validate(ml_collections.ConfigDict(json.loads(path.read_text())),
-                               source=str(path))
-  for item in overrides:
-    config_lib.apply_override(config, item)
-  return config
+def _ensure_corpus(config) -> None:
+  """Builds the configured Debian recipe on first use (the one place training reaches data_prep).
 
-
-def _restored_run(workdir: pathlib.Path, overrides: list[str]):
-  """A Run for an existing workdir with the latest checkpoint's state (no data iterators)."""
-  from xlm_jax.train import checkpoint as ckpt_lib
-  from xlm_jax.train import experiment
-  run = experiment.build_run(_workdir_config(workdir, overrides), workdir, with_data=False)
-  step = run.checkpointer.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint under {run.checkpointer.directory}; train first")
-  meta = run.checkpointer.read_meta(step)
-  ckpt_lib.check_same_model(meta["model"], run.model_config.to_dict(), run.checkpointer.directory)
-  run.state = run.checkpointer.restore(step, run.abstract_state)
-  return run, step
+  Only the Debian recipes (`data.corpus` = gettext8 | debian8) can be built on the fly; any other
+  corpus must exist (`xlm-jax data build ...` with your own text), and the trainer names the
+  command when it is missing.
+  """
+  import jax
+  from xlm_jax.data import derived
+  from xlm_jax.data.corpus import RECIPES, resolve_corpus_dir
+  if not (config.data.build_if_missing and config.data.corpus in RECIPES):
+    return
+  if jax.process_index() == 0:
+    from data_prep import build as corpus_build
+    # Derived languages ("en_trans") are made from a built language on first use, not built here.
+    base_languages = tuple(dict.fromkeys(
+        derived.split_derived(l)[0] if derived.is_derived(l) else l for l in config.data.languages))
+    corpus_build.ensure_corpus(resolve_corpus_dir(config.data.corpus_dir, config.data.corpus),
+                               languages=base_languages, build_if_missing=True,
+                               vocab_size=config.data.vocab_size, seed=config.seed,
+                               recipe=config.data.corpus)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("corpus ready")  # other hosts wait for host 0's build
 
 
 def cmd_train(args, overrides) -> int:
   from xlm_jax import config as config_lib
   from xlm_jax.evaluation import report
+  from xlm_jax.train import workdir as workdir_lib
   from xlm_jax.train.trainer import train_and_evaluate
+  workdir = workdir_lib.check_path(args.workdir)  # before a corpus build, not after
   config = config_lib.load_config(args.config, overrides)
-  summary = train_and_evaluate(config, pathlib.Path(args.workdir))
+  _ensure_corpus(config)
+  summary = train_and_evaluate(config, workdir)
   print("\n" + report.table(report.run_summary_rows(summary), title=f"xlm-jax run {args.workdir}"))
   return 0
 
 
 def cmd_eval(args, overrides) -> int:
-  import jax
   from xlm_jax.evaluation import report
-  workdir = pathlib.Path(args.workdir)
-  run, step = _restored_run(workdir, overrides)
-  results = run.evaluate_all(run.state)  # every host takes part in the evaluation ...
-  if jax.process_index() == 0:           # ... and one writes the report
-    folder = report.write_eval_report(workdir / "eval" / str(step), results,
-                                      {"step": step, "config": run.config.to_dict(),
-                                       "manifest": run.corpus.manifest})
-    print(report.table(sorted(results.items()), title=f"evaluation of {workdir} at step {step}"))
-    print(f"\nwritten to {folder}")
-  run.checkpointer.close()
+  from xlm_jax.train.trainer import evaluate_workdir
+  restored, results = evaluate_workdir(args.workdir, overrides)
+  folder = report.write_eval_report(
+      restored.workdir / "eval" / str(restored.step), results,
+      {"step": restored.step, "config": restored.config.to_dict(),
+       "corpus": restored.meta.get("corpus", ""),
+       "corpus_packages": restored.meta.get("corpus_packages", [])})
+  print(report.table(sorted(results.items()),
+                     title=f"evaluation of {restored.workdir} at step {restored.step}"))
+  print(f"\nwritten to {folder}")
   return 0
 
 
 def cmd_export(args, overrides) -> int:
-  workdir = pathlib.Path(args.workdir)
-  run, step = _restored_run(workdir, overrides)
-  target = run.export(run.state, args.out)
-  run.checkpointer.close()
-  print(f"exported step {step} to {target}")
+  from xlm_jax.train.trainer import export_workdir
+  if overrides:
+    raise ValueError("xlm-jax export takes no --config overrides: it writes the checkpoint as "
+                     "trained (choose the folder with --out)")
+  restored, target = export_workdir(args.workdir, args.out)
+  print(f"exported step {restored.step} to {target}")
   return 0
 
 
@@ -102,7 +115,6 @@ def cmd_data(args, overrides) -> int:
 
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  rest, overrides = _split_overrides(argv)
   parser = argparse.ArgumentParser(prog="xlm-jax", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--log-level", default="WARNING")
@@ -118,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
   p = sub.add_parser("data", help="build, inspect and derive corpora and tokenizers (`xlm-jax data -h`)",
                      add_help=False)
   p.add_argument("data_args", nargs=argparse.REMAINDER)
+  try:
+    rest, overrides = _split_overrides(argv)
+  except ValueError as e:
+    parser.error(str(e))  # usage and the message, exit status 2
   command_at = next((i for i, a in enumerate(rest) if not a.startswith("-")), len(rest))
   if rest[command_at:command_at + 1] == ["data"]:
     # `xlm-jax data ...` hands every later argument (its own -h too) to data_prep's parser.

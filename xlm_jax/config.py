@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import ast
 import difflib
+import fnmatch
 import importlib.util
 import pathlib
-from typing import Any, Sequence
+import re
+from typing import Any, Mapping, Sequence
 
 import ml_collections
 
 from xlm_jax.models.encoder import EncoderConfig
+from xlm_jax.models.encoder_config import check_fields as check_encoder_fields
+from xlm_jax.models.encoder_config import describe_range, in_range
 from xlm_jax.registry import OBJECTIVES
 
 DEFAULT_LANGUAGES = ("en", "de", "fr", "es", "it", "ru", "ja", "zh")
@@ -128,31 +132,57 @@ def default_config() -> ml_collections.ConfigDict:
 
 def _load_module(path: pathlib.Path):
   if not path.is_file():
-    raise FileNotFoundError(f"experiment file {path} does not exist; pass --config experiments/<name>.py")
+    what = "is a folder, not a file" if path.is_dir() else "does not exist"
+    raise FileNotFoundError(f"experiment file {path} {what}; pass --config experiments/<name>.py")
   spec = importlib.util.spec_from_file_location(f"xlm_jax_experiment_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ValueError(f"experiment file {path} has no get_config(arg=None) function")
+  try:
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise ValueError(f"experiment file {path} is not valid Python (line {e.lineno}: {e.msg}); "
+                     "fix it, or pass another --config") from e
+  except Exception as e:  # an import or a statement of the user's file failed
+    raise ValueError(f"experiment file {path} failed while loading: {type(e).__name__}: {e}") from e
+  get_config = getattr(module, "get_config", None)
+  if get_config is None:
+    raise ValueError(f"experiment file {path} has no get_config(arg=None) function; define one "
+                     "that returns an ml_collections.ConfigDict (start from "
+                     "xlm_jax.config.default_config())")
+  if not callable(get_config):
+    raise ValueError(f"experiment file {path}: get_config is a {type(get_config).__name__}, not a "
+                     "function; define `def get_config(arg=None): ...` returning a ConfigDict")
   return module
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
   """Loads `path.py[:variant]`, validates it against the defaults and applies overrides.
 
-  `overrides` are strings `field.path=value` (the `--config.` prefix already stripped).
+  `overrides` are strings `field.path=value` (the `--config.` prefix already stripped). Each is
+  type-checked as it is applied; the values are checked together once all are in, so the order
+  of overrides never matters.
   """
   path_str, _, variant = spec.partition(":")
   path = pathlib.Path(path_str)
   module = _load_module(path)
+  call = f"get_config({variant!r})" if variant else "get_config()"
   try:
     config = module.get_config(variant) if variant else module.get_config()
-  except TypeError as e:
-    raise ValueError(f"{path}: get_config({variant!r}) failed: {e}") from e
+  except ValueError:
+    raise  # the experiment's own message (an unknown variant, say)
+  except Exception as e:
+    raise ValueError(f"{path}: {call} failed: {type(e).__name__}: {e}") from e
+  if not isinstance(config, (dict, ml_collections.ConfigDict)):
+    raise ValueError(f"{path}: {call} returned {type(config).__name__} {_short(config)}, not an "
+                     "ml_collections.ConfigDict; end get_config with `return c` "
+                     "(c = xlm_jax.config.default_config())")
   config = validate(config, source=str(path))
-  for item in overrides:
-    apply_override(config, item)
+  apply_overrides(config, overrides, source=str(path))
   return config
+
+
+def _short(value: Any, limit: int = 60) -> str:
+  text = repr(value)
+  return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def validate(config: ml_collections.ConfigDict, source: str = "config") -> ml_collections.ConfigDict:
@@ -211,8 +241,12 @@ def _coerce(name: str, default: Any, value: Any, source: str) -> Any:
       f"got {type(value).__name__} {value!r}")
 
 
-def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
-  """Applies one `a.b.c=value` override; the value is parsed as a Python literal if it can be."""
+def apply_override(config: ml_collections.ConfigDict, item: str, check: bool = True) -> None:
+  """Applies one `a.b.c=value` override; the value is parsed as a Python literal if it can be.
+
+  The value is type-checked at once; with `check` the whole config's values are checked too
+  (apply_overrides checks once after several, so their order does not matter).
+  """
   if "=" not in item:
     raise ValueError(f"override --config.{item} needs the form --config.<field>=<value>")
   path, raw = item.split("=", 1)
@@ -235,8 +269,22 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
     value = raw  # e.g. --config.data.corpus=123 stays a string
   with node.unlocked():
     node[keys[-1]] = _coerce(path, node[keys[-1]], value, f"--config.{path}")
-  _check_values(config, f"--config.{path}")
+  if check:
+    _check_values(config, f"--config.{path}")
 
+
+def apply_overrides(config: ml_collections.ConfigDict, items: Sequence[str],
+                    source: str = "config") -> None:
+  """Applies `a.b=value` overrides, then checks the values once. A problem is reported with the
+  override that set the field (`--config.a.b=value`), or `source` for a field it did not set."""
+  origins = {}
+  for item in items:
+    apply_override(config, item, check=False)
+    origins[item.split("=", 1)[0]] = f"--config.{item}"
+  _check_values(config, source, origins)
+
+
+# --- Value checks: one table of choices and one of ranges; the model's own are the model's. ------
 
 _CHOICES = {
     "data.packing": ("stream", "segments"),
@@ -244,42 +292,189 @@ _CHOICES = {
     "objective_mixing": ("sum", "alternate"),
     "optimizer.name": ("adamw", "amsgrad"),
     "optimizer.schedule": ("linear", "cosine", "inverse_sqrt", "constant"),
-    "model.remat_policy": ("none", "full", "dots", "dots_no_batch"),
-    "model.dtype": ("float32", "bfloat16", "float16"),
-    "model.param_dtype": ("float32", "bfloat16"),
     "distributed.initialize": ("auto", "yes", "no"),
 }
 
+# Numeric fields: (low, high, low_inclusive, high_inclusive), None = unbounded. Every numeric field
+# of default_config() outside `model` is listed (tests/test_bad_input.py checks it); `model.*` is
+# checked by the encoder's own xlm_jax.models.encoder_config.check_fields.
+_RANGES = {
+    "seed": (None, None, None, None),
+    "data.vocab_size": (1, None, True, None),
+    "data.alpha": (0.0, 1.0, True, True),
+    "data.seq_len": (3, None, True, None),             # <s> x </s>
+    "data.vocab_size_per_lang": (1, None, True, None),
+    "data.pair_seq_len": (0, None, True, None),        # 0 = seq_len // 2
+    "data.foreign_first_rate": (0.0, 1.0, True, True),
+    "data.sentence_len": (0, None, True, None),        # 0 = seq_len
+    "data.eval_sentences": (1, None, True, None),
+    "data.prefetch_threads": (0, None, True, None),
+    "optimizer.learning_rate": (0.0, None, False, None),
+    "optimizer.warmup_steps": (0, None, True, None),
+    "optimizer.end_lr_ratio": (0.0, 1.0, True, True),
+    "optimizer.b1": (0.0, 1.0, True, False),
+    "optimizer.b2": (0.0, 1.0, True, False),
+    "optimizer.eps": (0.0, None, False, None),
+    "optimizer.weight_decay": (0.0, None, True, None),
+    "optimizer.clip_norm": (0.0, None, True, None),    # 0 disables clipping
+    "train.total_steps": (1, None, True, None),
+    "train.batch_size": (1, None, True, None),
+    "train.grad_accum_steps": (1, None, True, None),
+    "train.log_every": (1, None, True, None),
+    "train.eval_every": (0, None, True, None),         # 0 = only at the end
+    "train.checkpoint_every": (1, None, True, None),
+    "train.keep_checkpoints": (1, None, True, None),
+    "train.max_wall_seconds": (0.0, None, True, None),  # 0 = no limit
+    "distributed.num_processes": (0, None, True, None),
+    "distributed.process_id": (-1, None, True, None),
+    "eval.retrieval_items": (1, None, True, None),
+}
+# Mesh axes: -1 (whatever devices remain) or a positive size.
+_MESH_AXES = ("mesh.data", "mesh.fsdp", "mesh.tensor")
 
-def _check_values(config: ml_collections.ConfigDict, source: str) -> None:
+# Objective fields (objectives.<name>.<field>), by field name; the first matching pattern wins.
+OBJECTIVE_RANGES = (
+    ("mask_rate", (0.0, 1.0, False, True)),            # share of tokens predicted: some, at most all
+    ("*learning_rate", (0.0, None, False, None)),
+    ("*label_smoothing", (0.0, 1.0, True, False)),
+    ("*dropout*", (0.0, 1.0, True, False)),
+    ("*_rate", (0.0, 1.0, True, True)),                # mask_token_rate, replace_rate, ...
+    ("p_*", (0.0, 1.0, True, True)),                   # probabilities (p_swap)
+    ("*momentum", (0.0, 1.0, True, True)),
+    ("sample_temperature", (0.0, None, True, None)),   # 0 = argmax
+    ("*temperature*", (0.0, None, False, None)),
+    ("weight", (0.0, None, True, None)),
+    ("*_weight", (0.0, None, True, None)),
+    ("queue_size", (1, None, True, None)),
+    ("num_ranks", (2, None, True, None)),
+    ("placeholder_ratio", (0.0, None, False, None)),
+    ("*_dim", (1, None, True, None)),
+    ("max_translations", (0, None, True, None)),       # 0 = all
+    ("mono_candidates", (0, None, True, None)),
+    ("align_pairs_per_step", (0, None, True, None)),   # 0 = the whole dictionary
+)
+
+# Evaluators that pair every language with English.
+ENGLISH_PIVOT_EVALUATORS = ("retrieval", "geometry", "alignment")
+
+
+def objective_field_range(name: str):
+  """The (low, high, low_inclusive, high_inclusive) range of an objective field, or None."""
+  return next((bounds for pattern, bounds in OBJECTIVE_RANGES if fnmatch.fnmatchcase(name, pattern)),
+              None)
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class _Problems:
+  """Raises ValueError prefixed with where the named fields came from: the overrides that set
+  them (`--config.a.b=v`), else the experiment file (`source`)."""
+
+  def __init__(self, source: str, origins: Mapping[str, str] | None):
+    self.source, self.origins = source, dict(origins or {})
+
+  def fail(self, fields: Sequence[str], message: str):
+    where = list(dict.fromkeys(self.origins[f] for f in fields if f in self.origins))
+    if not where:
+      prefix = self.source
+    elif all(f in self.origins for f in fields):
+      prefix = ", ".join(where)
+    else:
+      prefix = f"{', '.join(where)} (with {self.source})"
+    raise ValueError(f"{prefix}: {message}")
+
+
+def _check_range(problems: _Problems, path: str, value: Any, bounds) -> None:
+  if bounds is None or bounds[0] is None and bounds[1] is None:
+    return
+  if not _is_number(value):
+    problems.fail([path], f"config field {path!r} must be a number {describe_range(*bounds)}, "
+                          f"got {value!r}")
+  if not in_range(value, *bounds):
+    problems.fail([path], f"config field {path!r} must be {describe_range(*bounds)}, got {value!r}")
+
+
+def _check_values(config: ml_collections.ConfigDict, source: str,
+                  origins: Mapping[str, str] | None = None) -> None:
+  problems = _Problems(source, origins)
   for path, choices in _CHOICES.items():
     section, _, key = path.rpartition(".")
     node = config[section] if section else config
     if node[key] not in choices:
-      raise ValueError(f"{source}: config field {path!r} must be one of {choices}, got {node[key]!r}")
-  positive = ("data.seq_len", "train.total_steps", "train.batch_size", "train.grad_accum_steps",
-              "train.log_every", "train.checkpoint_every", "train.keep_checkpoints")
-  for path in positive:
-    section, key = path.split(".")
-    if config[section][key] <= 0:
-      raise ValueError(f"{source}: config field {path!r} must be > 0, got {config[section][key]!r}")
+      problems.fail([path], f"config field {path!r} must be one of {choices}, got {node[key]!r}")
+  for path, bounds in _RANGES.items():
+    section, _, key = path.rpartition(".")
+    _check_range(problems, path, (config[section] if section else config)[key], bounds)
+  for path in _MESH_AXES:
+    value = config.mesh[path.split(".")[1]]
+    if not _is_number(value) or not (value == -1 or value >= 1):
+      problems.fail([path], f"config field {path!r} must be -1 (the devices left) or >= 1, "
+                            f"got {value!r}")
   if config.train.batch_size % config.train.grad_accum_steps:
-    raise ValueError(f"{source}: train.batch_size ({config.train.batch_size}) must be divisible by "
-                     f"train.grad_accum_steps ({config.train.grad_accum_steps})")
+    problems.fail(["train.batch_size", "train.grad_accum_steps"],
+                  f"train.batch_size ({config.train.batch_size}) must be divisible by "
+                  f"train.grad_accum_steps ({config.train.grad_accum_steps})")
+  problem = check_encoder_fields(config.model.to_dict(), prefix="model.")
+  if problem:
+    named = [f"model.{name}" for name in config.model
+             if re.search(rf"\bmodel\.{name}\b", problem)]
+    problems.fail(named, problem)
+  if config.data.seq_len + config.model.pad_id + 1 > config.model.max_positions:
+    problems.fail(["data.seq_len", "model.max_positions"],
+                  f"data.seq_len ({config.data.seq_len}) needs model.max_positions >= "
+                  f"{config.data.seq_len + config.model.pad_id + 1} (positions start at pad_id+1)")
   languages = list(config.data.languages)
   if not languages or any(not isinstance(l, str) or not l.strip() for l in languages):
-    raise ValueError(f"{source}: data.languages must list non-empty language codes, got {languages}")
+    problems.fail(["data.languages"],
+                  f"data.languages must list non-empty language codes, got {languages}")
   if len(set(languages)) != len(languages):
-    raise ValueError(f"{source}: data.languages has duplicates: {languages}")
+    problems.fail(["data.languages"], f"data.languages has duplicates: {languages}")
+  pivoting = [e for e in config.eval.evaluators if e in ENGLISH_PIVOT_EVALUATORS]
+  if pivoting and "en" not in languages:
+    problems.fail(["data.languages", "eval.evaluators"],
+                  f"eval.evaluators {pivoting} pair every language with English, but "
+                  f"data.languages {languages} has no 'en'; add 'en' to data.languages, or drop "
+                  f"{' and '.join(map(repr, pivoting))} from eval.evaluators")
   if not config.objectives:
-    raise ValueError(f"{source}: no objectives; add e.g. config.objectives.mlm = dict(weight=1.0)")
+    problems.fail(["objectives"],
+                  "no objectives; add e.g. config.objectives.mlm = dict(weight=1.0)")
+  _check_objectives(config, problems)
   _check_stages(config, source)
-  if config.model.hidden_size % config.model.num_heads:
-    raise ValueError(f"{source}: model.hidden_size ({config.model.hidden_size}) must be divisible by "
-                     f"model.num_heads ({config.model.num_heads})")
-  if config.data.seq_len + config.model.pad_id + 1 > config.model.max_positions:
-    raise ValueError(f"{source}: data.seq_len ({config.data.seq_len}) needs model.max_positions >= "
-                     f"{config.data.seq_len + config.model.pad_id + 1} (positions start at pad_id+1)")
+
+
+def _check_objectives(config: ml_collections.ConfigDict, problems: _Problems) -> None:
+  """Every objective's numeric fields against OBJECTIVE_RANGES, then the cross-field rules."""
+  for name, section in config.objectives.items():
+    for field, value in section.items():
+      path = f"objectives.{name}.{field}"
+      if _is_number(value):
+        _check_range(problems, path, value, objective_field_range(field))
+    if _is_number(section.get("mask_token_rate")) and _is_number(section.get("random_token_rate")):
+      if section["mask_token_rate"] + section["random_token_rate"] > 1:
+        fields = [f"objectives.{name}.{f}" for f in ("mask_token_rate", "random_token_rate")]
+        problems.fail(fields, f"{fields[0]} ({section['mask_token_rate']}) + {fields[1]} "
+                              f"({section['random_token_rate']}) must be <= 1 (the rest of the "
+                              "chosen tokens stay as they are)")
+    if "queue_size" in section and "mono_candidates" in section:
+      _check_emma_queue(config, name, section, problems)
+
+
+def _check_emma_queue(config, name: str, section, problems: _Problems) -> None:
+  """EMMA-X enqueues 2 keys per pair of the step's parallel_pairs batch (train.batch_size pairs)
+  plus its mono_candidates; a queue smaller than that cannot hold one step's keys."""
+  batch, mono = config.train.batch_size, section["mono_candidates"]
+  fields = [f"objectives.{name}.queue_size", f"objectives.{name}.mono_candidates",
+            "train.batch_size"]
+  if mono > batch:
+    problems.fail(fields[1:], f"{fields[1]} ({mono}) exceeds the rows of the 'sentences' batch "
+                              f"(train.batch_size = {batch}); lower it or raise the batch size")
+  keys = 2 * batch + mono
+  if section["queue_size"] < keys:
+    problems.fail(fields, f"{fields[0]} ({section['queue_size']}) is smaller than the keys EMMA-X "
+                          f"enqueues per step: 2 x train.batch_size ({batch}) + mono_candidates "
+                          f"({mono}) = {keys}; set queue_size >= {keys} or lower train.batch_size")
 
 
 _STAGE_KEYS = ("name", "steps", "fraction", "objectives", "mixing")

@@ -2,7 +2,11 @@
 
 Experiment files name their objectives and evaluators by string (big_vision style). A registry
 looks the name up and, the first time, imports `<package>.<name>` so that the module's
-`@REGISTRY.register(...)` decorator runs. Adding an objective therefore means adding one file.
+`@REGISTRY.register(...)` decorator runs. Adding an objective therefore means adding one file,
+named after the key it registers (`mlm_code_switch.py` registers "mlm_code_switch"): a module
+under another name is found only by importing the whole package, which a typo'd key then pays
+for as well. Modules holding shared helpers (objectives/masking.py, mlm_core.py, ...) register
+nothing and are never looked up by name.
 """
 from __future__ import annotations
 
@@ -41,7 +45,8 @@ class Registry:
         if e.name != f"{self.package}.{name}":
           raise
     if name not in self._entries:
-      # The name may live in a module with another name (e.g. two objectives in one file).
+      # The name may live in a module with another name (evaluation/heldout_mlm.py registers
+      # "mlm"); importing everything once also lists every name for the error below.
       self._import_all()
     if name not in self._entries:
       close = difflib.get_close_matches(name, self.names(), n=3)

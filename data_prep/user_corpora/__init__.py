@@ -9,7 +9,8 @@ Inputs (inputs.py, tfds_text.py): CC-100-style folders (<lang>.txt[.gz|.xz]), Wi
 text field. The train/test split is by md5 of each document (or block of pairs); duplicates and training
 lines equal to a test string are removed exactly, with digests kept on disk (dedup.py). Every dropped or
 altered line is counted by reason in the report. Tokenizer training and TFDS writing then run on the files
-(views.py has the streaming adapters for data_prep.tfds_writer and tokenizer_training).
+(views.py has the streaming adapters for data_prep.tfds_writer and
+xlm_jax.data.tokenizer_training).
 """
 from __future__ import annotations
 

@@ -26,10 +26,12 @@ import time
 
 from data_prep.user_corpora import dedup, units
 from data_prep.user_corpora.inputs import MonoFiles, ParallelFiles, ParallelTsv, UserInputs
-from data_prep.user_corpora.reading import LineDefects
+from data_prep.user_corpora.reading import LineDefects, check_encoding
 from xlm_jax.data.corpus import SPLITS
 
 TEST_BUCKETS = 10_000
+# `dropped` reasons that mean a line could not be read (the others are dedup and split decisions).
+DEFECT_REASONS = ("invalid_utf8", "undecodable", "line_too_long", "tsv_columns")
 DEFAULT_TEST_FRACTION = 0.01
 DEFAULT_MAX_UNIT_LINES = 100
 _STAGING = ".user_text_staging"
@@ -119,7 +121,7 @@ def _write_parallel(outputs: _Outputs, log: dedup.DigestLog, lang: str, en, xx, 
 
 
 def _read_all(inputs: UserInputs, outputs: _Outputs, log: dedup.DigestLog, defects: LineDefects,
-              test_fraction: float, max_unit_lines: int, progress: bool) -> list[dict]:
+              test_fraction: float, max_unit_lines: int, progress: bool, encoding: str = "utf-8") -> list[dict]:
   """Pass 1 over every input; returns the per-input report entries (their counts by name)."""
   entries = []
   for source in [*inputs.mono, *inputs.parallel, *inputs.tfds]:
@@ -129,10 +131,10 @@ def _read_all(inputs: UserInputs, outputs: _Outputs, log: dedup.DigestLog, defec
       print(f"[user corpora] reading {kind} {source.lang}: {source.describe()}", file=sys.stderr, flush=True)
     stats, files = collections.Counter(), {}
     if kind == "parallel":
-      for pairs in units.parallel_units(source, max_unit_lines, defects, stats, files):
+      for pairs in units.parallel_units(source, max_unit_lines, defects, stats, files, encoding):
         _write_parallel_unit(outputs, log, source.lang, pairs, test_fraction)
     else:
-      unit_iter = (units.mono_units(source, max_unit_lines, defects, stats, files) if kind == "mono"
+      unit_iter = (units.mono_units(source, max_unit_lines, defects, stats, files, encoding) if kind == "mono"
                    else units.tfds_units(source, max_unit_lines, defects, stats))
       for lines in unit_iter:
         _write_mono_unit(outputs, log, source.lang, lines, test_fraction)
@@ -214,7 +216,7 @@ def _finish(outputs: _Outputs, log: dedup.DigestLog, text_dir: pathlib.Path,
 
 def build_user_text(work_dir, inputs: UserInputs, *, test_fraction: float = DEFAULT_TEST_FRACTION,
                     max_unit_lines: int = DEFAULT_MAX_UNIT_LINES, strict: bool = False,
-                    progress: bool = False, recipe: RecipeText | None = None) -> dict:
+                    progress: bool = False, recipe: RecipeText | None = None, encoding: str = "utf-8") -> dict:
   """Writes <work_dir>/text/... from checked `inputs` (see inputs.py, tfds_text.py); returns the report.
 
   Every language of the inputs gets all four files (empty where it has no text; no parallel files for
@@ -224,6 +226,8 @@ def build_user_text(work_dir, inputs: UserInputs, *, test_fraction: float = DEFA
   line of each kind), "split" (how test was chosen) and "seconds".
 
   Per-line defects are skipped and counted (warning once per kind), or raised as ValueError if `strict`.
+  Files are decoded as `encoding` (an ASCII-compatible codec; default UTF-8); a binary file (a NUL byte) or
+  one whose lines mostly do not decode fails, naming the file (reading.UNDECODABLE_LINES).
   A `recipe` (RecipeText) is written first, with its own splits, then the inputs; dedup and test-overlap
   removal then run over both, and its languages come first in the report. Each input entry lists its files
   with their size and sha256. `work_dir/text` must not exist yet (the work dir is the build's fresh
@@ -233,6 +237,7 @@ def build_user_text(work_dir, inputs: UserInputs, *, test_fraction: float = DEFA
     raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
   if max_unit_lines < 1:
     raise ValueError(f"max_unit_lines must be at least 1, got {max_unit_lines}")
+  encoding = check_encoding(encoding)
   languages = list(dict.fromkeys([*(recipe.languages() if recipe else []), *inputs.languages()]))
   if not languages:
     raise ValueError("no inputs: pass at least one mono folder, parallel input or TFDS dataset")
@@ -251,7 +256,7 @@ def build_user_text(work_dir, inputs: UserInputs, *, test_fraction: float = DEFA
     try:
       if recipe is not None:
         _write_recipe(recipe, outputs, log)
-      entries = _read_all(inputs, outputs, log, defects, test_fraction, max_unit_lines, progress)
+      entries = _read_all(inputs, outputs, log, defects, test_fraction, max_unit_lines, progress, encoding)
     finally:
       outputs.close()
     kept = _finish(outputs, log, text_dir, dropped)
@@ -270,6 +275,7 @@ def build_user_text(work_dir, inputs: UserInputs, *, test_fraction: float = DEFA
       "dropped": {reason: n for reason, n in sorted(dropped.items()) if n},
       "changed": {reason: n for reason, n in changed.items() if n},
       "inputs": entries, "skipped_inputs": list(inputs.skipped), "first_defects": dict(defects.first),
+      "encoding": encoding,
       "split": {"unit": f"document (blank-line separated) or TFDS example, cut at {max_unit_lines} lines",
                 "hash": "md5", "buckets": TEST_BUCKETS, "test_fraction": test_fraction},
       "seconds": round(time.perf_counter() - start, 1),

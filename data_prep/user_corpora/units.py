@@ -33,12 +33,12 @@ def _no_text(path: pathlib.Path) -> ValueError:
 
 
 def mono_units(source: MonoFiles, max_unit_lines: int, defects: LineDefects, stats: collections.Counter,
-               files: dict | None = None):
+               files: dict | None = None, encoding: str = "utf-8"):
   """Documents of each file in turn; a document never spans two files."""
   for path in source.paths:
     units_before, bad_before = stats["units"], stats["bad_lines"]
     document, full = [], False
-    for text in read_lines(path, defects, stats, files=files):
+    for text in read_lines(path, defects, stats, files=files, encoding=encoding):
       if text:
         if full:  # the document goes on past a full unit: that was a cut
           stats["unit_cuts"] += 1
@@ -85,11 +85,12 @@ def _blocks(rows, max_unit_lines: int, stats: collections.Counter):
     yield from _chunks(block, max_unit_lines, stats)
 
 
-def _aligned(source: ParallelFiles, defects: LineDefects, stats: collections.Counter, files: dict | None):
+def _aligned(source: ParallelFiles, defects: LineDefects, stats: collections.Counter, files: dict | None,
+             encoding: str = "utf-8"):
   """(en, xx) rows of two line-aligned files; ValueError naming both if their lengths differ."""
   en_stats = collections.Counter()
-  en_lines = read_lines(source.en_path, defects, en_stats, files=files)
-  xx_lines = read_lines(source.xx_path, defects, stats, files=files)
+  en_lines = read_lines(source.en_path, defects, en_stats, files=files, encoding=encoding)
+  xx_lines = read_lines(source.xx_path, defects, stats, files=files, encoding=encoding)
   end = object()
   for number, (en, xx) in enumerate(itertools.zip_longest(en_lines, xx_lines, fillvalue=end), start=1):
     if en is end or xx is end:
@@ -103,8 +104,10 @@ def _aligned(source: ParallelFiles, defects: LineDefects, stats: collections.Cou
   stats["bytes"] += en_stats["bytes"]
 
 
-def _tsv_rows(source: ParallelTsv, defects: LineDefects, stats: collections.Counter, files: dict | None):
-  for number, line in enumerate(read_lines(source.path, defects, stats, strip=False, files=files), start=1):
+def _tsv_rows(source: ParallelTsv, defects: LineDefects, stats: collections.Counter, files: dict | None,
+              encoding: str = "utf-8"):
+  lines = read_lines(source.path, defects, stats, strip=False, files=files, encoding=encoding)
+  for number, line in enumerate(lines, start=1):
     if line is None:  # bad, already counted
       yield None, None
       continue
@@ -122,10 +125,10 @@ def _tsv_rows(source: ParallelTsv, defects: LineDefects, stats: collections.Coun
 
 
 def parallel_units(source: ParallelFiles | ParallelTsv, max_unit_lines: int, defects: LineDefects,
-                   stats: collections.Counter, files: dict | None = None):
+                   stats: collections.Counter, files: dict | None = None, encoding: str = "utf-8"):
   """Blocks of (english, foreign) pairs; ValueError if the input has no pair at all."""
-  rows = _tsv_rows(source, defects, stats, files) if isinstance(source, ParallelTsv) else _aligned(
-      source, defects, stats, files)
+  rows = _tsv_rows(source, defects, stats, files, encoding) if isinstance(source, ParallelTsv) else _aligned(
+      source, defects, stats, files, encoding)
   yield from _blocks(rows, max_unit_lines, stats)
   if not stats["pairs"] and not stats["bad_rows"] and not stats["empty_side"]:
     raise _no_text(source.path if isinstance(source, ParallelTsv) else source.en_path)

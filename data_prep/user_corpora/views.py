@@ -2,15 +2,15 @@
 
 data_prep.tfds_writer takes {split: texts} and only asks `if texts` and `for text in texts`, so a view that
 streams a file line by line can stand in for a list and the TFDS files get written without holding the
-corpus in memory. data_prep.tokenizer_training.alpha_sample indexes lists at random; alpha_sample_files
+corpus in memory. xlm_jax.data.tokenizer_training.alpha_sample indexes lists at random; alpha_sample_files
 draws the very same sample with the same generators, but reads each file once, keeping only the sample.
 """
 from __future__ import annotations
 
 import pathlib
 
-from data_prep import tokenizer_training
 from data_prep.user_corpora.build_text import text_path
+from xlm_jax.data import tokenizer_training
 from xlm_jax.data.corpus import SPLITS
 
 

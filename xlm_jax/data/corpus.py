@@ -1,4 +1,4 @@
-"""Read a corpus directory built by `data_prep` (manifest, TFDS sources, plain-text splits, tokenizer).
+"""Read a corpus directory built by `xlm-jax data build` (manifest, TFDS sources, plain-text splits, tokenizer).
 
     <corpus_dir>/manifest.json                          written last: its presence means the build finished
     <corpus_dir>/text/mono/{train,test}/<lang>.txt      one sentence per line
@@ -15,20 +15,31 @@ import os
 import pathlib
 
 FORMAT_VERSION = 1
-DEFAULT_CORPUS_NAME = "gettext8"
+# The corpora `xlm-jax data build` can make from Debian packages alone (no user text). The one list: the
+# builder checks --recipe against it, and training checks it to know whether a missing corpus can be built
+# on the fly without importing the builder.
+RECIPES = ("gettext8", "debian8")
+DEFAULT_CORPUS_NAME = "gettext8"  # the quickstart's corpus (config data.corpus's default)
+DATA_DIR_VARIABLE = "XLM_JAX_DATA_DIR"
+DEFAULT_DATA_DIR = "~/.cache/xlm_jax/data"
 SPLITS = ("train", "test")
 TFDS_VERSION = "1.0.0"
 MANIFEST_KEYS = ("name", "languages", "created", "packages", "heldout_programs", "counts", "dropped",
                  "tokenizer", "format_version")
 
 
-def default_data_dir() -> pathlib.Path:
-  """$XLM_JAX_DATA_DIR if set, else ~/.cache/xlm_jax/data."""
-  return pathlib.Path(os.environ.get("XLM_JAX_DATA_DIR") or "~/.cache/xlm_jax/data").expanduser()
+def resolve_corpus_dir(corpus_dir: str | os.PathLike = "", corpus: str = DEFAULT_CORPUS_NAME) -> pathlib.Path:
+  """Where corpus `corpus` lives: `corpus_dir` if given, else $XLM_JAX_DATA_DIR/<corpus>, else
+  ~/.cache/xlm_jax/data/<corpus>. The one resolver of the builder, the data commands and training.
 
-
-def default_corpus_dir(name: str = DEFAULT_CORPUS_NAME) -> pathlib.Path:
-  return default_data_dir() / name
+  An empty $XLM_JAX_DATA_DIR counts as unset (`XLM_JAX_DATA_DIR= cmd` must not put corpora in the current
+  directory), and "~" is expanded in both.
+  """
+  if corpus_dir:
+    return pathlib.Path(corpus_dir).expanduser()
+  # `or`, not a get() default: an exported-but-empty variable falls back too.
+  root = os.environ.get(DATA_DIR_VARIABLE) or DEFAULT_DATA_DIR
+  return pathlib.Path(root).expanduser() / corpus
 
 
 def build_command(corpus_dir) -> str:

@@ -2,27 +2,28 @@
 
 A derived language is named "<lang>_<op>" in data.languages: "en_trans" is English with every non-special id
 i moved to i + V (a disjoint "script"), "en_trans+inv" also reverses each sentence's word order. Its text is
-`data_prep.synthetic`'s artifact <corpus>/derived/<op>/ (written by `xlm-jax data derive`), already token
-ids, so the pipelines read it without a tokenizer call (`DerivedSource.pretokenized`). A missing artifact is
-derived on first use with the same code and defaults as the command.
+the artifact <corpus>/derived/<op>/ (`xlm_jax.data.synthetic`'s format), already token ids, so the
+pipelines read it without a tokenizer call (`DerivedSource.pretokenized`). `derive_language` writes that
+folder; both `xlm-jax data derive` and `ensure_derived` (a missing artifact is derived on first use, seed 0
+unless asked otherwise) call it, so the two make the same folder.
 
 The artifact folder is named by op only, so one corpus holds one derived language per op; a folder made
 from another source language, another tokenizer or another seed is an error that says how to remake it.
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
+import dataclasses
 import hashlib
-import io
 import json
 import logging
+import os
 import pathlib
 import threading
 
 import numpy as np
 
-from data_prep import synthetic
+from xlm_jax.data import synthetic
+from xlm_jax.data.corpus import Corpus, build_command
 
 DERIVED_DIR = "derived"
 MANIFEST = "derived.json"
@@ -115,23 +116,93 @@ def check_manifest(corpus, name: str, manifest: dict, tokenizer=None, seed: int 
                        f"`{remake}`")
 
 
+def classification_test_rows(corpus, lang: str) -> list[dict]:
+  """Rows of <corpus>/eval/classification/test.jsonl in `lang`, in file order ([] without the file)."""
+  path = pathlib.Path(corpus.dir) / "eval" / "classification" / "test.jsonl"
+  if not path.is_file():
+    return []
+  rows = []
+  for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+      if row["lang"] == lang:
+        rows.append({"id": row["id"], "text": row["text"]})
+    except (ValueError, KeyError, TypeError) as err:
+      raise ValueError(f"{path}:{number}: not a classification row with id, lang and text ({err}); "
+                       f"rebuild the corpus (`{build_command(corpus.dir)} --force`)") from err
+  return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class DerivedLanguage:
+  """A derived language that `derive_language` wrote: its folder and what was derived."""
+  path: pathlib.Path                 # <corpus>/derived/<op with '+'>/
+  lang: str                          # the source language
+  seed: int
+  derived: synthetic.DerivedCorpus   # train ids, implicit dictionary, eval sets, derived.json fields
+
+  def report(self) -> str:
+    """The summary `xlm-jax data derive` prints (and `ensure_derived` logs), several lines."""
+    result, out_dir = self.derived, self.path
+    source_size = result.vocab_size // 2
+    eval_sets = ", ".join(f"{name} {len(seqs)} rows (eval/{name}.jsonl)" for name, seqs in result.eval_ids.items())
+    return "\n".join([
+        f"derived language {result.op!r} of {self.lang} (seed {self.seed}) -> {out_dir}",
+        f"  train {len(result.ids)} sequences; vocab_size {result.vocab_size} (source {source_size} + "
+        f"derived); {len(result.manifest['overlap_ids'])} overlap ids",
+        "  eval sets: " + eval_sets,
+        f"  implicit dictionary: {len(result.dictionary)} pairs (i, i + {source_size}) in "
+        f"{out_dir / 'dictionary.npy'} (+ dictionary.json)"])
+
+
+def derive_language(corpus, op: str, lang: str = "en", seed: int = 0, overlap=None) -> DerivedLanguage:
+  """Derives a synthetic language from `lang`'s training text with the corpus's joint tokenizer and writes
+  it (atomically, replacing an old one) to <corpus>/derived/<op with '+'>/: shuffled train text, implicit
+  dictionary, derived eval sets (the language's test split; its classification test rows when the corpus
+  has eval/classification).
+
+  corpus: a Corpus or a corpus folder. op: one of synthetic.OPS ('+' may replace '∘'). overlap: ids, or
+  the path of an overlap file (ids or pieces that `trans` leaves shared). ValueError for an unknown op or a
+  language the corpus lacks.
+  """
+  # The op is checked before the corpus is opened, so a typo is reported as such even without a corpus.
+  op = canonical_op(op)
+  if isinstance(corpus, (str, os.PathLike)):
+    corpus = Corpus(corpus)
+  corpus.check_languages([lang])
+  eval_texts = {"test": corpus.mono_texts(lang, "test")}
+  eval_sources = {"test": f"text/mono/test/{lang}.txt"}
+  rows = classification_test_rows(corpus, lang)
+  if rows:
+    eval_texts["classification_test"] = [row["text"] for row in rows]
+    # The derived rows keep this order; the ids join them back to their labels in the source file.
+    eval_sources["classification_test"] = {"file": "eval/classification/test.jsonl", "lang": lang,
+                                           "ids": [row["id"] for row in rows]}
+  result = synthetic.derive_corpus(corpus.mono_texts(lang, "train"), corpus.tokenizer(), op, seed,
+                                   overlap=overlap, eval_texts=eval_texts, source_language=lang)
+  # Recorded so that a reader of the derived eval set can find the rows (and labels) it came from.
+  result.manifest["eval_sources"] = eval_sources
+  # ASCII folder names: "∘" is awkward in shells and on some file systems.
+  out_dir = pathlib.Path(corpus.dir) / DERIVED_DIR / op.replace("∘", "+")
+  synthetic.write_derived_corpus(result, out_dir)
+  return DerivedLanguage(out_dir, lang, seed, result)
+
+
 def ensure_derived(corpus, name: str, tokenizer=None, seed: int | None = None) -> pathlib.Path:
   """The checked folder of derived language `name`, derived first if missing (seed 0 unless given).
 
-  Building runs `xlm-jax data derive` in-process (data_prep.cli.derive_main, so the folder is exactly what
-  the command writes: train text, implicit dictionary, derived test split); its report goes to the log.
+  Building calls `derive_language`, as `xlm-jax data derive` does, so the folder is exactly what the
+  command writes (train text, implicit dictionary, derived test split); its report goes to the log.
   """
   folder = derived_dir(corpus, name)
   lang, op = split_derived(name)
   with _BUILD_LOCK:
     if not (folder / MANIFEST).is_file():
-      from data_prep import cli  # deferred: the build tools are only needed to derive
-      corpus.check_languages([lang])
-      report = io.StringIO()
-      with contextlib.redirect_stdout(report):
-        cli.derive_main(argparse.Namespace(corpus_dir=str(corpus.dir), op=op, lang=lang, overlap=None,
-                                           seed=0 if seed is None else seed))
-      logging.info("derived %s on first use:\n%s", name, report.getvalue().rstrip())
+      made = derive_language(corpus, op, lang, seed=0 if seed is None else seed)
+      logging.info("derived %s on first use:\n%s", name, made.report())
+  # Checked even right after deriving: the folder may predate this run (another seed or tokenizer).
   check_manifest(corpus, name, read_manifest(corpus, name), tokenizer, seed)
   return folder
 

@@ -1,9 +1,11 @@
-"""Bilingual dictionaries at training time: the token-id pairs of a run's languages as arrays.
+"""Bilingual dictionaries: their saved format, and at training time the token-id pairs of a run's languages
+as arrays.
 
-Two kinds of artifact, both written by data_prep:
+Two kinds of artifact, both part of a built corpus:
 
-    <corpus>/dictionaries/en-<lang>.tsv (+ .ids.npy, .json)   a word dictionary (save_dictionary); its
-        token pairs are (English id, foreign id) of words that are single pieces
+    <corpus>/dictionaries/en-<lang>.tsv (+ .ids.npy, .json)   a word dictionary (save_dictionary, written
+        by `xlm-jax data build --recipe debian8`; load_dictionary); its token pairs are (English id,
+        foreign id) of words that are single pieces
     <corpus>/derived/<op>/dictionary.npy (+ .json)            the implicit dictionary i <-> i + V of a
         derived (synthetic) language, named "<lang>_<op>" in data.languages ("en_trans";
         xlm_jax.data.derived), derived on first use like the pipelines do
@@ -13,19 +15,22 @@ host-side numpy; objectives receive them through `load_resources` and bake them 
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
+import json
+import os
 import pathlib
+import tempfile
 import unicodedata
 
 import numpy as np
 
-from data_prep import dictionaries as dict_lib
-from data_prep import synthetic
-from xlm_jax.data import derived
+from xlm_jax.data import derived, synthetic
 from xlm_jax.data.corpus import build_command
 
 PIVOT_LANGUAGE = "en"
-WORD_BOUNDARY_PIECE = dict_lib.WORD_BOUNDARY_PIECE  # "▁"
+WORD_BOUNDARY_PIECE = "\u2581"  # SentencePiece's "▁"
 # Unicode name prefixes of scripts written without spaces between words.
 UNSPACED_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "IDEOGRAPHIC", "THAI", "LAO", "KHMER", "MYANMAR")
 
@@ -33,6 +38,159 @@ UNSPACED_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "IDEOGRAPHIC", "THAI", "LAO",
 def word_dictionary_path(corpus_dir, lang: str) -> pathlib.Path:
   """<corpus>/dictionaries/en-<lang>.tsv (the word-pair TSV; the token ids sit beside it)."""
   return pathlib.Path(corpus_dir) / "dictionaries" / f"{PIVOT_LANGUAGE}-{lang}.tsv"
+
+
+# --- The saved word-dictionary format (written by the corpus build, read here and by the evaluators) -------
+
+FORMAT_VERSION = 1
+_REBUILD_HINT = "rebuild it with the corpus's tokenizer (save_dictionary(path, pairs, tokenizer))"
+
+
+def artifact_paths(path) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
+  """(word-pair TSV, token-id .npy, JSON sidecar) of the dictionary artifact at `path` (the TSV)."""
+  path = pathlib.Path(path)
+  return path, path.with_suffix(".ids.npy"), path.with_suffix(".json")
+
+
+def single_piece_ids(tokenizer, words, lang: str | None = None) -> dict[str, int | None]:
+  """The id of each word that is one tokenizer piece, else None.
+
+  A word encodes either as one piece ("▁house") or as the bare word-boundary piece plus one piece ("▁" +
+  "犬": how words of unspaced scripts, and rarer words, appear in running text). Both count; the id kept is
+  the content piece. Special pieces (<unk>) never count. `lang` is passed to tokenizers whose vocabulary
+  is split by language (the "no anchors" LanguageTaggedTokenizer).
+  """
+  words = list(dict.fromkeys(words))
+  special = set(getattr(tokenizer, "special_ids", ()))
+  result = {}
+  encoded = tokenizer.encode(words) if lang is None else tokenizer.encode(words, lang)
+  for word, ids in zip(words, encoded):
+    if len(ids) == 2 and tokenizer.id_to_piece(ids[0]) == WORD_BOUNDARY_PIECE:
+      ids = ids[1:]  # the bare "▁" only marks the preceding space; the word is the piece after it
+    result[word] = ids[0] if len(ids) == 1 and ids[0] not in special else None
+  return result
+
+
+def token_pairs(pairs, tokenizer, dropped: collections.Counter, lang: str | None = None) -> np.ndarray:
+  """int32 [N, 2] ids of the pairs whose words are both one piece; unique, in pair order.
+
+  `lang` (the foreign side's language) is needed by tokenizers whose vocabulary is split by language;
+  the English side is then encoded as "en".
+  """
+  if lang is None:
+    en_ids = xx_ids = single_piece_ids(tokenizer, [w for pair in pairs for w in pair])
+  else:
+    en_ids = single_piece_ids(tokenizer, [en for en, _ in pairs], "en")
+    xx_ids = single_piece_ids(tokenizer, [xx for _, xx in pairs], lang)
+  kept = {}
+  for en, xx in pairs:
+    if en_ids[en] is None or xx_ids[xx] is None:
+      dropped["not_single_piece"] += 1
+    elif en_ids[en] == xx_ids[xx]:
+      dropped["same_piece"] += 1  # cos(E[i], E[i]) = 1: nothing to align
+    elif (en_ids[en], xx_ids[xx]) in kept:
+      dropped["duplicate_ids"] += 1
+    else:
+      kept[en_ids[en], xx_ids[xx]] = None
+  return np.array(list(kept), dtype=np.int32).reshape(-1, 2)
+
+
+def _replace_atomically(path: pathlib.Path, write) -> None:
+  """Calls write(binary file) on a temporary file next to `path`, then renames it over `path`."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      write(f)
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def save_dictionary(path, pairs, tokenizer=None, metadata: dict | None = None) -> dict:
+  """Writes the dictionary artifact at `path` (e.g. <dir>/en-de.tsv); returns the sidecar.
+
+    en-de.tsv       "english<TAB>foreign" per line, UTF-8
+    en-de.ids.npy   with a tokenizer: int32 [N, 2] (English id, foreign id) of the pairs whose words are
+                    both one piece (single_piece_ids)
+    en-de.json      counts, dropped, vocab_size and tokenizer sha256 (the ids mean nothing with another
+                    model), and `metadata` (e.g. the LanguageDictionary counts) under "build"
+  Each file is replaced atomically; without a tokenizer a stale .ids.npy of an earlier save is removed.
+  """
+  tsv_path, ids_path, json_path = artifact_paths(path)
+  pairs = [(en, xx) for en, xx in pairs]
+  for lineno, (en, xx) in enumerate(pairs, 1):
+    if not en or not xx or any(ch in "\t\n\r" for ch in en + xx):
+      raise ValueError(f"pair {lineno} ({en!r}, {xx!r}) cannot be written to {tsv_path}: words must be "
+                       "non-empty and hold no tab or newline")
+  sidecar = {"format_version": FORMAT_VERSION, "word_pairs": len(pairs), "token_pairs": None,
+             "vocab_size": None, "tokenizer_sha256": None, "dropped": {}, "build": metadata or {}}
+  if tokenizer is not None:
+    dropped = collections.Counter()
+    ids = token_pairs(pairs, tokenizer, dropped)
+    serialized = tokenizer.serialized() if hasattr(tokenizer, "serialized") else None
+    sidecar.update(token_pairs=len(ids), vocab_size=int(tokenizer.vocab_size), dropped=dict(dropped),
+                   tokenizer_sha256=hashlib.sha256(serialized).hexdigest() if serialized else None)
+    _replace_atomically(ids_path, lambda f: np.save(f, ids, allow_pickle=False))
+  else:
+    ids_path.unlink(missing_ok=True)
+  sidecar_text = json.dumps(sidecar, indent=1, ensure_ascii=False)
+  _replace_atomically(json_path, lambda f: f.write(sidecar_text.encode("utf-8")))
+  # The TSV goes last: load_dictionary looks for it first, so a first save that crashes leaves no
+  # dictionary rather than ids without their words.
+  text = "".join(f"{en}\t{xx}\n" for en, xx in pairs)
+  _replace_atomically(tsv_path, lambda f: f.write(text.encode("utf-8")))
+  return sidecar
+
+
+@dataclasses.dataclass
+class Dictionary:
+  """A loaded dictionary artifact: word pairs, token-id pairs ([N, 2] int32, or None) and the sidecar."""
+  pairs: list[tuple[str, str]]
+  token_ids: np.ndarray | None
+  metadata: dict
+
+
+def load_dictionary(path, vocab_size: int | None = None) -> Dictionary:
+  """Reads and validates a save_dictionary artifact. ValueError for a malformed TSV line (naming file and
+  line), a token-id file that is not int [N, 2], and, given vocab_size, a token id outside [0, vocab_size)
+  (naming file and row) or a sidecar that says the ids were made for another vocabulary size."""
+  tsv_path, ids_path, json_path = artifact_paths(path)
+  if not tsv_path.is_file():
+    raise FileNotFoundError(f"dictionary {tsv_path} not found; build it with `xlm-jax data build`")
+  pairs = []
+  with open(tsv_path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      fields = line.rstrip("\n").split("\t")
+      if len(fields) != 2 or not all(fields):
+        raise ValueError(f"{tsv_path}:{lineno}: expected 'english<TAB>foreign' with two non-empty words, got "
+                         f"{line.rstrip()!r}; fix the line or rebuild the dictionary (`xlm-jax data build`)")
+      pairs.append((fields[0], fields[1]))
+  metadata = json.loads(json_path.read_text(encoding="utf-8")) if json_path.is_file() else {}
+  if not ids_path.is_file():
+    return Dictionary(pairs, None, metadata)
+  try:
+    ids = np.load(ids_path, allow_pickle=False)
+  except (OSError, ValueError) as err:
+    raise ValueError(f"{ids_path} is not a token-id .npy file ({err}); {_REBUILD_HINT}") from err
+  if ids.ndim != 2 or ids.shape[1] != 2 or not np.issubdtype(ids.dtype, np.integer):
+    raise ValueError(f"{ids_path}: expected integer token-id pairs of shape [N, 2], got {ids.dtype} "
+                     f"{list(ids.shape)}; {_REBUILD_HINT}")
+  if vocab_size is not None:
+    bad = np.argwhere((ids < 0) | (ids >= vocab_size))
+    if len(bad):
+      row, col = (int(v) for v in bad[0])
+      raise ValueError(f"{ids_path}: row {row} holds token id {int(ids[row, col])}, outside [0, {vocab_size})"
+                       f" of this tokenizer, so it was made with another tokenizer: {_REBUILD_HINT}")
+    built_for = metadata.get("vocab_size")
+    if built_for is not None and built_for != vocab_size:
+      raise ValueError(f"{json_path}: token ids were made for vocab_size {built_for}, not {vocab_size}; "
+                       f"{_REBUILD_HINT}")
+  return Dictionary(pairs, ids.astype(np.int32), metadata)
+
+
+# --- Dictionaries of a run ---------------------------------------------------------------------------------
 
 
 def dictionary_names(languages, configured=()) -> tuple[str, ...]:
@@ -49,9 +207,9 @@ def load_word_pairs(corpus_dir, lang: str, vocab_size: int) -> np.ndarray:
         f"no dictionary for language {lang!r}: {path} not found. Corpora of the debian8 recipe have "
         f"them: `{build_command(corpus_dir)} --recipe debian8 --force`; or leave {lang!r} out of the "
         "objective's `dictionary_languages` (derived languages are named '<lang>_<op>', e.g. 'en_trans')")
-  loaded = dict_lib.load_dictionary(path, vocab_size=vocab_size)
+  loaded = load_dictionary(path, vocab_size=vocab_size)
   if loaded.token_ids is None:
-    raise ValueError(f"{dict_lib.artifact_paths(path)[1]} not found: {path} was saved without a "
+    raise ValueError(f"{artifact_paths(path)[1]} not found: {path} was saved without a "
                      "tokenizer, so it has no token ids; rebuild the corpus "
                      f"(`{build_command(corpus_dir)} --recipe debian8 --force`)")
   return loaded.token_ids

@@ -1,7 +1,7 @@
 """The tokenizers training uses: the shared SentencePiece model and the per-language vocabulary modes.
 
-Special ids follow XLM-R/fairseq: <s>=0 (cls), <pad>=1, </s>=2 (sep), <unk>=3, <mask>=4; data_prep trains the
-model with exactly this layout. `encode` adds no <s>/</s>: packing decides where they go.
+Special ids follow XLM-R/fairseq: <s>=0 (cls), <pad>=1, </s>=2 (sep), <unk>=3, <mask>=4;
+xlm_jax.data.tokenizer_training trains every model with exactly this layout. `encode` adds no <s>/</s>: packing decides where they go.
 
 Vocabulary modes (Conneau, Wu et al. 2020, "Emerging cross-lingual structure"), `load_tokenizer`:
   joint       the corpus's SentencePiece model, trained on all languages at once (spm/spm.model)
@@ -51,7 +51,7 @@ class Tokenizer:
     mask_id = processor.piece_to_id(MASK_PIECE)
     if mask_id == processor.unk_id():
       raise ValueError(f"{source} has no {MASK_PIECE} piece; train it with user_defined_symbols=['<mask>'] "
-                       "(data_prep does)")
+                       "(xlm_jax.data.tokenizer_training.train_sentencepiece does)")
     self._model_bytes = model_bytes
     self._processor = processor
     self.mask_id = mask_id
@@ -156,7 +156,8 @@ def load_tokenizer(corpus, vocabulary: str = "joint", seed: int = 0,
     raise ValueError(f"unknown vocabulary {vocabulary!r}; use one of {VOCABULARIES}")
   if vocabulary == "joint":
     return Tokenizer(corpus.tokenizer_path)
-  from data_prep import tokenizer_variants  # deferred: training per-language models is a build step
+  # Deferred: only the union / no_anchors modes need the per-language training and tagged tokenizer code.
+  from xlm_jax.data import tokenizer_variants
   folder = pathlib.Path(corpus.dir) / TOKENIZERS_DIR / vocabulary
   marker = folder / ("spm.model" if vocabulary == "union" else "tokenizer.json")
   with _BUILD_LOCK:

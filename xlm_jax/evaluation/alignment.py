@@ -11,7 +11,7 @@ the table's dimensions (fewer leave W arbitrary on the rest of the space). Sets:
            one tokenizer piece (as the training dictionaries); English -> <lang>; any listed
            translation counts
   <lang>_<op>  each derived run language ("en_trans", xlm_jax.data.derived) whose ids fit the model's
-           table: its implicit dictionary i <-> i + V, scored by data_prep.synthetic.alignment_accuracy
+           table: its implicit dictionary i <-> i + V, scored by the same dictionary_alignment_accuracy
 
 Metrics (percentages): alignment/<set>/accuracy, alignment/<set>/procrustes_accuracy,
 alignment/<set>/pairs, and their means over sets. Sets without data are skipped with a logged note.
@@ -24,12 +24,9 @@ import pathlib
 
 import numpy as np
 
+from xlm_jax.data import derived, synthetic
+from xlm_jax.data.dictionary import load_dictionary, token_pairs
 from xlm_jax.data.tokenizer import needs_language
-
-from data_prep import dictionaries as dict_lib
-from data_prep import synthetic
-from xlm_jax.data import derived
-from xlm_jax.objectives.align_mlm import word_embedding_table
 from xlm_jax.registry import EVALUATORS
 
 EVAL_FRACTION = 0.9
@@ -37,7 +34,10 @@ PROCRUSTES_FRACTION = 0.05
 
 
 def split_source_ids(ids, seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """(evaluated 90%, Procrustes 5%) of `ids`, disjoint; the split alignment_accuracy makes."""
+  """(evaluated 90%, Procrustes 5%) of `ids`, disjoint; the split dictionary_alignment_accuracy makes.
+
+  The 5% come right after the 90% in one seeded permutation, so they never overlap and a given seed
+  always evaluates the same ids."""
   ids = np.asarray(ids, np.int64)
   shuffled = np.random.default_rng(seed).permutation(ids)
   num_eval = int(round(EVAL_FRACTION * len(ids)))
@@ -53,20 +53,26 @@ def _normalise(rows: np.ndarray) -> np.ndarray:
 def dictionary_alignment_accuracy(table, pairs, seed: int, procrustes: bool = False) -> float:
   """% of a seeded 90% of the source ids (pairs[:, 0]) whose cosine nearest neighbour among the target
   ids (pairs[:, 1]) is one of their translations; optionally after a Procrustes map learned on the
-  pairs of a disjoint 5% of the source ids. With one-to-one pairs (i, i + V) it equals
-  synthetic.alignment_accuracy(E[:V], E[V:2V], i, seed) (and its Procrustes variant)."""
+  pairs of a disjoint 5% of the source ids.
+
+  The one alignment metric of the project: word dictionaries (a source id may have several
+  translations) and a derived language's implicit dictionary (i, i + V), where it is the nearest
+  neighbour of E[i] among E[V:2V] being E[i + V] (Deshpande et al. 2022's metric)."""
   table = _normalise(table)
   pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
   gold = collections.defaultdict(set)
   for source, target in pairs:
     gold[int(source)].add(int(target))
+  # Split over unique source ids, not pairs: a word with many translations counts once.
   eval_ids, train_ids = split_source_ids(np.unique(pairs[:, 0]), seed)
+  # Only the set's own target ids compete, not the whole vocabulary (as in BLI).
   candidates = np.unique(pairs[:, 1])
   queries = table[eval_ids]
   if procrustes:
     if len(train_ids) == 0:
       raise ValueError(f"{len(gold)} source ids leave no 5% to learn the Procrustes map from")
     train = pairs[np.isin(pairs[:, 0], train_ids)]
+    # Orthogonal Procrustes: W = U V^T maximises trace(W^T X^T Y), i.e. x W ~ y, keeping cosines intact.
     u, _, vt = np.linalg.svd(table[train[:, 0]].T @ table[train[:, 1]])
     queries = _normalise(queries @ (u @ vt))
   nearest = candidates[np.argmax(queries @ table[candidates].T, axis=1)]
@@ -77,9 +83,10 @@ def dictionary_alignment_accuracy(table, pairs, seed: int, procrustes: bool = Fa
 def bli_token_pairs(path, tokenizer, lang: str | None = None) -> np.ndarray:
   """int32 [N, 2] single-piece (English id, foreign id) pairs of a BLI test TSV; `lang` (the
   foreign language) matters for vocabularies split by language."""
-  pairs = dict_lib.load_dictionary(path).pairs
+  pairs = load_dictionary(path).pairs
+  # A shared vocabulary encodes every language alike; only per-language id ranges need the language.
   split = lang if needs_language(tokenizer) else None
-  return dict_lib.token_pairs(pairs, tokenizer, collections.Counter(), lang=split)
+  return token_pairs(pairs, tokenizer, collections.Counter(), lang=split)
 
 
 def derived_pairs(corpus, name: str, table_rows: int):
@@ -106,38 +113,48 @@ def derived_pairs(corpus, name: str, table_rows: int):
 class Alignment:
   """Alignment % (plain and Procrustes) of dictionary pairs in the word-embedding table."""
 
-  def __init__(self, run):
-    self.run = run
-    self.seed = int(run.config.seed)
-    model_config = run.model.config
+  @staticmethod
+  def collect(data) -> dict:
+    """Token-id pairs per set: held-out BLI words (single pieces on both sides) and the implicit
+    dictionaries of derived languages whose ids fit the model's table."""
+    model_config = data.model_config
     if getattr(model_config, "separate_embeddings", False):
       raise ValueError("the alignment evaluator compares rows of one shared word-embedding table, but "
                        "model.separate_embeddings is on; drop 'alignment' from eval.evaluators")
     rows = model_config.vocab_size
-    corpus = run.corpus
-    self.word_sets, self.derived_sets = {}, {}
-    for lang in run.config.data.languages:
+    corpus = data.corpus
+    sets = {"seed": int(data.seed), "word": [], "derived": {}}
+    for lang in data.languages:
       if lang == "en":
         continue
       if derived.is_derived(lang):
         found = derived_pairs(corpus, lang, rows)
         if found is not None:
-          self.derived_sets[lang] = found
+          sets[f"derived/{lang}"] = found[0]
+          sets["derived"][lang] = int(found[1])
         continue
       path = pathlib.Path(corpus.dir) / "eval" / "bli" / f"en-{lang}.tsv"
       if not path.is_file():
         logging.info("alignment: skipping %s: no BLI test pairs (%s not found)", lang, path)
         continue
-      pairs = bli_token_pairs(path, run.tokenizer, lang)
+      pairs = bli_token_pairs(path, data.tokenizer, lang)
       pairs = pairs[(pairs < rows).all(axis=1)]
       if not len(pairs):
         logging.info("alignment: skipping %s: no BLI pair of %s is single-piece on both sides", lang, path)
         continue
-      self.word_sets[lang] = pairs
+      sets[f"word/{lang}"] = pairs
+      sets["word"].append(lang)
+    return sets
 
-  def __call__(self, state) -> dict:
-    from xlm_jax.train import mesh as mesh_lib  # deferred: tests score tables without a mesh
-    table = np.asarray(mesh_lib.host_copy(word_embedding_table(state.params, self.run.model.config)))
+  def __init__(self, sets: dict, eval_config):
+    del eval_config  # the sets fix everything this evaluator reads
+    self.seed = int(sets["seed"])
+    self.word_sets = {lang: np.asarray(sets[f"word/{lang}"]) for lang in sets["word"]}
+    self.derived_sets = {lang: (np.asarray(sets[f"derived/{lang}"]), int(size))
+                         for lang, size in sets["derived"].items()}
+
+  def __call__(self, model) -> dict:
+    table = np.asarray(model.word_embeddings())
     out = {}
     for name, pairs in self.word_sets.items():
       out.update(self._set_scores(table, name, pairs))
@@ -150,13 +167,11 @@ class Alignment:
     return out
 
   def _set_scores(self, table, name: str, pairs, derived_size: int = 0) -> dict:
-    """Scores of one set; a derived language goes through data_prep.synthetic's own functions."""
+    """Scores of one set, word dictionary or derived language alike (dictionary_alignment_accuracy).
+
+    derived_size (V of a derived set) is not needed: its pairs (i, i + V) already name the rows."""
+    del derived_size
     def score(procrustes: bool) -> float:
-      if derived_size:
-        reference = (synthetic.procrustes_alignment_accuracy if procrustes
-                     else synthetic.alignment_accuracy)
-        return reference(table[:derived_size], table[derived_size:2 * derived_size], pairs[:, 0],
-                         self.seed)
       return dictionary_alignment_accuracy(table, pairs, self.seed, procrustes)
 
     num_source_ids = len(np.unique(pairs[:, 0]))

@@ -143,23 +143,26 @@ def geometry_metrics(vectors: dict[str, np.ndarray]) -> dict:
 class Geometry:
   """Invariance, canonical form and isotropy of the model's sentence vectors."""
 
-  def __init__(self, run):
-    self.run = run
-    eval_cfg = run.config.eval
+  @staticmethod
+  def collect(data) -> dict:
+    eval_cfg = data.eval_config
     limit = int(getattr(eval_cfg, "geometry_items", eval_cfg.retrieval_items))
-    self.languages = list(run.config.data.languages)
-    self.items = multiway_items(run.corpus, self.languages, limit)
-    if len(self.items) < 2:
+    items = multiway_items(data.corpus, data.languages, limit)
+    if len(items) < 2:
       logging.warning("geometry: only %d multi-way-parallel items in %s; metrics skipped",
-                      len(self.items), run.corpus.dir)
+                      len(items), data.corpus.dir)
+    return {"languages": list(data.languages), "items": items}
 
-  def __call__(self, state) -> dict:
+  def __init__(self, sets: dict, eval_config):
+    self.pooling = eval_config.pooling
+    self.languages = list(sets["languages"])
+    self.items = list(sets["items"])
+
+  def __call__(self, model) -> dict:
     if len(self.items) < 2:
       return {"geometry/items": len(self.items)}
-    encoder = self.run.encoder(state)
-    pooling = self.run.config.eval.pooling
-    vectors = {lang: np.asarray(encoder.encode([item[lang] for item in self.items], lang=lang,
-                                               pooling=pooling), np.float64)
+    vectors = {lang: np.asarray(model.encode([item[lang] for item in self.items], lang=lang,
+                                             pooling=self.pooling), np.float64)
                for lang in self.languages}
     out = geometry_metrics(vectors)
     out["geometry/items"] = len(self.items)

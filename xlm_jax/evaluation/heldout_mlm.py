@@ -1,7 +1,7 @@
 """Held-out MLM loss and accuracy, beside the unigram baseline it must beat.
 
 The evaluation set is fixed: the first `data.eval_sentences` test sentences of every language
-(held-out programs, see data_prep), packed like training data and masked with a fixed RNG, so
+(held-out programs of `xlm-jax data build`), packed like training data and masked with a fixed RNG, so
 numbers are comparable across steps and runs.
 
 Unigram baseline: always predict the most frequent training piece, and score with the training
@@ -18,8 +18,6 @@ from xlm_jax.data import derived
 from xlm_jax.data.tokenizer import encode_texts
 from xlm_jax.data.sampling import language_sampling_probs
 from xlm_jax.registry import EVALUATORS
-from xlm_jax.train import mesh as mesh_lib
-from xlm_jax.train.step import make_eval_step
 
 _UNIGRAM_SENTENCES = 5000  # training sentences per language used for the unigram estimate
 
@@ -62,24 +60,27 @@ class HeldoutMLM:
   """Held-out loss and accuracy of every trained objective, on the test split of its batch kind,
   and the unigram baseline of the monolingual test text."""
 
-  def __init__(self, run):
-    from xlm_jax.train.experiment import make_batch_dataset  # avoid an import cycle
-    config = run.config
-    self.mesh = run.mesh
-    self.rng = jax.random.PRNGKey(config.seed + 1_000_003)
-    self.kinds = {}
-    for kind in sorted({b.objective.batch_kind for b in run.bound.values()} | {"mono"}):
-      bound = {n: b for n, b in run.bound.items() if b.objective.batch_kind == kind}
-      dataset = make_batch_dataset(kind, config, run.corpus, run.tokenizer, "test", num_epochs=1,
-                                   shuffle=False, max_sentences=config.data.eval_sentences)
-      batches = _same_count_on_all_hosts(list(iter(dataset)))
-      step = jax.jit(make_eval_step(bound)) if bound else None
-      self.kinds[kind] = (bound, batches, step)
+  @staticmethod
+  def collect(data) -> dict:
+    """The fixed held-out batches of every batch kind the objectives read (and "mono", for the
+    baseline), as this host's input pipeline cuts them, and the unigram baseline's scores."""
+    if data.make_batches is None:
+      raise ValueError("the held-out evaluator needs the run's input pipeline (EvalData.make_batches)")
+    sets = {"kinds": {}}
+    mono_ids = []
+    for kind in sorted(set(data.batch_kinds) | {"mono"}):
+      batches = _same_count_on_all_hosts(list(data.make_batches(kind)))
+      sets["kinds"][kind] = len(batches)
+      for i, batch in enumerate(batches):
+        for field, value in batch.items():
+          sets[f"{kind}/{i}/{field}"] = np.asarray(value)
+        if kind == "mono":
+          mono_ids.append(np.asarray(batch["input_ids"]).ravel())
 
-    log_p = unigram_log_probs(run.corpus, run.tokenizer, config.data.languages, config.data.alpha,
-                              run.model_config.vocab_size)
-    ids = np.concatenate([b["input_ids"].ravel() for b in self.kinds["mono"][1]])
-    ids = ids[~np.isin(ids, run.tokenizer.special_ids)]
+    log_p = unigram_log_probs(data.corpus, data.tokenizer, data.languages, data.alpha,
+                              data.model_config.vocab_size)
+    ids = np.concatenate(mono_ids) if mono_ids else np.zeros(0, np.int64)
+    ids = ids[~np.isin(ids, data.tokenizer.special_ids)]
     # Token counts of the whole evaluation set: each host only holds its own shard's batches.
     counts = np.bincount(ids, minlength=log_p.size).astype(np.int32)
     if jax.process_count() > 1:
@@ -87,33 +88,40 @@ class HeldoutMLM:
       counts = np.asarray(multihost_utils.process_allgather(counts)).sum(axis=0)
     seen = np.flatnonzero(counts)
     total = int(counts.sum())
-    self.baseline = {
+    sets["baseline"] = {
         "unigram/accuracy": float(counts[int(np.argmax(log_p))] / max(total, 1)),
         "unigram/loss": float(-np.dot(counts[seen], log_p[seen]) / max(total, 1)),
         "eval_tokens": total,
     }
+    return sets
 
-  def __call__(self, state) -> dict:
+  def __init__(self, sets: dict, eval_config):
+    del eval_config  # the sets fix everything this evaluator reads
+    self.baseline = dict(sets["baseline"])
+    self.batches = {}
+    for kind, count in sets["kinds"].items():
+      prefix = [f"{kind}/{i}/" for i in range(count)]
+      self.batches[kind] = [{k[len(p):]: v for k, v in sets.items() if k.startswith(p)}
+                            for p in prefix]
+
+  def __call__(self, model) -> dict:
     out = dict(self.baseline)
-    for kind, (bound, batches, step) in self.kinds.items():
-      if not bound:
-        continue
-      sums: dict[str, float] = {}
+    if model.eval_step is None:
+      return out  # an exported model has no objectives to score: the baseline only
+    sums: dict[str, dict[str, float]] = {}
+    for kind, batches in self.batches.items():
       for i, batch in enumerate(batches):
-        device_batch = {kind: mesh_lib.to_global_batch(batch, self.mesh)}
-        metrics = jax.device_get(step(state.params, state.extra, device_batch,
-                                      jax.random.fold_in(self.rng, i)))
-        for name, b in bound.items():
-          weight = float(metrics.get(f"{name}/weight", 1.0))
-          for key in b.objective.eval_metrics:
-            if f"{name}/{key}" in metrics:
-              sums[f"{name}/{key}"] = sums.get(f"{name}/{key}", 0.0) + weight * float(
-                  metrics[f"{name}/{key}"])
-          sums[f"{name}/weight"] = sums.get(f"{name}/weight", 0.0) + weight
-      for name, b in bound.items():
-        total = max(sums.get(f"{name}/weight", 0.0), 1.0)
-        for key in b.objective.eval_metrics:
-          if f"{name}/{key}" in sums:
-            out[f"{name}/{key}"] = sums[f"{name}/{key}"] / total
-        out[f"{name}/predictions"] = int(sums.get(f"{name}/weight", 0.0))
+        # Metrics are means over the batch's labelled positions: weight them back into sums,
+        # so the held-out number is the mean over all positions, not over batches.
+        for name, metrics in model.eval_step(kind, i, batch).items():
+          weight = float(metrics.get("weight", 1.0))
+          total = sums.setdefault(name, {"weight": 0.0})
+          total["weight"] += weight
+          for key, value in metrics.items():
+            if key != "weight":
+              total[key] = total.get(key, 0.0) + weight * float(value)
+    for name, total in sums.items():
+      weight = max(total["weight"], 1.0)
+      out.update({f"{name}/{key}": value / weight for key, value in total.items() if key != "weight"})
+      out[f"{name}/predictions"] = int(total["weight"])
     return out

@@ -74,12 +74,18 @@ def unique_pairs(pairs, limit: int) -> list[tuple[str, str]]:
 class Retrieval:
   """P@1 xx->en and en->xx for every non-English language, model and TF-IDF baseline."""
 
-  def __init__(self, run):
-    self.run = run
-    limit = run.config.eval.retrieval_items
-    self.pairs = {lang: unique_pairs(run.corpus.parallel_pairs(lang, "test"), limit)
-                  for lang in run.config.data.languages if lang != "en"}
-    self.pairs = {lang: p for lang, p in self.pairs.items() if p}
+  @staticmethod
+  def collect(data) -> dict:
+    """The first `eval.retrieval_items` unambiguous en-xx test pairs of each language."""
+    limit = data.eval_config.retrieval_items
+    pairs = {lang: unique_pairs(data.corpus.parallel_pairs(lang, "test"), limit)
+             for lang in data.languages if lang != "en"}
+    return {"pairs": {lang: [list(p) for p in found] for lang, found in pairs.items() if found}}
+
+  def __init__(self, sets: dict, eval_config):
+    self.pooling = eval_config.pooling
+    self.pairs = {lang: [tuple(p) for p in pairs] for lang, pairs in sets["pairs"].items()}
+    # The surface baseline does not depend on the model: computed once, reported every time.
     self.baseline = {}
     for lang, pairs in self.pairs.items():
       en, xx = zip(*pairs)
@@ -87,13 +93,12 @@ class Retrieval:
       self.baseline[f"retrieval/{lang}-en/tfidf_p1"] = to_en
       self.baseline[f"retrieval/en-{lang}/tfidf_p1"] = from_en
 
-  def __call__(self, state) -> dict:
-    encoder = self.run.encoder(state)
+  def __call__(self, model) -> dict:
     out = dict(self.baseline)
     for lang, pairs in self.pairs.items():
       en, xx = zip(*pairs)
-      en_vecs = encoder.encode(list(en), lang="en", pooling=self.run.config.eval.pooling)
-      xx_vecs = encoder.encode(list(xx), lang=lang, pooling=self.run.config.eval.pooling)
+      en_vecs = model.encode(list(en), lang="en", pooling=self.pooling)
+      xx_vecs = model.encode(list(xx), lang=lang, pooling=self.pooling)
       out[f"retrieval/{lang}-en/p1"] = precision_at_1(xx_vecs, en_vecs)
       out[f"retrieval/en-{lang}/p1"] = precision_at_1(en_vecs, xx_vecs)
       out[f"retrieval/{lang}/items"] = len(pairs)

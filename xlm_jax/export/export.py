@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xlm_jax.atomic_files import write_directory_atomically
+from xlm_jax.atomic_files import check_replaceable, write_directory_atomically
 from xlm_jax.data.tokenizer import Tokenizer, encode_texts
 from xlm_jax.models.encoder import EncoderConfig, Model
 
@@ -33,6 +33,8 @@ CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "spm.model"
 TAGGED_TOKENIZER_DIR = "tokenizer"  # a "no anchors" vocabulary: one model per language
 POOLINGS = ("mean", "cls", "layer")
+# Files every export has: an existing folder without them is not an export, and is never replaced.
+EXPORT_MARKERS = (CONFIG_FILE, PARAMS_FILE)
 
 
 def _package_version() -> str:
@@ -61,16 +63,66 @@ def _shapes_by_path(tree) -> dict[str, tuple[int, ...]]:
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def _check_params_match(params, config: EncoderConfig) -> None:
+def _short_path(key: str) -> str:
+  """"['encoder']['layer_0']['output']['kernel']" -> "encoder/layer_0/output/kernel"."""
+  return "/".join(part.strip("'\"") for part in key.strip("[]").split("]["))
+
+
+def _mismatches(want: dict, got: dict, config: EncoderConfig, config_name: str,
+                limit: int = 4) -> list[str]:
+  """One line per difference between the expected and the given parameter shapes, naming the
+  config field that sets the expected size (e.g. "encoder/embeddings/word_embeddings/embedding
+  has shape (8000, 128) but config.json says vocab_size 9000")."""
+  fields = {k: v for k, v in config.to_dict().items()
+            if isinstance(v, int) and not isinstance(v, bool)}
+  fields["hidden_size / num_heads"] = config.head_dim
+  lines = []
+  for key in sorted(set(want) | set(got)):
+    w, g, name = want.get(key), got.get(key), _short_path(key)
+    if w == g:
+      continue
+    if g is None:
+      hint = ("num_layers or scan_layers" if "layer" in name else
+              "num_languages or separate_embeddings" if "lang" in name else "its encoder fields")
+      lines.append(f"{name} is missing, but {config_name}'s encoder builds it (check {hint})")
+    elif w is None:
+      hint = ("num_layers or scan_layers" if "layer" in name else
+              "num_languages or separate_embeddings" if "lang" in name else "its encoder fields")
+      lines.append(f"{name} is present, but {config_name}'s encoder does not build it (check {hint})")
+    elif len(w) != len(g):
+      lines.append(f"{name} has shape {g} but {config_name} builds {w} (scan_layers "
+                   f"{config.scan_layers})")
+    else:
+      says = []
+      for want_dim, got_dim in zip(w, g):
+        if want_dim != got_dim:
+          named = [f"{field} {value}" for field, value in fields.items() if value == want_dim]
+          says.append(" / ".join(named) if named else f"size {want_dim}")
+      lines.append(f"{name} has shape {g} but {config_name} says {', '.join(says)}")
+    if len(lines) == limit:
+      break
+  return lines
+
+
+def _check_params_match(params, config: EncoderConfig, what: str = "export_model: params",
+                        config_name: str = "encoder_config") -> None:
   """Raises unless `params` has exactly the paths and shapes `config` builds (no compute)."""
   ids = jnp.zeros((1, 2), jnp.int32)
   expected = jax.eval_shape(lambda: Model(config).init(jax.random.key(0), ids, lang_ids=ids))
   want = _shapes_by_path(nn.meta.unbox(expected)["params"])
   got = _shapes_by_path(params)
   if want != got:
-    diff = sorted(set(want.items()) ^ set(got.items()))[:6]
-    raise ValueError(f"export_model: params do not match encoder_config (first differences, "
-                     f"(path, shape): {diff}); export the params the config was trained with")
+    lines = _mismatches(want, got, config, config_name)
+    raise ValueError(f"{what} do not match {config_name}: {'; '.join(lines)}")
+
+
+def check_export_dir(export_dir) -> pathlib.Path:
+  """The absolute export folder if export_model may write it: absent, empty, or an earlier
+  export (it holds config.json and params.msgpack). Any other existing path is refused with a
+  ValueError naming it, so that exporting never deletes a user's files. Writes nothing."""
+  export_dir = pathlib.Path(export_dir).expanduser().absolute()
+  check_replaceable(export_dir, EXPORT_MARKERS, "xlm-jax export")
+  return export_dir
 
 
 def export_model(export_dir, params, encoder_config: dict, tokenizer_bytes: bytes | dict,
@@ -78,7 +130,8 @@ def export_model(export_dir, params, encoder_config: dict, tokenizer_bytes: byte
   """Writes params.msgpack, config.json and the tokenizer into export_dir, atomically.
 
   Args:
-    export_dir: target folder; an existing export there is replaced.
+    export_dir: target folder; an existing export there is replaced. Any other non-empty folder
+      (one without config.json and params.msgpack) is refused, before anything is written.
     params: the model's params collection (boxed or not, device or host arrays on one host).
     encoder_config: EncoderConfig fields (validated; must match the params' shapes).
     tokenizer_bytes: the serialized SentencePiece model (Tokenizer.serialized()), or the files of
@@ -88,12 +141,10 @@ def export_model(export_dir, params, encoder_config: dict, tokenizer_bytes: byte
       top level and is required when the encoder has language embeddings.
   Returns the export folder.
   """
-  export_dir = pathlib.Path(export_dir).expanduser().absolute()
-  if export_dir.exists() and not export_dir.is_dir():
-    raise ValueError(f"export_model: {export_dir} exists and is not a folder; choose another path")
+  export_dir = check_export_dir(export_dir)
   config = EncoderConfig.from_dict(encoder_config)
   if isinstance(tokenizer_bytes, dict):
-    from data_prep.tokenizer_variants import LanguageTaggedTokenizer
+    from xlm_jax.data.tokenizer_variants import LanguageTaggedTokenizer
     tokenizer = LanguageTaggedTokenizer.from_files(tokenizer_bytes)
     tokenizer_files = {f"{TAGGED_TOKENIZER_DIR}/{name}": bytes(data)
                        for name, data in tokenizer_bytes.items()}
@@ -128,7 +179,7 @@ def export_model(export_dir, params, encoder_config: dict, tokenizer_bytes: byte
       PARAMS_FILE: flax.serialization.msgpack_serialize(host_params),
       CONFIG_FILE: config_json.encode("utf-8"),
       **tokenizer_files,
-  })
+  }, markers=EXPORT_MARKERS, what="xlm-jax export")
   return export_dir
 
 
@@ -169,8 +220,19 @@ class Pretrained(NamedTuple):
     `batch_size` rows and a power-of-two length, so few shapes are ever compiled.
     """
     c = self.model.config
-    if isinstance(texts, str):
-      raise TypeError("encode takes a list of strings; wrap a single text as [text]")
+    if isinstance(texts, (str, bytes)):
+      raise TypeError(f"encode takes a list of strings, got one {type(texts).__name__}; wrap a "
+                      "single text as [text]")
+    try:
+      texts = list(texts)
+    except TypeError:
+      raise TypeError(f"encode takes a list of strings, got {type(texts).__name__} "
+                      f"{texts!r:.60}") from None
+    for index, text in enumerate(texts):
+      if not isinstance(text, str):
+        hint = " (decode bytes first: text.decode('utf-8'))" if isinstance(text, bytes) else ""
+        raise TypeError(f"encode takes a list of strings, but texts[{index}] is "
+                        f"{type(text).__name__} {text!r:.60}{hint}")
     if pooling not in POOLINGS:
       raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if pooling != "layer" and layer != -1:
@@ -243,11 +305,27 @@ def load_pretrained(path) -> Pretrained:
   if config.get("format_version") != FORMAT_VERSION:
     raise ValueError(f"{path / CONFIG_FILE}: format_version {config.get('format_version')!r} is not "
                      f"{FORMAT_VERSION}; export it again with this version of xlm-jax")
-  model = Model(EncoderConfig.from_dict(config["encoder"]))
-  params = flax.serialization.msgpack_restore((path / PARAMS_FILE).read_bytes())
-  _check_params_match(params, model.config)
+  if not isinstance(config.get("encoder"), dict):
+    raise ValueError(f"{path / CONFIG_FILE} has no 'encoder' section (the EncoderConfig fields); "
+                     "export again")
+  try:
+    model = Model(EncoderConfig.from_dict(config["encoder"]))
+  except (TypeError, ValueError) as err:
+    raise ValueError(f"{path / CONFIG_FILE}: 'encoder' is not a valid encoder config ({err}); "
+                     "export again") from err
+  data = (path / PARAMS_FILE).read_bytes()
+  try:
+    params = flax.serialization.msgpack_restore(data)
+  except Exception as err:  # msgpack's errors for a cut or damaged file have no common base
+    raise ValueError(f"{path / PARAMS_FILE} cannot be read ({type(err).__name__}: {err}); the file "
+                     f"({len(data)} bytes) is damaged or cut short: export again") from err
+  if not isinstance(params, dict):
+    raise ValueError(f"{path / PARAMS_FILE} holds a {type(params).__name__}, not a parameter tree; "
+                     "export again")
+  _check_params_match(params, model.config, what=f"{path / PARAMS_FILE}: the parameters",
+                      config_name=str(path / CONFIG_FILE))
   if tagged:
-    from data_prep.tokenizer_variants import LanguageTaggedTokenizer
+    from xlm_jax.data.tokenizer_variants import LanguageTaggedTokenizer
     tokenizer = LanguageTaggedTokenizer.load(path / TAGGED_TOKENIZER_DIR)
   else:
     tokenizer = Tokenizer(path / TOKENIZER_FILE)

@@ -366,3 +366,29 @@ def flops_per_token(config: EncoderConfig, seq_len: int, num_predictions_per_tok
   decoder = nl * (2 * d * v + 2 * v) if config.separate_embeddings else 2 * d * v
   head = num_predictions_per_token * (2 * d * d + decoder)
   return 3.0 * (layers + head)
+
+
+def param_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
+  """Path -> shape of every parameter `config` builds, traced abstractly (no memory, no FLOPs).
+
+  The one answer to "which arrays does this config mean": resume compares a checkpoint's model
+  with the configured one through it, and export compares the params it writes.
+  """
+  ids = jnp.zeros((1, 2), jnp.int32)
+  abstract = jax.eval_shape(lambda: Model(config).init(jax.random.key(0), ids, lang_ids=ids))
+  return shapes_by_path(nn.meta.unbox(abstract)["params"])
+
+
+def shapes_by_path(tree) -> dict[str, tuple[int, ...]]:
+  """Path -> shape of every array (or ShapeDtypeStruct) leaf of a parameter tree."""
+  return {jax.tree_util.keystr(path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def shape_differences(want: dict, got: dict, limit: int = 6) -> list[str]:
+  """The first `limit` differences between two `shapes_by_path` maps, one line each."""
+  lines = []
+  for path in sorted(set(want) | set(got)):
+    if want.get(path) != got.get(path):
+      lines.append(f"{path}: expected {want.get(path, 'nothing')}, found {got.get(path, 'nothing')}")
+  return lines[:limit]

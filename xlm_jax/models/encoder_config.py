@@ -15,6 +15,76 @@ REMAT_POLICIES = {
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
 
+# Allowed values of each field: (low, high, low_inclusive, high_inclusive); None = unbounded.
+# The one list of the encoder's ranges and choices: config validation (xlm_jax/config.py) calls
+# check_fields with the "model." prefix rather than keeping its own copy.
+FIELD_RANGES = {
+    "vocab_size": (0, None, True, None),          # 0 = taken from the tokenizer (config files)
+    "hidden_size": (1, None, True, None),
+    "num_layers": (1, None, True, None),
+    "num_heads": (1, None, True, None),
+    "mlp_dim": (1, None, True, None),
+    "max_positions": (1, None, True, None),
+    "pad_id": (0, None, True, None),
+    "type_vocab_size": (1, None, True, None),
+    "num_languages": (0, None, True, None),
+    "dropout_rate": (0.0, 1.0, True, False),
+    "attention_dropout_rate": (0.0, 1.0, True, False),
+    "layer_norm_eps": (0.0, None, False, None),
+    "initializer_range": (0.0, None, True, None),
+}
+FIELD_CHOICES = {
+    "dtype": tuple(DTYPES),
+    "param_dtype": tuple(DTYPES),
+    "remat_policy": tuple(REMAT_POLICIES),
+}
+
+
+def describe_range(low, high, low_inclusive, high_inclusive) -> str:
+  """"> 0", ">= 1", "in [0, 1)" ... for a (low, high, low_inclusive, high_inclusive) range."""
+  if high is None:
+    return f"{'>=' if low_inclusive else '>'} {low:g}"
+  if low is None:
+    return f"{'<=' if high_inclusive else '<'} {high:g}"
+  return f"in {'[' if low_inclusive else '('}{low:g}, {high:g}{']' if high_inclusive else ')'}"
+
+
+def in_range(value, low, high, low_inclusive, high_inclusive) -> bool:
+  if low is not None and (value < low if low_inclusive else value <= low):
+    return False
+  return high is None or (value <= high if high_inclusive else value < high)
+
+
+def check_fields(fields: Mapping[str, Any], prefix: str = "") -> str | None:
+  """The problem with encoder settings `fields` (EncoderConfig field -> value), or None.
+
+  Each field is named as `prefix + name`: EncoderConfig raises with the bare names, config
+  validation passes prefix "model." so that the message names the experiment's field.
+  """
+  for name, choices in FIELD_CHOICES.items():
+    if name in fields and fields[name] not in choices:
+      return f"{prefix}{name} must be one of {choices}, got {fields[name]!r}"
+  for name, bounds in FIELD_RANGES.items():
+    value = fields.get(name)
+    if value is None:
+      continue
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      return f"{prefix}{name} must be a number {describe_range(*bounds)}, got {value!r}"
+    if not in_range(value, *bounds):
+      return f"{prefix}{name} must be {describe_range(*bounds)}, got {value!r}"
+  get = lambda name, default=0: fields.get(name, default)
+  if get("hidden_size", 1) % get("num_heads", 1):
+    return (f"{prefix}hidden_size ({get('hidden_size')}) must be divisible by {prefix}num_heads "
+            f"({get('num_heads')})")
+  if not 0 <= get("separate_layers") <= get("num_layers", get("separate_layers")):
+    return (f"{prefix}separate_layers ({get('separate_layers')}) must be in [0, "
+            f"{prefix}num_layers={get('num_layers')}]")
+  for knob in ("separate_embeddings", "separate_layers"):
+    if get(knob) and get("num_languages") <= 0:
+      return (f"{prefix}{knob}={get(knob)!r} needs one copy per language; set "
+              f"{prefix}num_languages (> 0, the number of data.languages)")
+  return None
+
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
@@ -41,25 +111,9 @@ class EncoderConfig:
   separate_layers: int = 0           # per-language copies of the bottom k layers
 
   def __post_init__(self):
-    if self.dtype not in DTYPES or self.param_dtype not in DTYPES:
-      raise ValueError(f"EncoderConfig: dtype/param_dtype must be one of {sorted(DTYPES)}, "
-                       f"got dtype={self.dtype!r}, param_dtype={self.param_dtype!r}")
-    if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f"EncoderConfig: remat_policy must be one of {sorted(REMAT_POLICIES)}, "
-                       f"got {self.remat_policy!r}")
-    if self.hidden_size % self.num_heads:
-      raise ValueError(f"EncoderConfig: hidden_size ({self.hidden_size}) must be divisible by "
-                       f"num_heads ({self.num_heads})")
-    if self.vocab_size < 0 or self.num_languages < 0:
-      raise ValueError(f"EncoderConfig: vocab_size ({self.vocab_size}) and num_languages "
-                       f"({self.num_languages}) must be >= 0")
-    if not 0 <= self.separate_layers <= self.num_layers:
-      raise ValueError(f"EncoderConfig: separate_layers ({self.separate_layers}) must be in "
-                       f"[0, num_layers={self.num_layers}]")
-    for knob in ("separate_embeddings", "separate_layers"):
-      if getattr(self, knob) and self.num_languages <= 0:
-        raise ValueError(f"EncoderConfig: {knob}={getattr(self, knob)!r} needs one copy per "
-                         f"language; set num_languages (> 0, the number of data.languages)")
+    problem = check_fields(dataclasses.asdict(self))
+    if problem:
+      raise ValueError(f"EncoderConfig: {problem}")
 
   @property
   def head_dim(self) -> int:

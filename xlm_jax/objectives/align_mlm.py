@@ -7,7 +7,7 @@ token pairs of the run's dictionaries (word dictionaries, and a derived language
 "en_trans" in data.languages; xlm_jax.data.dictionary). L_align
 does not look at the text batch: every step it covers the whole dictionary, or, with
 `align_pairs_per_step` = k > 0, k pairs drawn uniformly with replacement (an unbiased estimate of the
-full term). No negatives, no projection. L_MLM is mlm.mlm_loss unchanged.
+full term). No negatives, no projection. L_MLM is the MLM's loss unchanged (mlm_core.masked_lm_loss).
 """
 from __future__ import annotations
 
@@ -17,12 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from xlm_jax.data import dictionary as dict_data
-from xlm_jax.objectives import mlm
 from xlm_jax.objectives.base import Objective, ObjectiveContext
+from xlm_jax.objectives.masking import masked_predictions_per_token, masking_config
+from xlm_jax.objectives.mlm_core import masked_lm_loss
 from xlm_jax.registry import OBJECTIVES
-from xlm_jax.objectives.mlm import masking_config
 
 WORD_EMBEDDINGS_PATH = ("encoder", "embeddings", "word_embeddings", "embedding")
+# Floor of each norm in the cosine: an all-zero row (an id never trained) gives cos 0, not NaN.
 _EPS = 1e-8
 
 
@@ -61,6 +62,7 @@ def sample_pair_indices(rng: jax.Array, num_pairs: int, count: int) -> jax.Array
 
 def alignment_loss(table: jax.Array, pairs: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(-mean cos, mean cos) over the pairs' rows of `table` (float32)."""
+  # float32 even for a bf16 table: dot products and norms sum D products, too coarse in bf16.
   table = table.astype(jnp.float32)
   a, b = table[pairs[:, 0]], table[pairs[:, 1]]
   norms = (jnp.maximum(jnp.linalg.norm(a, axis=-1), _EPS) * jnp.maximum(jnp.linalg.norm(b, axis=-1), _EPS))
@@ -69,24 +71,27 @@ def alignment_loss(table: jax.Array, pairs: jax.Array) -> tuple[jax.Array, jax.A
 
 
 def align_mlm_loss(params, batch, rng, ctx: ObjectiveContext):
-  """L_MLM + align_weight * L_align. `rng` splits into (MLM key, pair-sampling key)."""
+  """L_MLM + align_weight * L_align; no extra state. `rng` splits into (MLM key, pair-sampling key)."""
   cfg = ctx.config
   mlm_rng, pair_rng = jax.random.split(rng)
+  # The pairs are host constants (ctx.resources), so this check runs once, at trace time.
   host_pairs = np.asarray(ctx.resources["pairs"])
   table = word_embedding_table(params, ctx.model.config)
   if host_pairs.size and host_pairs.max() >= table.shape[0]:
     raise ValueError(f"align_mlm: dictionary ids reach {host_pairs.max()} but the word-embedding "
                      f"table has {table.shape[0]} rows; a derived language needs model.vocab_size = 2 V")
   pairs = jnp.asarray(host_pairs, jnp.int32)
-  mlm_value, metrics = mlm.mlm_loss(params, batch, mlm_rng, ctx)
+  mlm_value, metrics = masked_lm_loss(params, batch, mlm_rng, ctx)
   if cfg["align_pairs_per_step"] > 0:
     pairs = pairs[sample_pair_indices(pair_rng, pairs.shape[0], int(cfg["align_pairs_per_step"]))]
   align, mean_cos = alignment_loss(table, pairs)
   total = mlm_value + cfg["align_weight"] * align
   metrics = dict(metrics, loss=total, mlm_loss=mlm_value, align_loss=align, mean_cos=mean_cos)
-  return total, metrics
+  return total, metrics, ctx.extra
 
 
+# L_align reads embedding rows, not vocabulary logits: only the MLM's slots count.
 OBJECTIVES.register("align_mlm")(Objective(
     name="align_mlm", batch_kind="mono", loss_fn=align_mlm_loss, default_config=default_config,
-    load_resources=load_pair_resources, eval_metrics=("loss", "mlm_loss", "accuracy", "align_loss")))
+    load_resources=load_pair_resources, eval_metrics=("loss", "mlm_loss", "accuracy", "align_loss"),
+    predictions_per_token=masked_predictions_per_token))

@@ -2,7 +2,10 @@
 
 An objective is a pure loss function plus a little metadata:
 
-    loss_fn(params, batch, rng, ctx) -> (scalar_loss, metrics)
+    loss_fn(params, batch, rng, ctx) -> (scalar_loss, metrics, extra_state)
+
+Every loss returns all three; an objective without extra state returns `ctx.extra` (None)
+unchanged as the third value, so the step never has to guess the arity.
 
 `batch` is the batch kind the objective declares ("mono", later "parallel", ...), already on
 device; `rng` is a fresh key per step and objective; `ctx` holds static things (the Flax model,
@@ -16,7 +19,7 @@ Optional hooks, each `None` unless the objective needs it:
   Logical axis names (nn.with_logical_partitioning) shard them like the encoder's.
 - `init_extra_state(rng, params, ctx)`: state that is not trained by gradient (a momentum
   encoder, a key queue, EMA buffers). The trainer stores it in `TrainState.extra[name]`,
-  checkpoints it, and passes it as `ctx.extra`; such a loss returns `(loss, metrics, new_extra)`.
+  checkpoints it, and passes it as `ctx.extra`; the loss returns the updated state third.
 - `load_resources(config, corpus, tokenizer, languages) -> dict`: host-side constants read once
   when the run is built (dictionary token pairs); they reach the loss as `ctx.resources` and are
   baked into the jitted step.
@@ -25,6 +28,16 @@ Optional hooks, each `None` unless the objective needs it:
   "gradient of a loss" (EMMA-X's E-step and M-step) give their own pure
   `step_fn(state, batches) -> (state, metrics)`; the trainer jits each one separately and runs
   them in order every step. The last one must advance `state.step`.
+
+Metadata with a default:
+- `predictions_per_token(config, seq_len) -> float`: the share of a row's token slots
+  (rows of `seq_len`, as the trainer counts tokens) that get vocabulary logits in one step, for
+  the FLOP count. Default: the masked-LM rate, max_predictions(seq_len, mask_rate) / seq_len.
+  `predictions_per_token(bound, seq_len)` below gives a run's value.
+
+Objective modules import each other's code only through the shared helper modules (masking,
+mlm_core, pair_inputs, dictionary_swap, attention_patterns, emma/), never another objective
+module, and each is named after the key it registers.
 """
 from __future__ import annotations
 
@@ -34,6 +47,8 @@ from typing import Any, Callable, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from xlm_jax.objectives.masking import masked_predictions_per_token
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,11 +93,40 @@ class Objective:
   extra_batch_kinds: Callable[[Mapping[str, Any]], tuple[str, ...]] | None = None
   # Metric whose (weighted) mean the evaluator reports as this objective's held-out score.
   eval_metrics: tuple[str, ...] = ("loss", "accuracy")
+  # (config, seq_len) -> share of a row's tokens that get vocabulary logits (module docstring).
+  # The default suits anything that masks `mask_rate` of a row like the MLM.
+  predictions_per_token: Callable[[Mapping[str, Any], int], float] = masked_predictions_per_token
 
   def batch_kinds(self, config: Mapping[str, Any]) -> tuple[str, ...]:
     """Every batch kind a step of this objective reads, its own first."""
     extra = self.extra_batch_kinds(config) if self.extra_batch_kinds is not None else ()
     return (self.batch_kind,) + tuple(k for k in extra if k != self.batch_kind)
+
+
+def merged_config(ctx: ObjectiveContext, defaults: Callable[[], Mapping[str, Any]]) -> dict:
+  """The objective's config section over its defaults (an experiment may set only some fields)."""
+  return {**defaults(), **dict(ctx.config)}
+
+
+def predictions_per_token(bound_objectives: Mapping[str, Any], seq_len: int) -> float:
+  """The largest `Objective.predictions_per_token` among a run's objectives.
+
+  `bound_objectives` maps names to BoundObjectives (anything with `.objective` and
+  `.context.config`) or to bare Objectives (read with their default config). The max, not a sum:
+  the trainer counts FLOPs per token of one batch, and where objectives alternate a step runs
+  one of them, so the max bounds any step. (Objectives summed in one step each read their own
+  batch, which a per-token count of one batch misses either way.) 0.0 for no objectives.
+  """
+  values = []
+  for entry in bound_objectives.values():
+    if hasattr(entry, "objective"):
+      objective, config = entry.objective, entry.context.config
+    else:
+      objective, config = entry, entry.default_config()
+    # Defaults under the run's fields: a hand-built context may carry only the fields it changes.
+    config = {**objective.default_config(), **dict(config)}
+    values.append(float(objective.predictions_per_token(config, seq_len)))
+  return max(values, default=0.0)
 
 
 def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array,

@@ -26,10 +26,11 @@ import jax
 import jax.numpy as jnp
 
 from xlm_jax.objectives import attention_patterns as patterns
-from xlm_jax.objectives.base import Objective, ObjectiveContext, weighted_cross_entropy
-from xlm_jax.objectives.tlm import mask_tokens, merged_config
+from xlm_jax.objectives.base import (Objective, ObjectiveContext, merged_config,
+                                     weighted_cross_entropy)
+from xlm_jax.objectives.masking import masked_predictions_per_token, masking_config
+from xlm_jax.objectives.mlm_core import mask_tokens
 from xlm_jax.registry import OBJECTIVES
-from xlm_jax.objectives.mlm import masking_config
 
 
 def default_config() -> dict:
@@ -189,7 +190,8 @@ def btmlm_step2(params, batch, generation: Generation, rng, ctx: ObjectiveContex
 
 
 def btmlm_loss(params, batch, rng, ctx: ObjectiveContext):
-  """Both steps inside the loss (so inside the jitted train step); gradient only from step 2."""
+  """Both steps inside the loss (so inside the jitted train step); gradient only from step 2.
+  No extra state."""
   cfg = merged_config(ctx, default_config)
   generation_rng, train_rng = jax.random.split(rng)
   generation = generate_pseudo_tokens(params, batch, generation_rng, ctx)
@@ -202,8 +204,20 @@ def btmlm_loss(params, batch, rng, ctx: ObjectiveContext):
   metrics["placeholders"] = jnp.sum(placed) / num_rows           # mean m per real row
   # Rows that got fewer placeholders than ceil(rho * n) for lack of padding room.
   metrics["placeholders_clipped"] = jnp.sum(real_rows & (placed < wanted)) / num_rows
-  return loss, metrics
+  return loss, metrics, ctx.extra
+
+
+def predictions_per_token(config, seq_len: int) -> float:
+  """Step 1's placeholder slots plus step 2's masked slots, per token of a "sentences" row.
+
+  Step 1's logits are forward-only (no gradient), so they cost about a third of a trained
+  prediction; the count here is of logits computed, as the field's definition asks.
+  """
+  cfg = {**default_config(), **dict(config)}
+  slots = max_placeholders(seq_len, cfg["placeholder_ratio"])
+  return slots / seq_len + masked_predictions_per_token(cfg, seq_len)
 
 
 OBJECTIVES.register("btmlm")(Objective(
-    name="btmlm", batch_kind="sentences", loss_fn=btmlm_loss, default_config=default_config))
+    name="btmlm", batch_kind="sentences", loss_fn=btmlm_loss, default_config=default_config,
+    predictions_per_token=predictions_per_token))

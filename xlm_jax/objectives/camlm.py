@@ -19,10 +19,12 @@ import jax
 import jax.numpy as jnp
 
 from xlm_jax.objectives import attention_patterns as patterns
-from xlm_jax.objectives.base import Objective, ObjectiveContext, weighted_cross_entropy
-from xlm_jax.objectives.tlm import mask_tokens, merged_config, pair_model_inputs
+from xlm_jax.objectives.base import (Objective, ObjectiveContext, merged_config,
+                                     weighted_cross_entropy)
+from xlm_jax.objectives.masking import masked_predictions_per_token, masking_config
+from xlm_jax.objectives.mlm_core import mask_tokens
+from xlm_jax.objectives.pair_inputs import pair_model_inputs
 from xlm_jax.registry import OBJECTIVES
-from xlm_jax.objectives.mlm import masking_config
 
 
 def default_config() -> dict:
@@ -58,15 +60,19 @@ def camlm_logits(params, masked_ids, batch, label_positions, dropout_rng, ctx: O
 
   if mode == "single_pass":
     return forward(patterns.camlm_single_pass_mask(segment_ids), dropout_rng)
+  # Each pass gets its own dropout key: the passes are separate forwards over the same row.
   rng_x, rng_y = jax.random.split(dropout_rng)
   logits_x = forward(patterns.camlm_two_pass_mask(segment_ids, patterns.X_SIDE), rng_x)
   logits_y = forward(patterns.camlm_two_pass_mask(segment_ids, patterns.Y_SIDE), rng_y)
+  # Both passes project all P slots to the vocabulary (shapes stay static); each slot then keeps
+  # the pass that predicts its own side.
   side = jnp.take_along_axis(segment_ids, label_positions, axis=1)
   return jnp.where((side == patterns.X_SIDE)[..., None], logits_x, logits_y)
 
 
 def camlm_loss(params, batch, rng, ctx: ObjectiveContext):
-  """Cross-entropy at the masked tokens of both sides, each predicted from the other side."""
+  """Cross-entropy at the masked tokens of both sides, each predicted from the other side; no
+  extra state."""
   cfg = merged_config(ctx, default_config)
   _mode(cfg)   # a bad mode fails before any work is traced
   mask_rng, dropout_rng = jax.random.split(rng)
@@ -74,8 +80,21 @@ def camlm_loss(params, batch, rng, ctx: ObjectiveContext):
   masked = mask_tokens(mask_rng, batch["input_ids"], batch["lang_ids"], ctx, cfg,
                        eligible=segment_ids != 0)
   logits = camlm_logits(params, masked.input_ids, batch, masked.positions, dropout_rng, ctx)
-  return weighted_cross_entropy(logits, masked.labels, masked.weights, cfg["label_smoothing"])
+  loss, metrics = weighted_cross_entropy(logits, masked.labels, masked.weights,
+                                         cfg["label_smoothing"])
+  return loss, metrics, ctx.extra
+
+
+def predictions_per_token(config, seq_len: int) -> float:
+  """The MLM's share per pass: two_pass computes logits at every slot twice (one pass per side).
+
+  (The encoder also runs twice in two_pass mode; this counts only the vocabulary head.)
+  """
+  cfg = {**default_config(), **dict(config)}
+  passes = 2 if cfg["camlm_mode"] == "two_pass" else 1
+  return passes * masked_predictions_per_token(cfg, seq_len)
 
 
 OBJECTIVES.register("camlm")(Objective(
-    name="camlm", batch_kind="parallel", loss_fn=camlm_loss, default_config=default_config))
+    name="camlm", batch_kind="parallel", loss_fn=camlm_loss, default_config=default_config,
+    predictions_per_token=predictions_per_token))

@@ -14,8 +14,8 @@ piece shared by two languages ("▁a") does not pick up the other language's tra
       stays the original word, so the model must translate it back in context.
 
 Positions not swapped keep mlm_mask's outcome. The dictionary comes from the corpus artifacts
-(xlm_jax.data.dictionary), never from a random draw. The device-side helpers here (translation
-lookup, whole-word test, masking with per-language random ranges) are shared with code_switch.py.
+(xlm_jax.data.dictionary), never from a random draw. Translation lookup and the whole-word test
+live in dictionary_swap (shared with mlm_code_switch), masking and the MLM loss in mlm_core.
 """
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from xlm_jax.data import dictionary as dict_data
-from xlm_jax.objectives.base import Objective, ObjectiveContext, weighted_cross_entropy
-from xlm_jax.objectives.masking import MaskedTokens, mlm_mask
-from xlm_jax.objectives.mlm import masking_config, model_inputs, row_random_ranges
+from xlm_jax.objectives.base import Objective, ObjectiveContext
+from xlm_jax.objectives.dictionary_swap import (check_table_fits, load_dictionary_resources,
+                                                pick_translation, whole_word_positions)
+from xlm_jax.objectives.masking import MaskedTokens, masked_predictions_per_token, masking_config
+from xlm_jax.objectives.mlm_core import mask_mono_batch, mono_masked_loss
 from xlm_jax.registry import OBJECTIVES
 
 VARIANTS = ("target_swap", "input_swap")
@@ -43,79 +44,6 @@ def default_config() -> dict:
       max_translations=0,          # translations kept per token (0 = all)
   )
 
-
-# --- Host side: resources ------------------------------------------------------------------------------
-
-def load_dictionary_resources(config, corpus, tokenizer, languages) -> dict:
-  """Translation table (with each entry's language) and word-boundary tables (numpy)."""
-  names = dict_data.dictionary_names(languages, config.get("dictionary_languages", ()))
-  arrays = dict_data.load_dictionaries(corpus, names, tokenizer, languages,
-                                       int(config.get("max_translations", 0)))
-  starts_word, is_boundary = dict_data.word_boundaries(tokenizer, arrays.translations.shape[0])
-  return {"translations": arrays.translations, "source_languages": arrays.source_languages,
-          "starts_word": starts_word, "is_boundary": is_boundary}
-
-
-# --- Device side: shared helpers ------------------------------------------------------------------------
-
-def lookup(table, ids: jax.Array, fill) -> jax.Array:
-  """table[ids] along axis 0; ids outside the table (a larger model vocabulary) get `fill`."""
-  return jnp.take(jnp.asarray(table), ids, axis=0, mode="fill", fill_value=fill)
-
-
-def pick_translation(rng: jax.Array, resources, ids: jax.Array,
-                     token_languages: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-  """(a uniform random translation of each id (-1 where none), whether the id has one).
-
-  With `token_languages` (the language index of each id's text, same shape as ids) only entries read
-  in that language count: a German "▁die" translates to English, never as if it were English "die".
-  """
-  rows = lookup(resources["translations"], ids, -1)                  # [..., T]
-  valid = rows >= 0
-  if token_languages is not None:
-    valid &= lookup(resources["source_languages"], ids, -1) == token_languages[..., None]
-  count = jnp.sum(valid, axis=-1)
-  k = jnp.floor(jax.random.uniform(rng, ids.shape) * count).astype(jnp.int32)
-  k = jnp.clip(k, 0, jnp.maximum(count - 1, 0))                      # u < 1, but be safe in float32
-  # The slot of the (k + 1)-th valid entry.
-  slot = jnp.argmax(valid & (jnp.cumsum(valid, axis=-1) == (k + 1)[..., None]), axis=-1)
-  choice = jnp.take_along_axis(rows, slot[..., None], axis=-1)[..., 0]
-  return jnp.where(count > 0, choice, -1), count > 0
-
-
-def whole_word_positions(input_ids: jax.Array, starts_word, is_boundary) -> jax.Array:
-  """bool [B, L]: the token at each position is a whole word on its own.
-
-  It begins a word ("▁house", or any piece after a bare "▁") and the next token begins another word or
-  is special. A word cut by the row's end counts as not whole (its continuation is unknown).
-  """
-  starts = lookup(starts_word, input_ids, False)
-  boundary = lookup(is_boundary, input_ids, False)
-  after_boundary = jnp.pad(boundary[:, :-1], ((0, 0), (1, 0)))
-  next_starts = jnp.pad(starts[:, 1:], ((0, 0), (0, 1)))
-  return ((starts & ~boundary) | after_boundary) & next_starts
-
-
-def mask_mono_batch(rng: jax.Array, input_ids: jax.Array, batch, ctx: ObjectiveContext) -> MaskedTokens:
-  """mlm_mask with the objective's rates, random replacements in the row language's id range where
-  the vocabulary is split by language (exactly what mlm_loss does)."""
-  cfg = ctx.config
-  return mlm_mask(rng, input_ids, special_ids=ctx.special_ids, mask_id=ctx.mask_id,
-                  vocab_size=ctx.vocab_size, mask_rate=cfg["mask_rate"],
-                  mask_token_rate=cfg["mask_token_rate"], random_token_rate=cfg["random_token_rate"],
-                  **row_random_ranges(batch, ctx))
-
-
-def check_table_fits(resources, ctx: ObjectiveContext) -> None:
-  """ValueError when dictionary ids (a derived language's i + V) exceed the model's vocabulary."""
-  rows = resources["translations"].shape[0]
-  if rows > ctx.vocab_size:
-    raise ValueError(f"objective {ctx.name or 'dict_mlm'!r}: the dictionaries hold ids up to {rows - 1} "
-                     f"but the model's vocabulary has {ctx.vocab_size} ids; a derived language needs "
-                     f"model.vocab_size = {rows} (2 x the tokenizer's)")
-
-
-# --- DICT-MLM ---------------------------------------------------------------------------------------------
 
 class DictMasked(NamedTuple):
   masked: MaskedTokens        # input_ids / positions / labels / weights after the swap
@@ -159,21 +87,19 @@ def dict_mlm_mask(rng: jax.Array, batch, ctx: ObjectiveContext) -> DictMasked:
 
 
 def dict_mlm_loss(params, batch, rng, ctx: ObjectiveContext):
-  """Cross-entropy at the masked positions of the swapped batch, plus swap statistics."""
+  """Cross-entropy at the masked positions of the swapped batch, plus swap statistics; no extra
+  state."""
   # Same key use as mlm_loss, so that p_swap = 0 reproduces the MLM exactly.
   mask_rng, dropout_rng = jax.random.split(rng)
   out = dict_mlm_mask(mask_rng, batch, ctx)
-  m = out.masked
-  logits = ctx.model.apply({"params": params}, m.input_ids, label_positions=m.positions,
-                           deterministic=not ctx.train, rngs={"dropout": dropout_rng},
-                           **model_inputs(batch, ctx))
-  loss, metrics = weighted_cross_entropy(logits, m.labels, m.weights, ctx.config["label_smoothing"])
-  predictions = jnp.maximum(jnp.sum(m.weights), 1.0)
+  loss, metrics = mono_masked_loss(params, out.masked, batch, dropout_rng, ctx)
+  predictions = jnp.maximum(jnp.sum(out.masked.weights), 1.0)
   metrics["dictionary_rate"] = jnp.sum(out.candidate) / predictions
   metrics["swap_rate"] = jnp.sum(out.swapped) / predictions
-  return loss, metrics
+  return loss, metrics, ctx.extra
 
 
+# Swaps change ids and labels, never the slots: the MLM's share of logits.
 OBJECTIVES.register("dict_mlm")(Objective(
     name="dict_mlm", batch_kind="mono", loss_fn=dict_mlm_loss, default_config=default_config,
-    load_resources=load_dictionary_resources))
+    load_resources=load_dictionary_resources, predictions_per_token=masked_predictions_per_token))

@@ -30,9 +30,10 @@ from xlm_jax.objectives.base import Objective, ObjectiveContext
 from xlm_jax.objectives.emma import classifier as gmm
 from xlm_jax.objectives.emma import steps as steps_lib
 from xlm_jax.objectives.emma import towers
+from xlm_jax.objectives.masking import max_predictions
 from xlm_jax.registry import OBJECTIVES
 
-NAME = "emma_x"
+NAME = "emma_x"   # the registry key, and this module's name (the registry imports it by key)
 STAGES = ("ctl", "gmm", "itr")
 
 
@@ -119,7 +120,7 @@ def init_extra_state(rng, params, ctx: ObjectiveContext) -> dict:
 
 
 def emma_x_loss(params, batch, rng, ctx: ObjectiveContext):
-  """Held-out metrics without any update: (loss, metrics, extra unchanged).
+  """Held-out metrics without any update: (loss, metrics, extra unchanged), the loss_fn contract.
 
   `loss` is the stage's training loss: the E-step's classifier loss for "gmm", else the
   M-step's contrastive + MLM loss; "accuracy" is in-batch+queue translation retrieval.
@@ -169,7 +170,22 @@ def make_steps(bound, tx, schedule):
   return out
 
 
+def predictions_per_token(config, seq_len: int) -> float:
+  """The M-step's MLM slots: both sides of a pair, each a pair_seq_len row (seq_len // 2 by
+  default), masked at `mask_rate`, per pair counted as one row of `seq_len` tokens.
+
+  The gmm warm-up has no M-step, and the E-step's query pass throws its MLM logits away (XLA
+  removes them as dead code), so "gmm" computes none. Key-tower and mono-candidate passes
+  have no vocabulary head.
+  """
+  cfg = {**default_config(), **dict(config)}
+  if cfg["stage"] == "gmm":
+    return 0.0
+  return 2 * max_predictions(max(seq_len // 2, 1), cfg["mask_rate"]) / seq_len
+
+
 OBJECTIVES.register(NAME)(Objective(
     name=NAME, batch_kind="parallel_pairs", loss_fn=emma_x_loss, default_config=default_config,
     init_extra_state=init_extra_state, init_params=init_params, make_steps=make_steps,
-    extra_batch_kinds=extra_batch_kinds, eval_metrics=("loss", "accuracy")))
+    extra_batch_kinds=extra_batch_kinds, eval_metrics=("loss", "accuracy"),
+    predictions_per_token=predictions_per_token))

@@ -195,7 +195,8 @@ def _row_language(lang_ids: jax.Array, length: int) -> jax.Array:
 
 
 def ems_loss(params, batch, rng, ctx: ObjectiveContext):
-  """EMS loss on a "parallel_pairs" batch; metrics xtr_loss, cl_loss, accuracy, weight."""
+  """EMS loss on a "parallel_pairs" batch; metrics xtr_loss, cl_loss, accuracy, weight. No extra
+  state."""
   cfg = ctx.config
   _check_config(cfg)
   heads = ctx.head_params(params)
@@ -253,9 +254,20 @@ def ems_loss(params, batch, rng, ctx: ObjectiveContext):
     # XTR only: retrieval accuracy of the sentence vectors themselves (no g was trained).
     _, accuracy = contrastive_loss(s_x, s_y, row_valid, cfg["temperature"], groups, duplicates)
   metrics.update(loss=loss, accuracy=accuracy, weight=jnp.sum(row_valid).astype(jnp.float32))
-  return loss, metrics
+  return loss, metrics, ctx.extra
+
+
+def predictions_per_token(config, seq_len: int) -> float:
+  """The XTR head's vocabulary logits: one per sentence, two per pair (x->y and y->x).
+
+  A pair is counted as one row of `seq_len` tokens (its sides are pair_seq_len = seq_len // 2
+  by default), so that is 2 / seq_len; 0 without XTR (the projection g has no vocabulary).
+  """
+  cfg = {**default_config(), **dict(config)}
+  return 2.0 / seq_len if cfg["use_xtr"] else 0.0
 
 
 OBJECTIVES.register("ems")(Objective(
     name="ems", batch_kind="parallel_pairs", loss_fn=ems_loss, default_config=default_config,
-    init_params=init_params, eval_metrics=("loss", "accuracy")))
+    init_params=init_params, eval_metrics=("loss", "accuracy"),
+    predictions_per_token=predictions_per_token))

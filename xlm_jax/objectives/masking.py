@@ -4,11 +4,16 @@ The number of predictions per row is fixed at `max_predictions(seq_len, rate)` s
 static under jit; rows use a per-row count n = floor(rate * eligible + u), u ~ U(0, 1) (fairseq's
 unbiased rounding), and the unused slots get weight 0. Positions are returned so the model can
 gather hidden states *before* the vocabulary projection.
+
+Also here, because every masked-token objective shares them: the masking config fields
+(`masking_config`) and the share of a row that gets vocabulary logits
+(`masked_predictions_per_token`, the default of Objective.predictions_per_token). This module
+depends on nothing in the package, so base.py can import it.
 """
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +29,27 @@ class MaskedTokens(NamedTuple):
 def max_predictions(seq_len: int, mask_rate: float) -> int:
   """Static number of prediction slots per row (an upper bound of the per-row count)."""
   return max(1, math.ceil(mask_rate * seq_len))
+
+
+def masking_config(**overrides) -> dict:
+  """The config fields of every masked-token objective (BERT/XLM-R's 15% and 80/10/10), with
+  `weight`; objectives add their own fields next to them."""
+  fields = dict(
+      weight=1.0,              # weight in the summed loss / sampling weight when alternating
+      mask_rate=0.15,          # share of non-special tokens chosen for prediction
+      mask_token_rate=0.8,     # of the chosen: replaced by <mask>
+      random_token_rate=0.1,   # of the chosen: replaced by a random id (of the token's language
+                               # where the vocabulary is split by language)
+      label_smoothing=0.0,
+  )
+  fields.update(overrides)
+  return fields
+
+
+def masked_predictions_per_token(config: Mapping[str, Any], seq_len: int) -> float:
+  """Share of a row's tokens that get vocabulary logits under `mlm_mask`: all of its static
+  slots, used or not (the model computes logits for weight-0 slots too)."""
+  return max_predictions(seq_len, config.get("mask_rate", 0.15)) / seq_len
 
 
 def mlm_mask(rng: jax.Array, input_ids: jax.Array, *, special_ids: Sequence[int], mask_id: int,

@@ -12,13 +12,19 @@ from typing import Any
 import grain
 import orbax.checkpoint as ocp
 
+from xlm_jax.models.encoder import param_shapes
+from xlm_jax.models.encoder_config import EncoderConfig
+
+
+CHECKPOINT_DIR = "checkpoints"
+
 
 class Checkpointer:
   """Saves and restores `state`, the grain iterator (`data`) and JSON metadata (`meta`)."""
 
   def __init__(self, workdir: str | pathlib.Path, keep: int = 3, async_save: bool = True,
                data_kinds: tuple[str, ...] = ("mono",)):
-    self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    self.directory = pathlib.Path(workdir).absolute() / CHECKPOINT_DIR
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
     handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
@@ -36,8 +42,28 @@ class Checkpointer:
       args[f"data_{kind}"] = grain.checkpoint.CheckpointSave(it)
     return self.manager.save(step, args=ocp.args.Composite(**args), force=force)
 
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def _unreadable(self, step: int, what: str, err: Exception) -> ValueError:
+    """A one-paragraph error for a checkpoint that cannot be read, naming the step and the way
+    back to the previous one (Orbax/TensorStore errors run to a hundred lines)."""
+    folder = self.directory / str(step)
+    earlier = [s for s in self.all_steps() if s < step]
+    first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+    back = (f"Move it aside (`mv {folder} {folder}.damaged`) to resume from step {earlier[-1]}"
+            if earlier else "No earlier checkpoint is left: use a fresh --workdir")
+    return ValueError(f"checkpoint step {step} ({folder}): its {what} cannot be read "
+                      f"({type(err).__name__}: {first_line}). It is damaged or incomplete, or was "
+                      f"written for another model. {back}.")
+
   def read_meta(self, step: int) -> dict:
-    restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    except Exception as err:  # Orbax raises many types for a missing or damaged item
+      raise self._unreadable(step, "metadata (meta/)", err) from err
+    if not isinstance(restored.get("meta"), dict):
+      raise self._unreadable(step, "metadata (meta/)", ValueError("no JSON object in meta/"))
     return restored["meta"]
 
   def restore(self, step: int, abstract_state: Any, data_iters: dict | None = None) -> Any:
@@ -47,11 +73,31 @@ class Checkpointer:
       args[f"data_{kind}"] = grain.checkpoint.CheckpointRestore(it)
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(**args))
-    except (ValueError, TypeError, KeyError) as e:
-      raise ValueError(
-          f"checkpoint {self.directory / str(step)} does not match the model being trained "
-          f"({e}). Use a fresh --workdir, or the config the checkpoint was written with.") from e
+    except Exception as err:  # TensorStore, Orbax and grain raise many types here
+      raise self._unreadable(step, "state or data-iterator position", err) from err
     return restored["state"]
+
+  def restore_params(self, step: int, device=None) -> tuple[Any, Any]:
+    """(params, extra) of a step as arrays on one device: what evaluation and export need,
+    without the optimizer moments (two more copies of the params) or the data position."""
+    import jax  # local: the rest of this module needs no device
+    folder = self.directory / str(step) / "state"
+    device = device or jax.local_devices()[0]
+    checkpointer = ocp.PyTreeCheckpointer()
+    try:
+      metadata = checkpointer.metadata(folder)
+      tree = getattr(metadata, "item_metadata", metadata)
+      tree = getattr(tree, "tree", tree)
+      wanted = {"params": tree["params"], "extra": tree.get("extra", {})}
+      sharding = jax.sharding.SingleDeviceSharding(device)
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                            wanted)
+      restore_args = jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding), target)
+      restored = checkpointer.restore(folder, args=ocp.args.PyTreeRestore(
+          item=target, restore_args=restore_args, partial_restore=True))
+    except Exception as err:
+      raise self._unreadable(step, "parameters", err) from err
+    return restored["params"], restored.get("extra", {})
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -62,16 +108,18 @@ class Checkpointer:
 
 
 def check_same_model(saved_model: dict, model: dict, directory: pathlib.Path) -> None:
-  """Raises if a checkpoint was written for a model of another shape than `model`."""
-  shape_fields = ("vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim",
-                  "max_positions", "type_vocab_size", "num_languages", "scan_layers",
-                  "separate_embeddings", "separate_layers")
-  # Fields added after a checkpoint was written take their default there.
-  defaults = {"separate_embeddings": False, "separate_layers": 0}
-  diffs = [f"model.{k}: checkpoint {saved_model.get(k, defaults.get(k))!r}, config {model.get(k)!r}"
-           for k in shape_fields if saved_model.get(k, defaults.get(k)) != model.get(k)]
-  if diffs:
-    raise ValueError(
-        f"workdir checkpoint {directory} holds a model of a different shape:\n  "
-        + "\n  ".join(diffs)
-        + "\nUse a new --workdir, or set these fields back to the checkpoint's values.")
+  """Raises if a checkpoint was written for a model of another shape than `model`.
+
+  Shapes come from the models' own `param_shapes`, not a list of fields: any field that changes
+  an array (sizes, language-specific parts, scan layout) is caught, and one that does not
+  (dtype, dropout, remat) may change between runs.
+  """
+  saved = EncoderConfig.from_dict({**model, **saved_model})  # fields added since take today's value
+  if param_shapes(saved) == param_shapes(EncoderConfig.from_dict(model)):
+    return
+  diffs = [f"model.{k}: checkpoint {saved_model.get(k)!r}, config {v!r}"
+           for k, v in model.items() if k in saved_model and saved_model[k] != v]
+  raise ValueError(
+      f"workdir checkpoint {directory} holds a model of a different shape:\n  "
+      + "\n  ".join(diffs)
+      + "\nUse a new --workdir, or set these fields back to the checkpoint's values.")

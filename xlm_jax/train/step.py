@@ -31,11 +31,14 @@ class BoundObjective:
     return self.objective.batch_kinds(self.context.config)
 
   def __call__(self, params, batch, rng, extra=None, train=True):
+    """`(loss, metrics, extra_state)` of the objective's loss_fn (see objectives/base.py)."""
     ctx = dataclasses.replace(self.context, train=train, extra=extra)
     out = self.objective.loss_fn(params, batch, rng, ctx)
-    if self.objective.init_extra_state is None:
-      loss, metrics = out
-      return loss, metrics, extra
+    # Checked while tracing, so it costs nothing per step and names the objective at fault.
+    if not isinstance(out, tuple) or len(out) != 3:
+      got = f"a {len(out)}-tuple" if isinstance(out, tuple) else type(out).__name__
+      raise TypeError(f"loss_fn of objective {self.objective.name!r} must return (loss, metrics, "
+                      f"extra_state), with ctx.extra as extra_state when it keeps none; got {got}")
     return out
 
 
@@ -47,6 +50,7 @@ def _objectives_loss(bound: Mapping[str, BoundObjective], params, batches, rng, 
                                        jax.random.fold_in(rng, i), extra.get(name), train)
     total = total + obj.weight * loss
     metrics.update({f"{name}/{k}": v for k, v in obj_metrics.items()})
+    # None means "no extra state" (ctx.extra handed back): nothing to store under `name`.
     if obj_extra is not None:
       new_extra[name] = obj_extra
   metrics["loss"] = total
@@ -67,6 +71,8 @@ def make_train_step(bound: Mapping[str, BoundObjective], tx: optax.GradientTrans
     if grad_accum_steps == 1:
       (_, (metrics, extra)), grads = grad_fn(state.params, batches, step_rng, state.extra)
     else:
+      # The extra state threads through the micro-batches (a key queue sees each one in turn);
+      # gradients are summed and averaged after, so each micro-batch counts equally.
       def micro_step(carry, xs):
         grads_sum, extra = carry
         micro_batch, index = xs

@@ -1,10 +1,17 @@
-"""The training story, top to bottom: corpus, tokenizer, mesh, input pipeline, model and state,
-jitted update step, checkpoint/resume, the loop with metrics and evaluation, then export.
+"""The training story, top to bottom, in banner sections:
+
+    mesh -> data -> model and state -> jitted steps -> checkpoint/resume -> loop with metrics and
+    evaluation -> export
 
     summary = train_and_evaluate(config, workdir)
 
 Running it again on the same workdir resumes from the latest checkpoint, including the exact
-position of every data iterator.
+position of every data iterator. State is explicit: every function takes what it reads and
+returns what it changes; the loop owns `state` and nothing else writes it.
+
+The corpus must exist (the `xlm-jax train` command builds the Debian recipes on first use,
+before it calls this). `evaluate_workdir` and `export_workdir` at the end serve `xlm-jax eval`
+and `xlm-jax export` from the workdir alone: no corpus, no optimizer.
 """
 from __future__ import annotations
 
@@ -21,17 +28,335 @@ import tqdm
 
 from xlm_jax import config as config_lib
 from xlm_jax.atomic_files import write_json_atomically
+from xlm_jax.data import batch_kinds, derived
+from xlm_jax.data.corpus import Corpus, build_command, resolve_corpus_dir
+from xlm_jax.data.tokenizer import Tokenizer, load_tokenizer
+from xlm_jax.evaluation import base as eval_lib
+from xlm_jax.models.encoder import EncoderConfig, Model, flops_per_token
+from xlm_jax.objectives.base import ObjectiveContext, predictions_per_token
+from xlm_jax.registry import OBJECTIVES
 from xlm_jax.train import checkpoint as ckpt_lib
 from xlm_jax.train import mesh as mesh_lib
 from xlm_jax.train import metrics as metrics_lib
-from xlm_jax.train import experiment as setup_lib
-from xlm_jax.train import warm_start
-from xlm_jax.train.step import make_train_step
+from xlm_jax.train import warm_start as warm_start_lib
+from xlm_jax.train import workdir as workdir_lib
+from xlm_jax.train.optimizer import make_optimizer
+from xlm_jax.train.state import create_train_state
+from xlm_jax.train.step import BoundObjective, make_eval_step, make_train_step
 
-# ---------------------------------------------------------------------------------------------
+# Held-out batches are masked with this fixed key (offset from the run's seed), so held-out
+# numbers are comparable across steps and runs.
+_EVAL_SEED_OFFSET = 1_000_003
+
+
+# =============================================================================================
+# Data: the corpus, its tokenizer and the grain pipelines of each batch kind
+# =============================================================================================
+
+
+def open_corpus(config) -> Corpus:
+  """The configured corpus; it must be built (`xlm-jax train` builds the Debian recipes first)."""
+  path = resolve_corpus_dir(config.data.corpus_dir, config.data.corpus)
+  if not (path / "manifest.json").is_file():
+    raise FileNotFoundError(
+        f"corpus {path} is not built. Build it with `{build_command(path)} --recipe "
+        f"{config.data.corpus}` (Debian recipes), or point --config.data.corpus_dir at a corpus "
+        "you built from your own text")
+  corpus = Corpus(path)
+  batch_kinds.check_languages(corpus, tuple(config.data.languages))  # derived ones too
+  return corpus
+
+
+def open_tokenizer(config, corpus: Corpus):
+  return load_tokenizer(corpus, config.data.vocabulary, seed=config.seed,
+                        vocab_size_per_lang=config.data.vocab_size_per_lang,
+                        languages=[l for l in config.data.languages if not derived.is_derived(l)])
+
+
+def make_batch_dataset(kind: str, config, corpus: Corpus, tokenizer, split: str,
+                       num_epochs=None, shuffle=True, max_sentences: int | None = None):
+  """The grain dataset of one batch kind (per-host batches), as the config describes it.
+
+  `max_sentences` keeps the first n sentences (or pairs) of each language: fixed evaluation sets.
+  """
+  data = config.data
+  return batch_kinds.make_dataset(
+      kind, corpus, tokenizer, split=split, languages=tuple(data.languages), seq_len=data.seq_len,
+      batch_size=config.train.batch_size // jax.process_count(), alpha=data.alpha,
+      seed=config.seed, packing=data.packing, pair_seq_len=data.pair_seq_len or data.seq_len // 2,
+      sentence_len=data.sentence_len or data.seq_len, num_epochs=num_epochs, shuffle=shuffle,
+      max_examples=max_sentences, read_threads=data.prefetch_threads,
+      foreign_first_rate=data.foreign_first_rate)
+
+
+def _next_batches(iterators: dict, kinds, mesh, grad_accum_steps: int) -> dict[str, Any]:
+  """Draws one global batch of every kind in `kinds` and places it on the mesh."""
+  out = {}
+  for kind in kinds:
+    host = next(iterators[kind])
+    if grad_accum_steps > 1:  # a leading micro-batch axis, scanned over inside the step
+      host = {k: v.reshape(grad_accum_steps, v.shape[0] // grad_accum_steps, *v.shape[1:])
+              for k, v in host.items()}
+    out[kind] = mesh_lib.to_global_batch(host, mesh, leading_dims=1 if grad_accum_steps > 1 else 0)
+  return out
+
+
+# =============================================================================================
+# Model and objectives
+# =============================================================================================
+
+
+def model_config(config, tokenizer: Tokenizer) -> EncoderConfig:
+  """The EncoderConfig of `config.model`, with the vocabulary the tokenizer needs."""
+  fields = config.model.to_dict()
+  # A derived "trans" language (ALIGN-MLM) shifts ids by V: its script doubles the vocabulary.
+  needed = batch_kinds.effective_vocab_size(tokenizer, tuple(config.data.languages))
+  if not fields["vocab_size"]:
+    fields["vocab_size"] = needed
+  elif fields["vocab_size"] < needed:
+    raise ValueError(f"model.vocab_size ({fields['vocab_size']}) is smaller than the {needed} ids "
+                     "the tokenizer (and derived languages) use; set it to 0 to follow them")
+  if fields["num_languages"] and fields["num_languages"] < len(config.data.languages):
+    raise ValueError(f"model.num_languages ({fields['num_languages']}) must be 0 (no language "
+                     f"embeddings) or >= len(data.languages) ({len(config.data.languages)})")
+  if fields["pad_id"] != tokenizer.pad_id:
+    raise ValueError(f"model.pad_id ({fields['pad_id']}) differs from the tokenizer's pad id "
+                     f"{tokenizer.pad_id}")
+  return EncoderConfig.from_dict(fields)
+
+
+def load_objective_resources(config, corpus, tokenizer) -> dict[str, dict]:
+  """Host-side constants of each configured objective (dictionary pairs), read once."""
+  languages = tuple(config.data.languages)
+  resources = {}
+  for name, section in config.objectives.items():
+    objective = OBJECTIVES.get(name)
+    if objective.load_resources is not None:
+      resources[name] = dict(objective.load_resources(section.to_dict(), corpus, tokenizer,
+                                                      languages))
+  return resources
+
+
+def bind_objectives(config, model, tokenizer, resources: dict | None = None,
+                    data_parallel_size: int = 1, names=None) -> dict[str, BoundObjective]:
+  """Each configured objective (or those in `names`) with its config, weight and static context.
+
+  `resources` ({objective: {name: array}}, from `load_objective_resources` or the workdir) are
+  baked into the jitted steps as `ctx.resources`.
+  """
+  languages = tuple(config.data.languages)
+  ranges = batch_kinds.language_ranges(tokenizer, languages)
+  bound = {}
+  for name, section in config.objectives.items():
+    if names is not None and name not in names:
+      continue
+    objective = OBJECTIVES.get(name)
+    cfg = section.to_dict()
+    if objective.load_resources is not None and name not in (resources or {}):
+      raise ValueError(f"objective {name!r} reads corpus resources; load them first "
+                       "(load_objective_resources)")
+    context = ObjectiveContext(
+        model=model, config=cfg, vocab_size=model.config.vocab_size, mask_id=tokenizer.mask_id,
+        pad_id=tokenizer.pad_id, special_ids=tuple(tokenizer.special_ids), languages=languages,
+        data_parallel_size=data_parallel_size, random_ranges=ranges,
+        resources=dict((resources or {}).get(name, {})), name=name)
+    bound[name] = BoundObjective(objective, float(cfg.get("weight", 1.0)), context)
+  return bound
+
+
+def model_params(params):
+  """The encoder + MLM head parameters, without the objectives' own heads (what export keeps)."""
+  return {k: v for k, v in params.items() if k != "heads"}
+
+
+# =============================================================================================
+# Stages and jitted update steps
+# =============================================================================================
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """Steps [start, end) train `groups`: one group per step, all objectives of a group summed."""
+  name: str
+  start: int
+  end: int
+  groups: tuple[tuple[str, ...], ...]
+
+
+def plan_stages(config, bound) -> list[Stage]:
+  """The run's stages; without `config.stages`, one stage with every objective.
+
+  Mixing "sum" trains all of a stage's objectives every step; "alternate" one per step, drawn
+  by weight (`group_for_step`).
+  """
+  specs = config.stages or (dict(name="train", steps=config.train.total_steps,
+                                  objectives=tuple(bound), mixing=config.objective_mixing),)
+  lengths = (config_lib.stage_lengths(config) if config.stages
+             else [config.train.total_steps])
+  stages, start = [], 0
+  for spec, length in zip(specs, lengths):
+    names = tuple(spec["objectives"])
+    mixing = spec.get("mixing", config.objective_mixing)
+    groups = (names,) if mixing == "sum" else tuple((n,) for n in names)
+    for group in groups:
+      custom = [n for n in group if bound[n].objective.make_steps is not None]
+      if custom and len(group) > 1:
+        raise ValueError(f"stage {spec.get('name', '?')!r}: objective {custom[0]!r} runs its own "
+                         f"update steps, so it cannot be summed with {list(group)}; give it a "
+                         "stage of its own or use mixing='alternate'")
+    stages.append(Stage(str(spec.get("name", f"stage{len(stages)}")), start, start + length,
+                        groups))
+    start += length
+  return stages
+
+
+def stage_at(stages: list[Stage], step: int) -> Stage:
+  for stage in stages:
+    if stage.start <= step < stage.end:
+      return stage
+  return stages[-1]
+
+
+def group_for_step(bound, groups, seed: int, step: int) -> int:
+  """The group trained at `step`: drawn by weight from (seed, step), so a resume redraws it."""
+  if len(groups) == 1:
+    return 0
+  weights = np.asarray([bound[g[0]].weight for g in groups], np.float64)
+  rng = np.random.default_rng([seed, step])
+  return int(rng.choice(len(groups), p=weights / weights.sum()))
+
+
+def group_kinds(bound, group) -> list[str]:
+  return sorted({kind for name in group for kind in bound[name].kinds})
+
+
+def jit_update_steps(bound, tx, schedule, shardings, mesh, grad_accum_steps: int = 1) -> list:
+  """The jitted update functions of one objective group (`bound`: name -> BoundObjective), run
+  in order every step.
+
+  A plain group is one `make_train_step` (gradient of the summed losses); an objective with its
+  own `make_steps` (EMMA-X's E-step, M-step) gives several, each jitted on its own. The state is
+  donated: parameters and optimizer moments are updated in place.
+  """
+  leading = 1 if grad_accum_steps > 1 else 0
+  kinds = sorted({kind for b in bound.values() for kind in b.kinds})
+  in_shardings = (shardings, {k: mesh_lib.batch_sharding(mesh, leading) for k in kinds})
+  out_shardings = (shardings, mesh_lib.replicated(mesh))  # metrics: small, on every device
+  first_name, first = next(iter(bound.items()))
+  if first.objective.make_steps is not None:
+    if grad_accum_steps > 1:
+      raise ValueError(f"objective {first_name!r} runs its own steps, which do not support "
+                       "train.grad_accum_steps > 1; set it to 1")
+    fns = [fn for _, fn in first.objective.make_steps(first, tx, schedule)]
+  else:
+    fns = [make_train_step(dict(bound), tx, schedule, grad_accum_steps)]
+  return [jax.jit(fn, donate_argnums=0, in_shardings=in_shardings, out_shardings=out_shardings)
+          for fn in fns]
+
+
+def run_group(fns, state, batches):
+  """Applies a group's update functions in order; returns the new state and merged metrics."""
+  metrics = {}
+  for fn in fns:
+    state, step_metrics = fn(state, batches)
+    metrics.update(step_metrics)
+  return state, metrics
+
+
+# =============================================================================================
+# Evaluation: the model as functions (evaluators never see the training state)
+# =============================================================================================
+
+
+def heldout_eval_step(bound, seed: int, put_batch=None):
+  """`(params, extra) -> eval_step(kind, index, host_batch)` for the held-out evaluator: each
+  objective reading `kind` scored with dropout off and a fixed masking key."""
+  rng = jax.random.PRNGKey(seed + _EVAL_SEED_OFFSET)
+  by_kind = {}
+  for kind in sorted({b.objective.batch_kind for b in bound.values()}):
+    group = {n: b for n, b in bound.items() if b.objective.batch_kind == kind}
+    by_kind[kind] = (group, jax.jit(make_eval_step(group)))
+  put_batch = put_batch or jax.device_put
+
+  def with_state(params, extra):
+    def eval_step(kind, index, batch):
+      if kind not in by_kind:
+        return {}
+      group, step = by_kind[kind]
+      metrics = jax.device_get(step(params, extra, {kind: put_batch(batch)},
+                                    jax.random.fold_in(rng, index)))
+      return {name: {key: metrics[f"{name}/{key}"]
+                     for key in (*b.objective.eval_metrics, "weight") if f"{name}/{key}" in metrics}
+              for name, b in group.items()}
+    return eval_step
+  return with_state
+
+
+def eval_model(model: Model, params, tokenizer, languages, eval_step=None) -> eval_lib.EvalModel:
+  """An EvalModel of encoder params that live on this host (one device)."""
+  from xlm_jax.export.export import Pretrained
+  from xlm_jax.objectives.align_mlm import word_embedding_table
+  encoder = Pretrained(model, params, tokenizer, {"languages": list(languages)})
+  return eval_lib.EvalModel(
+      encode=encoder.encode, config=model.config, eval_step=eval_step,
+      word_embeddings=lambda: np.asarray(jax.device_get(word_embedding_table(params, model.config))))
+
+
+def _on_this_host(params):
+  """Params for host-local work (encoding): on multi-host runs FSDP shards live on several
+  hosts, so gather them (a collective every host joins) onto this host's first device."""
+  if jax.process_count() == 1:
+    return params
+  return jax.device_put(mesh_lib.host_copy(params), jax.local_devices()[0])
+
+
+def eval_data(config, corpus, tokenizer, mcfg, bound) -> eval_lib.EvalData:
+  return eval_lib.EvalData(
+      corpus=corpus, tokenizer=tokenizer, languages=tuple(config.data.languages),
+      seed=config.seed, alpha=config.data.alpha, model_config=mcfg, eval_config=config.eval,
+      make_batches=lambda kind: list(iter(make_batch_dataset(
+          kind, config, corpus, tokenizer, "test", num_epochs=1, shuffle=False,
+          max_sentences=config.data.eval_sentences))),
+      batch_kinds=tuple(sorted({b.objective.batch_kind for b in bound.values()})))
+
+
+def evaluation_sets(config, workdir, data: eval_lib.EvalData | None) -> dict[str, dict]:
+  """Every configured evaluator's sets: from the workdir where stored, else read from `data`."""
+  folder = eval_lib.sets_folder(workdir / workdir_lib.EVAL_SETS_DIR, jax.process_index(),
+                                jax.process_count())
+  names = list(config.eval.evaluators)
+  stored = [n for n in names if (folder / f"{n}.json").is_file()]
+  sets = eval_lib.load_sets(folder, stored) if stored else {}
+  missing = [n for n in names if n not in sets]
+  if missing:
+    if data is None:
+      eval_lib.load_sets(folder, missing)  # raises, naming the first missing file
+    sets.update(eval_lib.collect_sets(missing, data))
+  return {n: sets[n] for n in names}
+
+
+# =============================================================================================
+# Export
+# =============================================================================================
+
+
+def export(target, params, mcfg: EncoderConfig, tokenizer, languages, step: int,
+           corpus_packages=()) -> pathlib.Path:
+  """Writes the export folder (params without the objectives' heads) from process 0."""
+  from xlm_jax.export.export import export_model
+  if jax.process_index() == 0:
+    files = getattr(tokenizer, "files", None)  # a language-tagged vocabulary: several models
+    export_model(target, model_params(params), mcfg.to_dict(),
+                 files() if files is not None else tokenizer.serialized(),
+                 extra_metadata={"languages": list(languages), "step": int(step),
+                                 "corpus_manifest": list(corpus_packages)})
+  return pathlib.Path(target)
+
+
+# =============================================================================================
 # Preemption: SIGTERM (what TPU VMs, Kubernetes and Slurm send) asks the loop to checkpoint and
 # leave at the next step boundary, never in the middle of a write.
-# ---------------------------------------------------------------------------------------------
+# =============================================================================================
 
 
 class _StopRequest:
@@ -66,148 +391,95 @@ def _any_host(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
-@dataclasses.dataclass(frozen=True)
-class Stage:
-  """Steps [start, end) train `groups`: one group per step, all objectives of a group summed."""
-  name: str
-  start: int
-  end: int
-  groups: tuple[tuple[str, ...], ...]
-
-
-def plan_stages(run) -> list[Stage]:
-  """The run's stages; without `config.stages`, one stage with every objective.
-
-  Mixing "sum" trains all of a stage's objectives every step; "alternate" one per step, drawn
-  by weight (`_group_for_step`).
-  """
-  config = run.config
-  specs = config.stages or (dict(name="train", steps=config.train.total_steps,
-                                  objectives=tuple(run.bound), mixing=config.objective_mixing),)
-  lengths = (config_lib.stage_lengths(config) if config.stages
-             else [config.train.total_steps])
-  stages, start = [], 0
-  for spec, length in zip(specs, lengths):
-    names = tuple(spec["objectives"])
-    mixing = spec.get("mixing", config.objective_mixing)
-    groups = (names,) if mixing == "sum" else tuple((n,) for n in names)
-    for group in groups:
-      custom = [n for n in group if run.bound[n].objective.make_steps is not None]
-      if custom and len(group) > 1:
-        raise ValueError(f"stage {spec.get('name', '?')!r}: objective {custom[0]!r} runs its own "
-                         f"update steps, so it cannot be summed with {list(group)}; give it a "
-                         "stage of its own or use mixing='alternate'")
-    stages.append(Stage(str(spec.get("name", f"stage{len(stages)}")), start, start + length,
-                        groups))
-    start += length
-  return stages
-
-
-def _stage_at(stages: list[Stage], step: int) -> Stage:
-  for stage in stages:
-    if stage.start <= step < stage.end:
-      return stage
-  return stages[-1]
-
-
-def _group_for_step(run, groups, step: int) -> int:
-  if len(groups) == 1:
-    return 0
-  weights = np.asarray([run.bound[g[0]].weight for g in groups], np.float64)
-  rng = np.random.default_rng([run.config.seed, step])
-  return int(rng.choice(len(groups), p=weights / weights.sum()))
-
-
-def _group_kinds(run, group) -> list[str]:
-  return sorted({kind for name in group for kind in run.bound[name].kinds})
-
-
-def _next_batches(run, group) -> dict[str, Any]:
-  """Draws one global batch of every kind the group needs and places it on the mesh."""
-  accum = run.config.train.grad_accum_steps
-  out = {}
-  for kind in _group_kinds(run, group):
-    host = next(run.iterators[kind])
-    if accum > 1:
-      host = {k: v.reshape(accum, v.shape[0] // accum, *v.shape[1:]) for k, v in host.items()}
-    out[kind] = mesh_lib.to_global_batch(host, run.mesh, leading_dims=1 if accum > 1 else 0)
-  return out
-
-
-def jit_update_steps(bound, tx, schedule, shardings, mesh, grad_accum_steps: int = 1) -> list:
-  """The jitted update functions of one objective group (`bound`: name -> BoundObjective), run
-  in order every step.
-
-  A plain group is one `make_train_step` (gradient of the summed losses); an objective with its
-  own `make_steps` (EMMA-X's E-step, M-step) gives several, each jitted on its own. The state is
-  donated: parameters and optimizer moments are updated in place.
-  """
-  leading = 1 if grad_accum_steps > 1 else 0
-  kinds = sorted({kind for b in bound.values() for kind in b.kinds})
-  in_shardings = (shardings, {k: mesh_lib.batch_sharding(mesh, leading) for k in kinds})
-  out_shardings = (shardings, mesh_lib.replicated(mesh))
-  first_name, first = next(iter(bound.items()))
-  if first.objective.make_steps is not None:
-    if grad_accum_steps > 1:
-      raise ValueError(f"objective {first_name!r} runs its own steps, which do not support "
-                       "train.grad_accum_steps > 1; set it to 1")
-    fns = [fn for _, fn in first.objective.make_steps(first, tx, schedule)]
-  else:
-    fns = [make_train_step(dict(bound), tx, schedule, grad_accum_steps)]
-  return [jax.jit(fn, donate_argnums=0, in_shardings=in_shardings, out_shardings=out_shardings)
-          for fn in fns]
-
-
-def compile_group(run, group) -> list:
-  """`jit_update_steps` for the objectives of `group` in `run`."""
-  return jit_update_steps({n: run.bound[n] for n in group}, run.tx, run.schedule, run.shardings,
-                          run.mesh, run.config.train.grad_accum_steps)
-
-
-def run_group(run, fns, batches):
-  """Applies a group's update functions to `run.state`; returns the merged metrics."""
-  metrics = {}
-  for fn in fns:
-    run.state, step_metrics = fn(run.state, batches)
-    metrics.update(step_metrics)
-  return metrics
-
-
-def _meta(run, step: int) -> dict:
-  return {"step": step, "config": run.config.to_dict(), "model": run.model_config.to_dict(),
-          "languages": list(run.config.data.languages), "corpus": str(run.corpus.dir),
-          "tokenizer_sha256": run.corpus.manifest.get("tokenizer", {}).get("sha256", "")}
-
-
-def restore_or_init(run) -> int:
-  """Restores the latest checkpoint of the workdir into `run` (state and iterators)."""
-  step = run.checkpointer.latest_step()
-  if step is None:
-    return 0
-  meta = run.checkpointer.read_meta(step)
-  ckpt_lib.check_same_model(meta["model"], run.model_config.to_dict(), run.checkpointer.directory)
-  run.state = run.checkpointer.restore(step, run.abstract_state, run.iterators)
-  logging.info("resumed from %s/%d", run.checkpointer.directory, step)
-  return step
+# =============================================================================================
+# The story
+# =============================================================================================
 
 
 def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
-  """Trains `config` in `workdir` (resuming if possible), evaluates, exports; returns a summary."""
-  workdir = pathlib.Path(workdir)
-  run = setup_lib.build_run(config, workdir)
-  start_step = restore_or_init(run)
+  """Trains `config` in `workdir` (resuming if possible), evaluates, exports; returns a summary.
+
+  Every check runs before anything is written to the workdir: a refused run leaves it as it was.
+  """
+  workdir = workdir_lib.check_path(workdir)
   total = config.train.total_steps
 
-  if start_step == 0 and config.init_from:
-    warm_start.warm_start(run, config.init_from)
+  # ------------------------------------------------------------------ mesh
+  mesh_lib.maybe_initialize_distributed(config.distributed)
+  mesh = mesh_lib.make_mesh(config.mesh)
+  rules = mesh_lib.logical_rules(config.mesh)
+  global_batch = config.train.batch_size
+  if global_batch % mesh_lib.data_parallel_size(mesh):
+    raise ValueError(f"train.batch_size ({global_batch}) must be divisible by the data-parallel "
+                     f"size data*fsdp = {mesh_lib.data_parallel_size(mesh)}")
+  mesh_lib.check_hosts_split_batch(mesh, global_batch)
 
-  # ------------------------------------------------------------------ jitted update steps
-  stages = plan_stages(run)
-  compiled: dict[tuple[str, ...], list] = {}  # compiled on first use: later stages cost nothing now
+  # ------------------------------------------------------------------ data
+  corpus = open_corpus(config)
+  tokenizer = open_tokenizer(config, corpus)
+  resources = load_objective_resources(config, corpus, tokenizer)
+
+  # ------------------------------------------------------------------ model and state
+  mcfg = model_config(config, tokenizer)
+  model = Model(mcfg)
+  bound = bind_objectives(config, model, tokenizer, resources,
+                          data_parallel_size=mesh_lib.data_parallel_size(mesh))
+  stages = plan_stages(config, bound)
+  tx, schedule = make_optimizer(config.optimizer, total)
+  kinds = sorted({kind for b in bound.values() for kind in b.kinds})
+  # Orbax creates its folder when opened: open an existing one now (to check it), a new one
+  # only once every check has passed.
+  def open_checkpointer():
+    return ckpt_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints,
+                                 async_save=config.train.async_checkpointing,
+                                 data_kinds=tuple(kinds))
+  checkpointer = open_checkpointer() if (workdir / ckpt_lib.CHECKPOINT_DIR).is_dir() else None
+  start_step = (checkpointer.latest_step() or 0) if checkpointer else 0
+  if start_step:
+    # Refuse another model before the state is built: nothing is written on a refusal.
+    meta = checkpointer.read_meta(start_step)
+    ckpt_lib.check_same_model(meta["model"], mcfg.to_dict(), checkpointer.directory)
+    if start_step >= total:
+      checkpointer.close()
+      return _already_trained(workdir, start_step, total)
+  state, shardings, abstract_state = create_train_state(
+      model, tx, bound, config.data.seq_len, mesh, rules, config.seed, initialize=not start_step)
+  iterators = {kind: iter(make_batch_dataset(kind, config, corpus, tokenizer, "train"))
+               for kind in kinds}
+
+  # ------------------------------------------------------------------ checkpoint / resume
+  if start_step:
+    state = checkpointer.restore(start_step, abstract_state, iterators)
+    logging.info("resumed from %s/%d", checkpointer.directory, start_step)
+  elif config.init_from:
+    state, _ = warm_start_lib.warm_start(state, shardings, bound, config.seed, config.init_from)
+
+  sets = evaluation_sets(config, workdir, eval_data(config, corpus, tokenizer, mcfg, bound))
+  evaluators = eval_lib.build_evaluators(sets, config.eval)
+
+  # Every check has passed: from here on the workdir is written.
+  _write_workdir(config, workdir, tokenizer, resources, sets)
+  checkpointer = checkpointer or open_checkpointer()
+  meta = {"model": mcfg.to_dict(), "languages": list(config.data.languages),
+          "corpus": str(corpus.dir), "corpus_packages": corpus.manifest.get("packages", []),
+          "tokenizer_sha256": corpus.manifest.get("tokenizer", {}).get("sha256", "")}
+  heldout_step = heldout_eval_step(bound, config.seed,
+                                   lambda batch: mesh_lib.to_global_batch(batch, mesh))
+
+  def evaluate(state, names=None) -> dict:
+    params = _on_this_host(model_params(state.params))
+    model_fns = eval_model(model, params, tokenizer, config.data.languages,
+                           heldout_step(state.params, state.extra))
+    chosen = {n: e for n, e in evaluators.items() if names is None or n in names}
+    return eval_lib.evaluate(chosen, model_fns)
 
   # ------------------------------------------------------------------ loop
+  tokens_per_step = global_batch * config.data.seq_len
+  flops_per_step = tokens_per_step * flops_per_token(
+      mcfg, config.data.seq_len, predictions_per_token(bound, config.data.seq_len))
+  compiled: dict[tuple[str, ...], list] = {}  # compiled on first use: later stages cost nothing now
   writer = metrics_lib.MetricWriter(workdir)
-  throughput = metrics_lib.Throughput(run.tokens_per_step, run.flops_per_step, jax.device_count())
+  throughput = metrics_lib.Throughput(tokens_per_step, flops_per_step, jax.device_count())
   stop = _StopRequest()
   stop.install()
   history, last_train = [], {}
@@ -217,16 +489,15 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
   step, preempted, stopped_early = start_step, False, False
   try:
     while step < total:
-      stage = _stage_at(stages, step)
-      if step == stage.start and len(stages) > 1:
-        logging.info("stage %r: steps %d-%d, objectives %s", stage.name, stage.start, stage.end,
-                     [list(g) for g in stage.groups])
-      group = stage.groups[_group_for_step(run, stage.groups, step)]
+      stage = stage_at(stages, step)
+      group = stage.groups[group_for_step(bound, stage.groups, config.seed, step)]
       if group not in compiled:
-        compiled[group] = compile_group(run, group)
-      batches = _next_batches(run, group)
+        compiled[group] = jit_update_steps({n: bound[n] for n in group}, tx, schedule, shardings,
+                                           mesh, config.train.grad_accum_steps)
+      batches = _next_batches(iterators, group_kinds(bound, group), mesh,
+                              config.train.grad_accum_steps)
       with jax.transfer_guard("disallow"):  # hidden host<->device copies fail loudly
-        metrics = run_group(run, compiled[group], batches)
+        state, metrics = run_group(compiled[group], state, batches)
       step += 1
       throughput.tick()
       history.append(metrics)
@@ -239,45 +510,164 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
         bar.set_postfix(loss=f"{last_train['loss']:.3f}",
                         tok_s=f"{last_train.get('tokens_per_second', 0):.0f}")
       if config.train.eval_every and step % config.train.eval_every == 0 and step < total:
-        writer.write(step, run.evaluate_heldout(run.state), prefix="eval/")
+        if "mlm" in evaluators:  # the cheap periodic evaluation: held-out objective losses
+          writer.write(step, evaluate(state, ("mlm",)), prefix="eval/")
       # Host clocks differ: agree, or one host would evaluate while the others keep training.
       out_of_time = bool(config.train.max_wall_seconds) and _any_host(
           time.time() - started > config.train.max_wall_seconds)
       if stop.should_stop(step):
         preempted = True
-        run.checkpointer.save(step, run.state, run.iterators, _meta(run, step), force=True)
+        checkpointer.save(step, state, iterators, {"step": step, **meta}, force=True)
         logging.warning("preempted at step %d: checkpoint saved, rerun to resume", step)
         break
       if out_of_time:
         # A time budget ends training early but still evaluates and exports what was trained.
         stopped_early = True
-        run.checkpointer.save(step, run.state, run.iterators, _meta(run, step), force=True)
+        checkpointer.save(step, state, iterators, {"step": step, **meta}, force=True)
         logging.warning("train.max_wall_seconds reached at step %d of %d: evaluating now; "
                         "rerun with a larger budget to continue", step, total)
         break
       if step % config.train.checkpoint_every == 0 or step == total:
-        run.checkpointer.save(step, run.state, run.iterators, _meta(run, step))
+        checkpointer.save(step, state, iterators, {"step": step, **meta})
   finally:
     bar.close()
     stop.uninstall()
-    run.checkpointer.wait()
+    checkpointer.wait()
 
   summary = {"workdir": str(workdir), "start_step": start_step, "step": step,
              "total_steps": total, "train_seconds": time.time() - started,
              "preempted": preempted, "stopped_early": stopped_early, "train": last_train}
-  if preempted:
-    run.close()
-    writer.close()
-    return summary
-
-  # ------------------------------------------------------------------ evaluate and export
-  summary["eval"] = run.evaluate_all(run.state)
-  writer.write(step, {k: v for k, v in summary["eval"].items() if isinstance(v, (int, float))},
-               prefix="eval/")
-  if config.export.enabled:
-    summary["export_dir"] = str(run.export(run.state))
-  run.close()
+  if not preempted:
+    # ---------------------------------------------------------------- evaluate and export
+    summary["eval"] = evaluate(state)
+    writer.write(step, {k: v for k, v in summary["eval"].items() if isinstance(v, (int, float))},
+                 prefix="eval/")
+    if config.export.enabled:
+      # Gathered on every host (a collective: FSDP shards live on several), written by one.
+      host_params = mesh_lib.host_copy(state.params)
+      target = config.export.dir or workdir / "export"
+      summary["export_dir"] = str(export(target, host_params, mcfg, tokenizer,
+                                         config.data.languages, step, meta["corpus_packages"]))
+  checkpointer.close()
+  for it in iterators.values():  # stop the input threads
+    getattr(it, "close", lambda: None)()
   writer.close()
-  if jax.process_index() == 0:  # hosts share the workdir: concurrent tmp+rename writes collide
-    write_json_atomically(workdir / "summary.json", summary)
+  if jax.process_index() == 0 and not preempted:  # hosts share the workdir: one writes
+    write_json_atomically(workdir / workdir_lib.SUMMARY_FILE, summary)
   return summary
+
+
+def _write_workdir(config, workdir, tokenizer, resources, sets) -> None:
+  """config.json, the tokenizer, the objectives' resources and the evaluation sets."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  if jax.process_index() == 0:  # hosts share the workdir: concurrent tmp+rename writes collide
+    workdir_lib.write_config(workdir, config)
+    workdir_lib.save_tokenizer(workdir, tokenizer)
+    workdir_lib.save_resources(workdir, resources)
+  # Held-out batches differ per host, so every host stores its own sets (its own folder).
+  folder = eval_lib.sets_folder(workdir / workdir_lib.EVAL_SETS_DIR, jax.process_index(),
+                                jax.process_count())
+  if any(not (folder / f"{name}.json").is_file() for name in sets):
+    eval_lib.save_sets(folder, sets)
+
+
+def _already_trained(workdir: pathlib.Path, step: int, total: int) -> dict:
+  """A finished run asked for fewer steps than it has: say so, and change nothing."""
+  logging.warning("%s is already trained to step %d, not below train.total_steps=%d: nothing to "
+                  "train, and its config.json and summary.json are left as they are. To train "
+                  "further, raise --config.train.total_steps above %d; to evaluate, run "
+                  "`xlm-jax eval --workdir %s`", workdir, step, total, step, workdir)
+  summary = workdir_lib.read_summary(workdir) or {"workdir": str(workdir), "step": step}
+  return {**summary, "already_trained": True, "requested_total_steps": total}
+
+
+# =============================================================================================
+# Workdir jobs: `xlm-jax eval` and `xlm-jax export` read the workdir alone (no corpus, no
+# optimizer moments, no data position) and never write its config.json.
+# =============================================================================================
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """A workdir's latest checkpoint as evaluation and export need it."""
+  workdir: pathlib.Path
+  config: Any              # config.json, with this command's overrides applied in memory only
+  step: int
+  meta: dict
+  model: Model
+  params: Any              # on this host's first device
+  extra: Any
+  tokenizer: Any
+
+
+def restore_workdir(workdir, overrides=()) -> Restored:
+  if jax.process_count() > 1:
+    raise ValueError("xlm-jax eval/export read a workdir on one process; run them on one host")
+  workdir = workdir_lib.require_trained(workdir)
+  config = workdir_lib.read_config(workdir)
+  for item in overrides:
+    config_lib.apply_override(config, item)
+  config = config_lib.validate(config, source="--config overrides")
+  if not (workdir / ckpt_lib.CHECKPOINT_DIR).is_dir():
+    raise FileNotFoundError(f"no checkpoint under {workdir / ckpt_lib.CHECKPOINT_DIR}; train first")
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints,
+                                       async_save=False)
+  try:
+    step = checkpointer.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint under {checkpointer.directory}; train first")
+    meta = checkpointer.read_meta(step)
+    params, extra = checkpointer.restore_params(step)
+  finally:
+    checkpointer.close()
+  tokenizer = workdir_lib.load_tokenizer(workdir)
+  return Restored(workdir, config, step, meta, Model(EncoderConfig.from_dict(meta["model"])),
+                  params, extra, tokenizer)
+
+
+def _corpus_if_present(config) -> Corpus | None:
+  path = resolve_corpus_dir(config.data.corpus_dir, config.data.corpus)
+  return Corpus(path) if (path / "manifest.json").is_file() else None
+
+
+def evaluate_workdir(workdir, overrides=()) -> tuple[Restored, dict]:
+  """Every configured evaluator on the latest checkpoint of `workdir`."""
+  restored = restore_workdir(workdir, overrides)
+  config, model, tokenizer = restored.config, restored.model, restored.tokenizer
+  corpus = None
+  resources = {}
+  for name, section in config.objectives.items():
+    if OBJECTIVES.get(name).load_resources is None:
+      continue
+    try:
+      resources[name] = workdir_lib.load_resources(restored.workdir, name)
+    except FileNotFoundError:
+      corpus = corpus or _corpus_if_present(config)
+      if corpus is None:
+        raise
+      resources.update(load_objective_resources(config, corpus, tokenizer))
+  bound = bind_objectives(config, model, tokenizer, resources)
+  try:
+    sets = evaluation_sets(config, restored.workdir, None)
+  except FileNotFoundError:
+    corpus = corpus or _corpus_if_present(config)
+    if corpus is None:
+      raise
+    sets = evaluation_sets(config, restored.workdir,
+                           eval_data(config, corpus, tokenizer, model.config, bound))
+  evaluators = eval_lib.build_evaluators(sets, config.eval)
+  step_fn = heldout_eval_step(bound, config.seed)(restored.params, restored.extra)
+  results = eval_lib.evaluate(evaluators, eval_model(model, model_params(restored.params),
+                                                     tokenizer, config.data.languages, step_fn))
+  return restored, results
+
+
+def export_workdir(workdir, out=None) -> tuple[Restored, pathlib.Path]:
+  """Writes the export folder of `workdir`'s latest checkpoint (default <workdir>/export)."""
+  restored = restore_workdir(workdir)
+  config, meta = restored.config, restored.meta
+  target = out or config.export.dir or restored.workdir / "export"
+  path = export(target, restored.params, restored.model.config, restored.tokenizer,
+                meta.get("languages", list(config.data.languages)), restored.step,
+                meta.get("corpus_packages", []))
+  return restored, path

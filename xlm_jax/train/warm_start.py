@@ -76,10 +76,14 @@ def merge_matching(target, source) -> tuple[dict, list[str], list[str]]:
   return flax.traverse_util.unflatten_dict(merged), copied, kept
 
 
-def warm_start(run, source) -> dict:
-  """Copies matching params and extra state of `source`'s latest checkpoint into `run.state`."""
+def warm_start(state, shardings, bound, seed: int, source):
+  """`state` with the matching params and extra state of `source`'s latest checkpoint.
+
+  Returns (new state, info). `bound` (name -> BoundObjective) rebuilds extra state the source
+  lacks; `shardings` places the merged state back on the mesh.
+  """
   saved, step = read_state(source)
-  host = mesh_lib.host_copy(run.state)  # a collective on multi-host runs: every host calls it
+  host = mesh_lib.host_copy(state)  # a collective on multi-host runs: every host calls it
   params, copied, kept = merge_matching(dict(host.params), dict(saved.get("params", {})))
   if not copied:
     raise ValueError(f"init_from {source}: no parameter matches this model by name and shape; "
@@ -92,18 +96,16 @@ def warm_start(run, source) -> dict:
     extra[name], extra_copied, _ = merge_matching(value, saved_extra)
     if extra_copied:
       found.add(name)
-  state = host.replace(params=params, extra=extra)
-  state = jax.device_put(state, run.shardings)
+  state = jax.device_put(host.replace(params=params, extra=extra), shardings)
   # Extra state that the source lacks is rebuilt from the loaded weights (a momentum copy).
-  for i, (name, bound) in enumerate(run.bound.items()):
-    init_extra = bound.objective.init_extra_state
+  for i, (name, objective) in enumerate(bound.items()):
+    init_extra = objective.objective.init_extra_state
     if init_extra is None or name in found:
       continue
-    rng = jax.random.fold_in(jax.random.PRNGKey(run.config.seed), 7919 + i)
-    fresh = jax.jit(lambda r, p, _init=init_extra, _ctx=bound.context: nn.meta.unbox(
-        _init(r, p, _ctx)), out_shardings=run.shardings.extra[name])(rng, state.params)
+    rng = jax.random.fold_in(jax.random.PRNGKey(seed), 7919 + i)
+    fresh = jax.jit(lambda r, p, _init=init_extra, _ctx=objective.context: nn.meta.unbox(
+        _init(r, p, _ctx)), out_shardings=shardings.extra[name])(rng, state.params)
     state = state.replace(extra={**state.extra, name: fresh})
-  run.state = state
   logging.info("warm start from %s (step %d): %d arrays copied, %d kept at init%s", source, step,
                len(copied), len(kept), f" ({', '.join(kept[:8])}...)" if kept else "")
-  return {"source": str(source), "step": step, "copied": copied, "kept": kept}
+  return state, {"source": str(source), "step": step, "copied": copied, "kept": kept}

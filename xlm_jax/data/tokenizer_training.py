@@ -1,4 +1,8 @@
-"""Train the shared SentencePiece model on language-balanced text (XLM-R recipe, small scale).
+"""Train the shared ("joint") SentencePiece model on language-balanced text (XLM-R recipe, small scale).
+
+Lives beside the tokenizer readers because every vocabulary kind is trained from here: the corpus build
+(`xlm-jax data build`) trains the joint model, and tokenizer_variants trains the per-language models of the
+union / no-anchors vocabularies, which `load_tokenizer` may do on first use.
 
 Sentences are sampled per language with q_l ∝ p_l^alpha (alpha < 1 gives small languages more of the
 vocabulary than their raw share), with a fixed seed, then sorted so that the trainer sees the same input in
@@ -26,7 +30,7 @@ def alpha_sample_plan(counts: dict[str, int], alpha: float, max_sentences: int,
   """Which sentences the alpha sample takes: {lang: (whole repeats, sorted extra line indices)}.
 
   Separate from reading the text so that lists (alpha_sample) and streamed files
-  (user_corpora.views.alpha_sample_files) draw exactly the same sample.
+  (alpha_sample_files, the corpus build's reader of users' text files) draw exactly the same sample.
   """
   probs = language_sampling_probs(counts, alpha)
   total = min(max_sentences, sum(counts.values()))

@@ -4,7 +4,7 @@ The spec's rule is "keep 70%, replace 30% with a translation, at most 15% of wor
 it as follows (every number is a config field):
 
   * A *dictionary word* is a token with at least one translation in the run's dictionaries that is a
-    whole word (dict_mlm.whole_word_positions; with `whole_words` off, any such token).
+    whole word (dictionary_swap.whole_word_positions; with `whole_words` off, any such token).
   * `switch_order = "replace_then_cap"` (default, the literal reading): each dictionary word is
     replaced with probability `replace_rate` (0.3) and kept otherwise (0.7); if that replaces more
     than floor(`max_switch_rate` (0.15) * words in the batch), a uniform random subset of that size of
@@ -22,20 +22,21 @@ it as follows (every number is a config field):
     entries read in the row's language (a shared piece is not translated as the other language's word).
     lang_ids are left as they are (the row's language), as in the paper's models without them.
 
-The switched text then goes through the plain MLM (mlm.mlm_loss, unchanged): masks, inputs and labels
-are those of the switched text, so a masked switched word must be predicted in its new language.
+The switched text then goes through the plain MLM (mlm_core.masked_lm_loss, the loss of "mlm"):
+masks, inputs and labels are those of the switched text, so a masked switched word must be predicted
+in its new language.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from xlm_jax.objectives import mlm
 from xlm_jax.objectives.base import Objective, ObjectiveContext
-from xlm_jax.objectives.dict_mlm import (check_table_fits, load_dictionary_resources, lookup,
-                                         pick_translation, whole_word_positions)
+from xlm_jax.objectives.dictionary_swap import (check_table_fits, load_dictionary_resources, lookup,
+                                                pick_translation, whole_word_positions)
+from xlm_jax.objectives.masking import masked_predictions_per_token, masking_config
+from xlm_jax.objectives.mlm_core import masked_lm_loss
 from xlm_jax.registry import OBJECTIVES
-from xlm_jax.objectives.mlm import masking_config
 
 SWITCH_ORDERS = ("replace_then_cap", "select_then_replace")
 
@@ -45,7 +46,7 @@ def default_config() -> dict:
       replace_rate=0.3,            # a dictionary word is replaced with this probability (kept: 0.7)
       max_switch_rate=0.15,        # cap: replaced (or selected) words <= this share of the batch's words
       switch_order="replace_then_cap",  # "replace_then_cap" | "select_then_replace" (docstring)
-      whole_words=True,            # only replace tokens that are a whole word (dict_mlm)
+      whole_words=True,            # only replace tokens that are a whole word (dictionary_swap)
       language_aware=True,         # translate a token as a word of its row's language only
       dictionary_languages=(),     # () = every run language but English; "en_trans"-style derived too
       max_translations=0,          # translations kept per token (0 = all)
@@ -54,6 +55,8 @@ def default_config() -> dict:
 
 def random_subset(rng: jax.Array, pool: jax.Array, limit: jax.Array) -> jax.Array:
   """bool like `pool`: a uniform random subset of min(limit, |pool|) of pool's True entries."""
+  # Uniform scores, 2.0 (above any draw) outside the pool: the pool's entries take the lowest
+  # ranks in random order. Ranked over the flattened batch because the cap is per batch, not row.
   scores = jnp.where(pool, jax.random.uniform(rng, pool.shape), 2.0).ravel()
   rank = jnp.empty_like(scores, dtype=jnp.int32).at[jnp.argsort(scores)].set(
       jnp.arange(scores.size, dtype=jnp.int32))
@@ -87,17 +90,20 @@ def code_switch(rng: jax.Array, input_ids: jax.Array, lang_ids: jax.Array, ctx: 
 
 
 def code_switch_mlm_loss(params, batch, rng, ctx: ObjectiveContext):
-  """mlm_loss on the code-switched batch; metrics add the switched share of words."""
+  """The MLM loss on the code-switched batch; metrics add the switched share of words. No extra
+  state."""
   switch_rng, mlm_rng = jax.random.split(rng)
   switched, dictionary_word, replaced, num_words = code_switch(switch_rng, batch["input_ids"],
                                                                batch["lang_ids"], ctx)
-  loss, metrics = mlm.mlm_loss(params, dict(batch, input_ids=switched), mlm_rng, ctx)
+  loss, metrics = masked_lm_loss(params, dict(batch, input_ids=switched), mlm_rng, ctx)
   words = jnp.maximum(num_words, 1).astype(jnp.float32)
   metrics["dictionary_word_rate"] = jnp.sum(dictionary_word) / words
   metrics["switch_rate"] = jnp.sum(replaced) / words
-  return loss, metrics
+  return loss, metrics, ctx.extra
 
 
+# Switching changes ids, not the masked slots: the MLM's share of logits.
 OBJECTIVES.register("mlm_code_switch")(Objective(
     name="mlm_code_switch", batch_kind="mono", loss_fn=code_switch_mlm_loss,
-    default_config=default_config, load_resources=load_dictionary_resources))
+    default_config=default_config, load_resources=load_dictionary_resources,
+    predictions_per_token=masked_predictions_per_token))

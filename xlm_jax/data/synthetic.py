@@ -10,7 +10,10 @@ reordered inside a word. Tagging labels (one per word) move with their words.
 
 `derive_corpus` writes the derived text (shuffled: content-parallel, never row-aligned), the implicit
 dictionary i <-> i + V and the derived evaluation sets (unshuffled, so they stay aligned with their labels).
-`alignment_accuracy` and its Procrustes variant measure how well a model aligned the two embedding tables.
+This module is the pure part (transformations, the derived folder's format); `xlm_jax.data.derived` turns a
+corpus language into a derived one (`derive_language`, used on first use and by `xlm-jax data derive`).
+How well a model aligned the two embedding tables is measured by
+`xlm_jax.evaluation.alignment.dictionary_alignment_accuracy` on the implicit dictionary.
 """
 from __future__ import annotations
 
@@ -128,6 +131,7 @@ def derive(ids_list, op: str, vocab_size: int, seed: int, overlap=None, labels=N
   moved = np.ones(vocab_size, bool)  # ids that trans shifts
   moved[list(special_ids)] = False
   moved[_overlap_ids(overlap, vocab_size)] = False
+  # A per-id offset list (0 or V): the loop below runs per token in Python, where list indexing beats numpy.
   offsets = (moved * vocab_size).tolist() if shift else None
   kinds = PieceKinds.from_pieces(pieces) if pieces is not None else None
   out_ids, out_labels = [], [] if labels is not None else None
@@ -230,6 +234,8 @@ def derive_corpus(texts, tokenizer, op: str, seed: int, output_dir=None, overlap
   special = tokenizer.special_ids
   derived, _ = derive(tokenizer.encode(list(texts)), op, vocab_size, seed, overlap, pieces=pieces,
                       special_ids=special)
+  # spawn_key (1,) keeps the row shuffle apart from perm's per-sentence streams (spawn_key (0, index)), so
+  # changing the corpus size never changes how a given sentence is permuted.
   shuffle = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
   derived = [derived[i] for i in shuffle.permutation(len(derived))]
   eval_ids, eval_out_labels = {}, {}
@@ -276,6 +282,7 @@ def read_dictionary(path) -> tuple[np.ndarray, dict]:
                               "and a .json sidecar)")
   data = path.read_bytes()
   meta = json.loads(sidecar_path.read_text(encoding="utf-8"))
+  # The sidecar's sha256 catches a .npy replaced without its sidecar (e.g. a half-copied folder).
   if meta.get("format") != DICTIONARY_FORMAT or meta.get("sha256") != hashlib.sha256(data).hexdigest():
     raise ValueError(f"{sidecar_path} does not describe {path} (format or sha256 differ); rebuild both")
   return np.load(io.BytesIO(data), allow_pickle=False), meta
@@ -294,6 +301,7 @@ def read_sequences(path) -> tuple[list, list | None]:
     except (ValueError, KeyError, TypeError) as err:
       raise ValueError(f"{path}:{number}: not a derived-sequence line ({err}); rebuild the file") from err
     labels.append(row.get("labels"))
+  # Labels are all-or-nothing: a set with some unlabelled rows cannot be scored as a tagging set.
   return ids, (labels if all(label is not None for label in labels) and labels else None)
 
 
@@ -315,60 +323,3 @@ def _jsonl_bytes(seqs, labels=None) -> bytes:
   rows = [{"ids": seq} if labels is None else {"ids": seq, "labels": labels[k]}
           for k, seq in enumerate(seqs)]
   return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
-
-
-# --- Alignment of the two embedding tables ------------------------------------------------------------------
-
-def _split_ids(ids, seed: int, eval_fraction: float = 0.9, train_fraction: float = 0.05):
-  """A seeded split of `ids` into evaluation ids (90%) and disjoint Procrustes training ids (5%)."""
-  ids = np.asarray(ids, np.int64)
-  shuffled = np.random.default_rng(seed).permutation(ids)
-  num_eval = int(round(eval_fraction * len(ids)))
-  num_train = int(round(train_fraction * len(ids)))
-  return shuffled[:num_eval], shuffled[num_eval:num_eval + num_train]
-
-
-def _normalise(table) -> np.ndarray:
-  table = np.asarray(table, np.float64)
-  return table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-12)
-
-
-def _nearest_is_counterpart(queries: np.ndarray, candidates: np.ndarray, query_ids, candidate_ids,
-                            chunk: int = 1024) -> float:
-  """% of query rows whose cosine nearest candidate row has the same id (rows already normalised)."""
-  hits = 0
-  for start in range(0, len(query_ids), chunk):
-    scores = queries[start:start + chunk] @ candidates.T
-    hits += int((candidate_ids[scores.argmax(axis=1)] == query_ids[start:start + chunk]).sum())
-  return 100.0 * hits / max(len(query_ids), 1)
-
-
-def alignment_accuracy(E_orig, E_derived, ids, seed: int) -> float:
-  """% of a seeded random 90% of `ids` whose cosine nearest neighbour among E_derived[ids] is its counterpart.
-
-  Row i of E_derived is the counterpart of row i of E_orig (pass E[:V] and E[V:2V] of the model's table);
-  `ids` are the moved ids (column 0 of the dictionary). Rows are normalised first.
-  """
-  return _alignment(E_orig, E_derived, ids, seed, procrustes=False)
-
-
-def procrustes_alignment_accuracy(E_orig, E_derived, ids, seed: int) -> float:
-  """As alignment_accuracy, after an orthogonal map E_orig -> E_derived learned on 5% of `ids`.
-
-  The 5% are disjoint from the evaluated 90% (same seed, same split as alignment_accuracy).
-  W = U V^T with U S V^T = SVD(X^T Y), X, Y the normalised training rows (x W ≈ y).
-  """
-  return _alignment(E_orig, E_derived, ids, seed, procrustes=True)
-
-
-def _alignment(E_orig, E_derived, ids, seed: int, procrustes: bool) -> float:
-  orig, derived = _normalise(E_orig), _normalise(E_derived)
-  ids = np.asarray(ids, np.int64)
-  eval_ids, train_ids = _split_ids(ids, seed)
-  queries = orig[eval_ids]
-  if procrustes:
-    if len(train_ids) == 0:
-      raise ValueError(f"{len(ids)} ids leave no 5% to learn the Procrustes map from; pass more ids")
-    u, _, vt = np.linalg.svd(orig[train_ids].T @ derived[train_ids])
-    queries = _normalise(queries @ (u @ vt))
-  return _nearest_is_counterpart(queries, derived[ids], eval_ids, ids)

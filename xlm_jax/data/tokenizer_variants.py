@@ -9,6 +9,10 @@ Both start from one SentencePiece model per language, trained on that language's
     (`LanguageTaggedTokenizer.encode(texts, lang)`); `language_ranges` lets MLM masking draw random
     replacement tokens from the same language's range.
 Every model keeps the contract's special ids: <s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4.
+
+This module sits in xlm_jax.data, not in the corpus builder, because training reads these folders and
+`xlm_jax.data.tokenizer.load_tokenizer` builds a missing one on first use; `xlm-jax data tokenizers` is the
+command-line way to build the same folders ahead of time.
 """
 from __future__ import annotations
 
@@ -24,8 +28,8 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
 from xlm_jax.atomic_files import write_directory_atomically
-from data_prep.tokenizer_training import (DEFAULT_CHARACTER_COVERAGE, DEFAULT_MAX_SENTENCES, alpha_sample,
-                                          train_sentencepiece)
+from xlm_jax.data.tokenizer_training import (DEFAULT_CHARACTER_COVERAGE, DEFAULT_MAX_SENTENCES, alpha_sample,
+                                             train_sentencepiece)
 
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")  # ids 0..4 (contract)
 NUM_SPECIALS = len(SPECIALS)
@@ -48,6 +52,7 @@ def train_per_language(texts_by_lang: dict[str, list[str]], vocab_size_per_lang,
     size = vocab_size_per_lang[lang] if isinstance(vocab_size_per_lang, dict) else vocab_size_per_lang
     if not texts:
       raise ValueError(f"language {lang!r} has no text to train its SentencePiece model on")
+    # One language, so alpha does not matter: this only caps (and seeds) the subsample of a big language.
     sentences = alpha_sample({lang: list(texts)}, alpha=1.0, max_sentences=max_sentences, seed=seed)
     train = functools.partial(train_sentencepiece, sentences, size, model_type=model_type, seed=seed,
                               num_threads=num_threads)
@@ -77,7 +82,7 @@ def _proto(model: bytes, source: str) -> sentencepiece_model_pb2.ModelProto:
   got = tuple(piece.piece for piece in proto.pieces[:NUM_SPECIALS])
   if got != SPECIALS:
     raise ValueError(f"{source} has {got} at ids 0..4, not {SPECIALS}; train it with "
-                     "data_prep.tokenizer_training.train_sentencepiece (the contract's special ids)")
+                     "xlm_jax.data.tokenizer_training.train_sentencepiece (the contract's special ids)")
   if any(piece.type != _NORMAL for piece in proto.pieces[NUM_SPECIALS:]):
     raise ValueError(f"{source} has special pieces after id 4; only <s> <pad> </s> <unk> <mask> may be "
                      "special (train with train_sentencepiece)")
@@ -163,6 +168,7 @@ class LanguageTaggedTokenizer:
     self.vocab_size = start
     self._starts = [self.language_ranges[lang][0] for lang in self.languages]
 
+  # SentencePieceProcessor objects do not pickle; workers rebuild them from the model bytes.
   def __getstate__(self):
     return {"models": self._models}
 
@@ -193,6 +199,7 @@ class LanguageTaggedTokenizer:
       raise ValueError(f"id {token_id} is outside the vocabulary [0, {self.vocab_size})")
     if token_id < NUM_SPECIALS:
       return None
+    # Ranges are contiguous and sorted by start, so the last start <= token_id names the language.
     return self.languages[bisect.bisect_right(self._starts, token_id) - 1]
 
   def _local(self, token_id: int) -> tuple[str | None, int]:
@@ -247,7 +254,7 @@ class LanguageTaggedTokenizer:
     meta_path = directory / "tokenizer.json"
     if not meta_path.is_file():
       raise FileNotFoundError(f"{meta_path} not found; write the tokenizer with "
-                              "data_prep.tokenizer_variants.build_no_anchors_tokenizer")
+                              "xlm_jax.data.tokenizer_variants.build_no_anchors_tokenizer")
     files = {path.name: path.read_bytes() for path in directory.iterdir() if path.is_file()}
     return cls.from_files(files, source=str(directory))
 
@@ -256,7 +263,7 @@ class LanguageTaggedTokenizer:
     """Rebuilds the tokenizer from `files()` output; checks checksums and ranges."""
     if "tokenizer.json" not in files:
       raise FileNotFoundError(f"{source}: tokenizer.json not found; write the tokenizer with "
-                              "data_prep.tokenizer_variants.build_no_anchors_tokenizer")
+                              "xlm_jax.data.tokenizer_variants.build_no_anchors_tokenizer")
     meta = json.loads(files["tokenizer.json"].decode("utf-8"))
     meta_path = f"{source}/tokenizer.json"
     if meta.get("format") != TAGGED_FORMAT or meta.get("format_version") != FORMAT_VERSION:
