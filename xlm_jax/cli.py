@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import pathlib
 import sys
 
 _OVERRIDE_PREFIX = "--config."
@@ -85,7 +84,7 @@ def cmd_train(args, overrides) -> int:
 
 def cmd_eval(args, overrides) -> int:
   from xlm_jax.evaluation import report
-  from xlm_jax.train.trainer import evaluate_workdir
+  from xlm_jax.train.workdir_jobs import evaluate_workdir
   restored, results = evaluate_workdir(args.workdir, overrides)
   folder = report.write_eval_report(
       restored.workdir / "eval" / str(restored.step), results,
@@ -99,7 +98,7 @@ def cmd_eval(args, overrides) -> int:
 
 
 def cmd_export(args, overrides) -> int:
-  from xlm_jax.train.trainer import export_workdir
+  from xlm_jax.train.workdir_jobs import export_workdir
   if overrides:
     raise ValueError("xlm-jax export takes no --config overrides: it writes the checkpoint as "
                      "trained (choose the folder with --out)")

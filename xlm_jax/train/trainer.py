@@ -10,8 +10,8 @@ position of every data iterator. State is explicit: every function takes what it
 returns what it changes; the loop owns `state` and nothing else writes it.
 
 The corpus must exist (the `xlm-jax train` command builds the Debian recipes on first use,
-before it calls this). `evaluate_workdir` and `export_workdir` at the end serve `xlm-jax eval`
-and `xlm-jax export` from the workdir alone: no corpus, no optimizer.
+before it calls this). `xlm-jax eval` and `xlm-jax export` (workdir_jobs.py) reuse these
+functions on the workdir alone: no corpus, no optimizer.
 """
 from __future__ import annotations
 
@@ -579,95 +579,3 @@ def _already_trained(workdir: pathlib.Path, step: int, total: int) -> dict:
                   "`xlm-jax eval --workdir %s`", workdir, step, total, step, workdir)
   summary = workdir_lib.read_summary(workdir) or {"workdir": str(workdir), "step": step}
   return {**summary, "already_trained": True, "requested_total_steps": total}
-
-
-# =============================================================================================
-# Workdir jobs: `xlm-jax eval` and `xlm-jax export` read the workdir alone (no corpus, no
-# optimizer moments, no data position) and never write its config.json.
-# =============================================================================================
-
-
-@dataclasses.dataclass(frozen=True)
-class Restored:
-  """A workdir's latest checkpoint as evaluation and export need it."""
-  workdir: pathlib.Path
-  config: Any              # config.json, with this command's overrides applied in memory only
-  step: int
-  meta: dict
-  model: Model
-  params: Any              # on this host's first device
-  extra: Any
-  tokenizer: Any
-
-
-def restore_workdir(workdir, overrides=()) -> Restored:
-  if jax.process_count() > 1:
-    raise ValueError("xlm-jax eval/export read a workdir on one process; run them on one host")
-  workdir = workdir_lib.require_trained(workdir)
-  config = workdir_lib.read_config(workdir)
-  for item in overrides:
-    config_lib.apply_override(config, item)
-  config = config_lib.validate(config, source="--config overrides")
-  if not (workdir / ckpt_lib.CHECKPOINT_DIR).is_dir():
-    raise FileNotFoundError(f"no checkpoint under {workdir / ckpt_lib.CHECKPOINT_DIR}; train first")
-  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints,
-                                       async_save=False)
-  try:
-    step = checkpointer.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint under {checkpointer.directory}; train first")
-    meta = checkpointer.read_meta(step)
-    params, extra = checkpointer.restore_params(step)
-  finally:
-    checkpointer.close()
-  tokenizer = workdir_lib.load_tokenizer(workdir)
-  return Restored(workdir, config, step, meta, Model(EncoderConfig.from_dict(meta["model"])),
-                  params, extra, tokenizer)
-
-
-def _corpus_if_present(config) -> Corpus | None:
-  path = resolve_corpus_dir(config.data.corpus_dir, config.data.corpus)
-  return Corpus(path) if (path / "manifest.json").is_file() else None
-
-
-def evaluate_workdir(workdir, overrides=()) -> tuple[Restored, dict]:
-  """Every configured evaluator on the latest checkpoint of `workdir`."""
-  restored = restore_workdir(workdir, overrides)
-  config, model, tokenizer = restored.config, restored.model, restored.tokenizer
-  corpus = None
-  resources = {}
-  for name, section in config.objectives.items():
-    if OBJECTIVES.get(name).load_resources is None:
-      continue
-    try:
-      resources[name] = workdir_lib.load_resources(restored.workdir, name)
-    except FileNotFoundError:
-      corpus = corpus or _corpus_if_present(config)
-      if corpus is None:
-        raise
-      resources.update(load_objective_resources(config, corpus, tokenizer))
-  bound = bind_objectives(config, model, tokenizer, resources)
-  try:
-    sets = evaluation_sets(config, restored.workdir, None)
-  except FileNotFoundError:
-    corpus = corpus or _corpus_if_present(config)
-    if corpus is None:
-      raise
-    sets = evaluation_sets(config, restored.workdir,
-                           eval_data(config, corpus, tokenizer, model.config, bound))
-  evaluators = eval_lib.build_evaluators(sets, config.eval)
-  step_fn = heldout_eval_step(bound, config.seed)(restored.params, restored.extra)
-  results = eval_lib.evaluate(evaluators, eval_model(model, model_params(restored.params),
-                                                     tokenizer, config.data.languages, step_fn))
-  return restored, results
-
-
-def export_workdir(workdir, out=None) -> tuple[Restored, pathlib.Path]:
-  """Writes the export folder of `workdir`'s latest checkpoint (default <workdir>/export)."""
-  restored = restore_workdir(workdir)
-  config, meta = restored.config, restored.meta
-  target = out or config.export.dir or restored.workdir / "export"
-  path = export(target, restored.params, restored.model.config, restored.tokenizer,
-                meta.get("languages", list(config.data.languages)), restored.step,
-                meta.get("corpus_packages", []))
-  return restored, path

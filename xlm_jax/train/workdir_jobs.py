@@ -1,0 +1,110 @@
+"""`xlm-jax eval` and `xlm-jax export` of a trained workdir.
+
+They read the workdir alone (xlm_jax/train/workdir.py: config.json, tokenizer/, eval_sets/,
+resources/ and the checkpoint's params), never the corpus, the optimizer moments or the data
+position, and they never write config.json: overrides apply to this command only. The model,
+objectives, evaluators and export are built by the same functions as in trainer.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import jax
+
+from xlm_jax import config as config_lib
+from xlm_jax.data.corpus import Corpus, resolve_corpus_dir
+from xlm_jax.evaluation import base as eval_lib
+from xlm_jax.models.encoder import EncoderConfig, Model
+from xlm_jax.registry import OBJECTIVES
+from xlm_jax.train import checkpoint as ckpt_lib
+from xlm_jax.train import workdir as workdir_lib
+from xlm_jax.train.trainer import (bind_objectives, eval_data, eval_model, evaluation_sets, export,
+                                   heldout_eval_step, load_objective_resources, model_params)
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """A workdir's latest checkpoint as evaluation and export need it."""
+  workdir: pathlib.Path
+  config: Any              # config.json, with this command's overrides applied in memory only
+  step: int
+  meta: dict
+  model: Model
+  params: Any              # on this host's first device
+  extra: Any
+  tokenizer: Any
+
+
+def restore_workdir(workdir, overrides=()) -> Restored:
+  if jax.process_count() > 1:
+    raise ValueError("xlm-jax eval/export read a workdir on one process; run them on one host")
+  workdir = workdir_lib.require_trained(workdir)
+  config = workdir_lib.read_config(workdir)
+  for item in overrides:
+    config_lib.apply_override(config, item)
+  config = config_lib.validate(config, source="--config overrides")
+  if not (workdir / ckpt_lib.CHECKPOINT_DIR).is_dir():
+    raise FileNotFoundError(f"no checkpoint under {workdir / ckpt_lib.CHECKPOINT_DIR}; train first")
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints,
+                                       async_save=False)
+  try:
+    step = checkpointer.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint under {checkpointer.directory}; train first")
+    meta = checkpointer.read_meta(step)
+    params, extra = checkpointer.restore_params(step)
+  finally:
+    checkpointer.close()
+  tokenizer = workdir_lib.load_tokenizer(workdir)
+  return Restored(workdir, config, step, meta, Model(EncoderConfig.from_dict(meta["model"])),
+                  params, extra, tokenizer)
+
+
+def _corpus_if_present(config) -> Corpus | None:
+  path = resolve_corpus_dir(config.data.corpus_dir, config.data.corpus)
+  return Corpus(path) if (path / "manifest.json").is_file() else None
+
+
+def evaluate_workdir(workdir, overrides=()) -> tuple[Restored, dict]:
+  """Every configured evaluator on the latest checkpoint of `workdir`."""
+  restored = restore_workdir(workdir, overrides)
+  config, model, tokenizer = restored.config, restored.model, restored.tokenizer
+  corpus = None
+  resources = {}
+  for name, section in config.objectives.items():
+    if OBJECTIVES.get(name).load_resources is None:
+      continue
+    try:
+      resources[name] = workdir_lib.load_resources(restored.workdir, name)
+    except FileNotFoundError:
+      corpus = corpus or _corpus_if_present(config)
+      if corpus is None:
+        raise
+      resources.update(load_objective_resources(config, corpus, tokenizer))
+  bound = bind_objectives(config, model, tokenizer, resources)
+  try:
+    sets = evaluation_sets(config, restored.workdir, None)
+  except FileNotFoundError:
+    corpus = corpus or _corpus_if_present(config)
+    if corpus is None:
+      raise
+    sets = evaluation_sets(config, restored.workdir,
+                           eval_data(config, corpus, tokenizer, model.config, bound))
+  evaluators = eval_lib.build_evaluators(sets, config.eval)
+  step_fn = heldout_eval_step(bound, config.seed)(restored.params, restored.extra)
+  results = eval_lib.evaluate(evaluators, eval_model(model, model_params(restored.params),
+                                                     tokenizer, config.data.languages, step_fn))
+  return restored, results
+
+
+def export_workdir(workdir, out=None) -> tuple[Restored, pathlib.Path]:
+  """Writes the export folder of `workdir`'s latest checkpoint (default <workdir>/export)."""
+  restored = restore_workdir(workdir)
+  config, meta = restored.config, restored.meta
+  target = out or config.export.dir or restored.workdir / "export"
+  path = export(target, restored.params, restored.model.config, restored.tokenizer,
+                meta.get("languages", list(config.data.languages)), restored.step,
+                meta.get("corpus_packages", []))
+  return restored, path
