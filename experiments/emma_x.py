@@ -16,7 +16,8 @@ Three stages, each its own run warm-started from the previous one's checkpoint:
        m_step (encoder learns from the classifier's ranks with rank-wise InfoNCE + MLM)
 e_step and m_step are separate jitted functions over the explicit state (query encoder, momentum
 key encoder, key queue sharded over the data axis, rank means, classifier). `mono=<n>` mixes n
-monolingual sentences per step into the candidates. Sizes: tiny | small (CPU) | base | large.
+monolingual sentences per step into the candidates; `queue=<n>` sets the key queue (default:
+1024, or one step's keys rounded up to a multiple of 1024 at big batches). Sizes: tiny | small (CPU) | base | large.
 The geometry evaluator (invariance, canonical form, isotropy) runs after every stage.
 """
 from xlm_jax import presets
@@ -26,7 +27,7 @@ STAGES = ("ctl", "gmm", "itr")
 
 
 def get_config(arg=None):
-  args = presets.parse_arg(arg, size="tiny", variant="itr", mono=0, queue=1024)
+  args = presets.parse_arg(arg, size="tiny", variant="itr", mono=0, queue=0)
   stage = args["variant"]
   if stage not in STAGES:
     raise ValueError(f"experiments/emma_x.py: unknown stage {stage!r}; known: {STAGES}")
@@ -34,8 +35,13 @@ def get_config(arg=None):
   presets.apply_size(c, args["size"])
   c.data.corpus = "debian8"
   c.data.pair_seq_len = c.data.seq_len // 2  # same token slots per step as MLM
+  # Each step enqueues both sides of every pair plus the monolingual candidates, so the queue
+  # must hold at least that many keys (config validation refuses less). queue=0 (the default)
+  # takes 1024 or one step's keys rounded up to a multiple of 1024, whichever is larger.
+  keys_per_step = 2 * c.train.batch_size + args["mono"]
+  queue = args["queue"] or max(1024, -(-keys_per_step // 1024) * 1024)
   presets.set_objectives(c, emma_x=dict(stage=stage, mono_candidates=args["mono"],
-                                        queue_size=args["queue"]))
+                                        queue_size=queue))
   c.eval.evaluators = ("mlm", "retrieval", "geometry")
   if stage == "gmm":
     c.train.total_steps = max(1, c.train.total_steps // 4)  # a short classifier warm-up

@@ -257,7 +257,7 @@ def test_users_text_and_a_debian_recipe_in_one_build(small_corpus, tmp_path, cap
   mono = tmp_path / "mono"
   mono.mkdir()
   (mono / "de.txt").write_text("\n\n".join("\n".join(doc) for doc in docs) + "\n", encoding="utf-8")
-  (mono / "sw.txt").write_text("".join(f"Habari ya {w} nambari {i}.\n\n" for i in range(60) for w in ["leo"]),
+  (mono / "sw.txt").write_text("".join(f"Habari ya {w} nambari {i}.\n\n" for i in range(300) for w in ["leo"]),
                                encoding="utf-8")
   pairs = [(f"User sentence {i}.", f"Phrase utilisateur {i}.") for i in range(30)]
   (tmp_path / "en-fr.tsv").write_text("".join(f"{en}\t{fr}\n\n" for en, fr in pairs), encoding="utf-8")

@@ -93,3 +93,45 @@ def test_workdir_that_is_a_file_is_refused(small_corpus, tmp_path, capsys):
   assert code == 2 and "is a file" in capsys.readouterr().err
   assert path.read_text() == "notes"
   assert cli.main(["eval", "--workdir", str(path)]) == 2
+
+
+def test_damaged_checkpoint_names_the_step_and_the_way_back(small_corpus, tmp_path, capsys):
+  workdir = tmp_path / "w"
+  trainer.train_and_evaluate(tiny_config(small_corpus.dir, **{
+      "train.total_steps": 4, "train.checkpoint_every": 2}), workdir)
+  for data_file in (workdir / "checkpoints" / "4" / "state").rglob("d/*"):
+    data_file.write_bytes(data_file.read_bytes()[: data_file.stat().st_size // 2])  # truncated
+  before = folder_checksums(workdir)
+  resume = ["train", "--config", QUICKSTART + ":smoke", "--workdir", str(workdir),
+            *["--config." + o for o in tiny_overrides(small_corpus.dir, **{
+                "train.total_steps": 6, "train.checkpoint_every": 2})]]
+  assert cli.main(resume) == 2
+  err = capsys.readouterr().err
+  assert "checkpoint step 4" in err and "resume from step 2" in err and "Traceback" not in err
+  assert len(err.strip().splitlines()) == 1  # one clear line, not a TensorStore traceback
+  assert cli.main(["eval", "--workdir", str(workdir)]) == 2
+  assert "checkpoint step 4" in capsys.readouterr().err
+  assert folder_checksums(workdir) == before
+
+  shutil.rmtree(workdir / "checkpoints" / "4" / "meta")  # a checkpoint with a missing item
+  before = folder_checksums(workdir)
+  assert cli.main(resume) == 2
+  err = capsys.readouterr().err
+  assert "checkpoint step 4" in err and "metadata" in err
+  assert folder_checksums(workdir) == before
+
+
+def test_truncated_tfds_shard_names_language_shard_and_recipe(small_corpus, tmp_path):
+  from xlm_jax.data.corpus import Corpus
+  corpus_dir = tmp_path / "corpus"
+  shutil.copytree(small_corpus.dir, corpus_dir)
+  shard = next((corpus_dir / "tfds" / "xlmj_mono" / "de").rglob("*train.array_record-00000-*"))
+  shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+  recipe = json.loads((corpus_dir / "manifest.json").read_text())["recipe"]
+  before = folder_checksums(corpus_dir)
+  with pytest.raises(ValueError) as err:
+    Corpus(corpus_dir).mono_source("de", "train")
+  message = str(err.value)
+  assert "train.array_record-00000-of-00001" in message and "language de" in message
+  assert f"xlm-jax data build --corpus-dir {corpus_dir} --recipe {recipe} --force" in message
+  assert folder_checksums(corpus_dir) == before

@@ -42,8 +42,23 @@ def resolve_corpus_dir(corpus_dir: str | os.PathLike = "", corpus: str = DEFAULT
   return pathlib.Path(root).expanduser() / corpus
 
 
-def build_command(corpus_dir) -> str:
-  return f"xlm-jax data build --corpus-dir {corpus_dir}"
+def build_command(corpus_dir, recipe: str | None = None) -> str:
+  """The `xlm-jax data build` command that (re)builds `corpus_dir` as it was built.
+
+  The recipe comes from `recipe`, else from the corpus's own manifest (so a hint never rebuilds
+  a debian8 corpus as the default gettext8); a corpus of users' text names where its inputs are
+  recorded, since only the user has them.
+  """
+  command = f"xlm-jax data build --corpus-dir {corpus_dir}"
+  if recipe is None:
+    try:
+      manifest = json.loads((pathlib.Path(corpus_dir) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+      manifest = {}
+    recipe = manifest.get("recipe") if isinstance(manifest, dict) else None
+    if recipe not in RECIPES and isinstance(manifest, dict) and manifest.get("user_corpora"):
+      return f"{command} <the inputs listed under 'user_corpora' in its manifest.json>"
+  return f"{command} --recipe {recipe}" if recipe in RECIPES else command
 
 
 def read_manifest(corpus_dir) -> dict:
@@ -149,10 +164,34 @@ class Corpus:
     if not dataset_dir.is_dir():
       raise FileNotFoundError(f"TFDS dataset {dataset_dir} is missing from the corpus; "
                               f"rebuild with `{build_command(self.dir)} --force`")
-    builder = tfds.builder_from_directory(str(dataset_dir))
+    try:
+      builder = tfds.builder_from_directory(str(dataset_dir))
+    except Exception as err:  # TFDS raises many types for a damaged dataset_info.json
+      raise ValueError(f"TFDS dataset {dataset_dir} cannot be opened ({type(err).__name__}: "
+                       f"{str(err).splitlines()[0] if str(err) else ''}); rebuild the corpus with "
+                       f"`{build_command(self.dir)} --force`") from err
     if split not in builder.info.splits:
       return EmptySource()
-    return builder.as_data_source(split)
+    source = builder.as_data_source(split)
+    self._check_shards(source, builder.info.splits[split], dataset_dir, split)
+    return source
+
+  def _check_shards(self, source, split_info, dataset_dir: pathlib.Path, split: str) -> None:
+    """Reads the first record of every shard: a truncated or damaged array_record file fails
+    here, named, instead of deep inside a grain worker thread with a Riegeli error."""
+    start = 0
+    for index, length in enumerate(split_info.shard_lengths):
+      if length:
+        try:
+          source[start]
+        except Exception as err:  # array_record raises RuntimeError / OSError variants
+          shard = f"{split}.array_record-{index:05d}-of-{len(split_info.shard_lengths):05d}"
+          raise ValueError(
+              f"corpus {self.dir}: shard {shard} of {dataset_dir.relative_to(self.dir)} (language "
+              f"{dataset_dir.parent.name}) cannot be read ({type(err).__name__}: "
+              f"{str(err).splitlines()[0][:200] if str(err) else ''}); the file is truncated or "
+              f"damaged. Rebuild the corpus with `{build_command(self.dir)} --force`") from err
+      start += length
 
   def mono_source(self, lang: str, split: str):
     """Random access to {"text": bytes, "lang": bytes} records (TFDS array_record data source)."""

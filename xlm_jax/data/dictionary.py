@@ -205,13 +205,13 @@ def load_word_pairs(corpus_dir, lang: str, vocab_size: int) -> np.ndarray:
   if not path.is_file():
     raise FileNotFoundError(
         f"no dictionary for language {lang!r}: {path} not found. Corpora of the debian8 recipe have "
-        f"them: `{build_command(corpus_dir)} --recipe debian8 --force`; or leave {lang!r} out of the "
+        f"them: `{build_command(corpus_dir, recipe='debian8')} --force`; or leave {lang!r} out of the "
         "objective's `dictionary_languages` (derived languages are named '<lang>_<op>', e.g. 'en_trans')")
   loaded = load_dictionary(path, vocab_size=vocab_size)
   if loaded.token_ids is None:
     raise ValueError(f"{artifact_paths(path)[1]} not found: {path} was saved without a "
                      "tokenizer, so it has no token ids; rebuild the corpus "
-                     f"(`{build_command(corpus_dir)} --recipe debian8 --force`)")
+                     f"(`{build_command(corpus_dir, recipe='debian8')} --force`)")
   return loaded.token_ids
 
 

@@ -97,6 +97,8 @@ class Checkpointer:
           item=target, restore_args=restore_args, partial_restore=True))
     except Exception as err:
       raise self._unreadable(step, "parameters", err) from err
+    finally:
+      checkpointer.close()
     return restored["params"], restored.get("extra", {})
 
   def wait(self) -> None:

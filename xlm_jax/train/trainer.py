@@ -59,9 +59,9 @@ def open_corpus(config) -> Corpus:
   path = resolve_corpus_dir(config.data.corpus_dir, config.data.corpus)
   if not (path / "manifest.json").is_file():
     raise FileNotFoundError(
-        f"corpus {path} is not built. Build it with `{build_command(path)} --recipe "
-        f"{config.data.corpus}` (Debian recipes), or point --config.data.corpus_dir at a corpus "
-        "you built from your own text")
+        f"corpus {path} is not built. Build it with `{build_command(path, config.data.corpus)}` "
+        "(the Debian recipes gettext8 and debian8), or point --config.data.corpus_dir at a corpus "
+        "you built from your own text (`xlm-jax data build --corpus-dir DIR --mono-dir ...`)")
   corpus = Corpus(path)
   batch_kinds.check_languages(corpus, tuple(config.data.languages))  # derived ones too
   return corpus
@@ -435,27 +435,32 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
                                  data_kinds=tuple(kinds))
   checkpointer = open_checkpointer() if (workdir / ckpt_lib.CHECKPOINT_DIR).is_dir() else None
   start_step = (checkpointer.latest_step() or 0) if checkpointer else 0
-  if start_step:
-    # Refuse another model before the state is built: nothing is written on a refusal.
-    meta = checkpointer.read_meta(start_step)
-    ckpt_lib.check_same_model(meta["model"], mcfg.to_dict(), checkpointer.directory)
-    if start_step >= total:
-      checkpointer.close()
-      return _already_trained(workdir, start_step, total)
-  state, shardings, abstract_state = create_train_state(
-      model, tx, bound, config.data.seq_len, mesh, rules, config.seed, initialize=not start_step)
-  iterators = {kind: iter(make_batch_dataset(kind, config, corpus, tokenizer, "train"))
-               for kind in kinds}
+  try:
+    if start_step:
+      # Refuse another model before the state is built: nothing is written on a refusal.
+      meta = checkpointer.read_meta(start_step)
+      ckpt_lib.check_same_model(meta["model"], mcfg.to_dict(), checkpointer.directory)
+      if start_step >= total:
+        checkpointer.close()
+        return _already_trained(workdir, start_step, total)
+    state, shardings, abstract_state = create_train_state(
+        model, tx, bound, config.data.seq_len, mesh, rules, config.seed, initialize=not start_step)
+    iterators = {kind: iter(make_batch_dataset(kind, config, corpus, tokenizer, "train"))
+                 for kind in kinds}
 
-  # ------------------------------------------------------------------ checkpoint / resume
-  if start_step:
-    state = checkpointer.restore(start_step, abstract_state, iterators)
-    logging.info("resumed from %s/%d", checkpointer.directory, start_step)
-  elif config.init_from:
-    state, _ = warm_start_lib.warm_start(state, shardings, bound, config.seed, config.init_from)
+    # ------------------------------------------------------------------ checkpoint / resume
+    if start_step:
+      state = checkpointer.restore(start_step, abstract_state, iterators)
+      logging.info("resumed from %s/%d", checkpointer.directory, start_step)
+    elif config.init_from:
+      state, _ = warm_start_lib.warm_start(state, shardings, bound, config.seed, config.init_from)
 
-  sets = evaluation_sets(config, workdir, eval_data(config, corpus, tokenizer, mcfg, bound))
-  evaluators = eval_lib.build_evaluators(sets, config.eval)
+    sets = evaluation_sets(config, workdir, eval_data(config, corpus, tokenizer, mcfg, bound))
+    evaluators = eval_lib.build_evaluators(sets, config.eval)
+  except BaseException:
+    if checkpointer is not None:
+      checkpointer.close()  # stop Orbax's threads on a refusal: nothing was written
+    raise
 
   # Every check has passed: from here on the workdir is written.
   _write_workdir(config, workdir, tokenizer, resources, sets)

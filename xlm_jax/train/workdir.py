@@ -37,9 +37,14 @@ SUMMARY_FILE = "summary.json"
 def check_path(workdir) -> pathlib.Path:
   """The workdir as an absolute path; ValueError when it names a file."""
   workdir = pathlib.Path(workdir).expanduser()
-  if workdir.exists() and not workdir.is_dir():
-    raise ValueError(f"--workdir {workdir} is a file, not a folder; pass a folder (it is created "
-                     "if missing)")
+  # The path itself, or a folder above it, may be a file: either way mkdir would fail late.
+  for path in (workdir, *workdir.parents):
+    if path.exists():
+      if not path.is_dir():
+        what = "is a file" if path == workdir else f"lies under {path}, which is a file"
+        raise ValueError(f"--workdir {workdir} {what}, not a folder; pass a folder (it is "
+                         "created if missing)")
+      break
   return workdir
 
 

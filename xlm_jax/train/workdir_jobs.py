@@ -42,9 +42,7 @@ def restore_workdir(workdir, overrides=()) -> Restored:
     raise ValueError("xlm-jax eval/export read a workdir on one process; run them on one host")
   workdir = workdir_lib.require_trained(workdir)
   config = workdir_lib.read_config(workdir)
-  for item in overrides:
-    config_lib.apply_override(config, item)
-  config = config_lib.validate(config, source="--config overrides")
+  config_lib.apply_overrides(config, list(overrides), source=str(workdir / workdir_lib.CONFIG_FILE))
   if not (workdir / ckpt_lib.CHECKPOINT_DIR).is_dir():
     raise FileNotFoundError(f"no checkpoint under {workdir / ckpt_lib.CHECKPOINT_DIR}; train first")
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints,
@@ -101,9 +99,12 @@ def evaluate_workdir(workdir, overrides=()) -> tuple[Restored, dict]:
 
 def export_workdir(workdir, out=None) -> tuple[Restored, pathlib.Path]:
   """Writes the export folder of `workdir`'s latest checkpoint (default <workdir>/export)."""
+  from xlm_jax.export.export import check_export_dir
+  config = workdir_lib.read_config(workdir_lib.require_trained(workdir))
+  # Refuse a folder that is not an export before the (slow) restore, not after it.
+  target = check_export_dir(out or config.export.dir or pathlib.Path(workdir) / "export")
   restored = restore_workdir(workdir)
-  config, meta = restored.config, restored.meta
-  target = out or config.export.dir or restored.workdir / "export"
+  meta = restored.meta
   path = export(target, restored.params, restored.model.config, restored.tokenizer,
                 meta.get("languages", list(config.data.languages)), restored.step,
                 meta.get("corpus_packages", []))
