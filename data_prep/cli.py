@@ -55,6 +55,7 @@ def _default_built_corpus() -> str:
   """The debian8 corpus if it was built (the default of `build`), else the quickstart's gettext8."""
   full = resolve_corpus_dir(corpus=debian8.FULL_RECIPE)
   quickstart = resolve_corpus_dir(corpus=debian8.DEFAULT_RECIPE)
+  # manifest.json is written last, so only a finished debian8 build counts.
   return str(full if (full / "manifest.json").is_file() else quickstart)
 
 
@@ -88,6 +89,7 @@ def build_main(args: argparse.Namespace) -> Corpus:
     if args.recipe is None and (args.packages or args.cache_dir):
       raise ValueError("--packages and --cache-dir choose Debian packages, which a build of users' corpora "
                        "reads only with --recipe gettext8|debian8; add --recipe or drop them")
+    # argparse cannot tell an explicit --languages from its default: equal means not given.
     inputs = user_args.inputs_from_args(args, None if args.languages == list(build.DEFAULT_LANGUAGES)
                                         else args.languages)
     recipe_options = dict(languages=args.languages, packages=args.packages, cache_dir=args.cache_dir)
@@ -207,6 +209,7 @@ def main(argv=None) -> int:
   """Entry point of `python -m data_prep`: exit code 0, or 1 with a one-line error."""
   try:
     run(argv)
+  # Only expected errors become one line; anything else keeps its traceback (a bug).
   except (FileNotFoundError, ValueError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 1

@@ -43,6 +43,7 @@ CASE_SENSITIVE_LANGUAGES = ("de",)
 # Characters allowed inside a word besides letters and combining marks ("e-mail", "aujourd'hui").
 _WORD_JOINERS = "-'"
 _WHITESPACE = re.compile(r"\s")
+# Typographic apostrophes and hyphens become ASCII: spellings from different sources compare equal.
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u02bc": "'", "\u2010": "-", "\u2011": "-"})
 
 
@@ -68,6 +69,7 @@ def word_problem(word: str, lang: str) -> str:
   """Why `word` is no single word of `lang` ("multiword", "not_a_word", "wrong_script"), or "" if it is."""
   if not word or _WHITESPACE.search(word):
     return "multiword"
+  # Joiners only inside a word: "e-mail" passes, "-ism" and "'s" do not.
   if not (word[0].isalpha() and word[-1].isalpha()):
     return "not_a_word"
   scripts = SCRIPTS.get(lang)
@@ -75,6 +77,7 @@ def word_problem(word: str, lang: str) -> str:
     if ch.isalpha():
       if scripts and not unicodedata.name(ch, "").startswith(scripts):
         return "wrong_script"
+    # Combining marks (category M) belong to the letter before them.
     elif ch not in _WORD_JOINERS and not unicodedata.category(ch).startswith("M"):
       return "not_a_word"
   return ""
@@ -107,6 +110,7 @@ def _zipf_function(lang: str):
 
   def exact_token_zipf(word):
     freq = frequencies.get(preprocess_text(word, language), 0.0)
+    # Rounded to 2 decimals like wordfreq.zipf_frequency, so both paths compare alike with min_zipf.
     return round(wordfreq.freq_to_zipf(freq), 2) if freq else 0.0
   return exact_token_zipf
 
@@ -120,6 +124,7 @@ def clean_pairs(candidates, lang: str, dropped: collections.Counter) -> list[tup
       dropped[problem] += 1
       continue
     pair = (normalise_word(en, "en"), normalise_word(xx, lang))
+    # casefold: "Angola" / "angola" (and German nouns) still count as identical.
     if pair[0].casefold() == pair[1].casefold():
       dropped["identical"] += 1
     elif pair in kept:
@@ -134,6 +139,7 @@ def filter_by_frequency(pairs, lang: str, dropped: collections.Counter, min_zipf
   """Pairs whose English and foreign words both have zipf >= min_zipf (`zipf(word, lang)`); 0 keeps all."""
   if min_zipf <= 0:
     return list(pairs)
+  # Each distinct word is looked up once; pairs share many words.
   words = {(en, "en") for en, _ in pairs} | {(xx, lang) for _, xx in pairs}
   common = {key for key in words if zipf(*key) >= min_zipf}
   kept = []
@@ -156,9 +162,11 @@ def gettext_term_pairs(messages, dropped: collections.Counter | None = None) -> 
   build_dictionary like FreeDict's candidates."""
   candidates, dropped = [], collections.Counter() if dropped is None else dropped
   for msgid, msgstr in messages:
+    # Full-width "：" ends CJK labels as ":" ends English ones.
     en, xx = (gettext_corpus.strip_accelerators(t).strip().rstrip(".…:：").strip() for t in (msgid, msgstr))
     if len(en.split()) != 1:
       dropped["phrase"] += 1
+    # len > 1: a one-letter term ("A") is not taken for a metavariable.
     elif en.isupper() and len(en) > 1:
       dropped["placeholder"] += 1
     elif not xx:
@@ -194,6 +202,7 @@ def split_by_headword(pairs, test_fraction: float = DEFAULT_TEST_FRACTION,
   by_headword = collections.defaultdict(list)
   for en, xx in pairs:
     by_headword[en].append((en, xx))
+  # The headword breaks md5 ties, so the order is total.
   order = sorted(by_headword, key=lambda h: (headword_position(h), h))
   test_heads, test_size = set(), 0
   for i, headword in enumerate(order):
@@ -228,6 +237,7 @@ def build_dictionary(lang: str, candidates, counts: dict[str, int] | None = None
   dropped = collections.Counter()
   candidates = list(candidates)
   pairs = clean_pairs(candidates, lang, dropped)
+  # Sorted, so the saved pair order does not depend on the candidates' order.
   frequent = sorted(filter_by_frequency(pairs, lang, dropped, min_zipf, zipf))
   train, test = split_by_headword(frequent, **split_args)
   counts = dict(counts or {}, candidates=len(candidates), pairs=len(pairs), frequent_pairs=len(frequent),

@@ -19,10 +19,15 @@ from typing import Any, Mapping, Sequence
 
 import ml_collections
 
+from xlm_jax.data.pipeline import PACKING_MODES
+from xlm_jax.data.tokenizer import VOCABULARIES
+from xlm_jax.export.export import POOLINGS
 from xlm_jax.models.encoder import EncoderConfig
 from xlm_jax.models.encoder_config import check_fields as check_encoder_fields
 from xlm_jax.models.encoder_config import describe_range, in_range
 from xlm_jax.registry import OBJECTIVES
+from xlm_jax.train.mesh import INITIALIZE_MODES
+from xlm_jax.train.optimizer import OPTIMIZERS, SCHEDULES
 
 DEFAULT_LANGUAGES = ("en", "de", "fr", "es", "it", "ru", "ja", "zh")
 
@@ -286,13 +291,15 @@ def apply_overrides(config: ml_collections.ConfigDict, items: Sequence[str],
 
 # --- Value checks: one table of choices and one of ranges; the model's own are the model's. ------
 
+# Each list of choices is owned by the code that acts on it; the config only points at it.
 _CHOICES = {
-    "data.packing": ("stream", "segments"),
-    "data.vocabulary": ("joint", "union", "no_anchors"),
-    "objective_mixing": ("sum", "alternate"),
-    "optimizer.name": ("adamw", "amsgrad"),
-    "optimizer.schedule": ("linear", "cosine", "inverse_sqrt", "constant"),
-    "distributed.initialize": ("auto", "yes", "no"),
+    "data.packing": PACKING_MODES,
+    "data.vocabulary": VOCABULARIES,
+    "objective_mixing": ("sum", "alternate"),   # read by trainer.plan_stages
+    "optimizer.name": OPTIMIZERS,
+    "optimizer.schedule": SCHEDULES,
+    "distributed.initialize": INITIALIZE_MODES,
+    "eval.pooling": POOLINGS,
 }
 
 # Numeric fields: (low, high, low_inclusive, high_inclusive), None = unbounded. Every numeric field

@@ -44,6 +44,7 @@ def packages(languages) -> list[str]:
 
 def language_of_man_locale(locale: str) -> str | None:
   """Our language code for a man locale folder ("de", "de.UTF-8", "zh_CN"), None when skipped."""
+  # The codeset ("de.UTF-8") says nothing about the language.
   return gettext_corpus.language_of_locale(locale.split(".", 1)[0])
 
 
@@ -100,11 +101,14 @@ def read_man_page(job) -> tuple[list[base.TextUnit], collections.Counter]:
   try:
     raw = pathlib.Path(path).read_bytes()
     data = gzip.decompress(raw) if str(path).endswith(".gz") else raw
+  # A cut .gz raises EOFError, a damaged one zlib.error or BadGzipFile: all mean "unpack again".
   except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as err:
     raise ValueError(f"cannot read manual page {path}: {err}; delete the unpacked folder to unpack the "
                      "package again") from err
+  # Bad bytes become U+FFFD: that sentence is dropped as encoding_error, not the whole page.
   source = data.decode("utf-8", errors="replace")
   sentences = page_sentences(source, lang, dropped)
+  # A page that only includes another (`.so man1/foo.1`) is an alias, read under its own name.
   if not sentences and re.match(r"\s*[.']\s*so\s", source):
     dropped["pages_alias"] += 1
   units = [base.TextUnit(SOURCE, unit, lang, text, str(i), label) for i, text in enumerate(sentences)]
@@ -128,6 +132,7 @@ def find_man_pages(roots, languages,
       if not path.is_file():
         continue
       unit = path.name[:-3] if path.name.endswith(".gz") else path.name
+      # de/ and de.UTF-8/ may hold the same page: the first in sorted order is kept.
       found.setdefault((lang, unit), (unit, lang, path.parent.name, path))
   return [found[key] for key in sorted(found)]
 

@@ -55,8 +55,10 @@ def add_user_corpus_arguments(parser: argparse.ArgumentParser) -> None:
   """Adds the flags above plus --tfds-data-dir, --extra-language, --test-fraction, --max-unit-lines,
   --strict, --encoding."""
   group = parser.add_argument_group("users' corpora")
+  # extend: a repeated flag adds to one list, and each occurrence may name several folders.
   group.add_argument("--mono-dir", action="extend", nargs="+", default=[], metavar="DIR")
   group.add_argument("--parallel-dir", action="extend", nargs="+", default=[], metavar="DIR")
+  # append, not extend: each --parallel keeps its two LANG:PATH values together.
   group.add_argument("--parallel", action="append", nargs=2, default=[], metavar="LANG:PATH")
   group.add_argument("--parallel-tsv", action="append", nargs=3, default=[], metavar=("FILE", "L1", "L2"))
   group.add_argument("--tfds", action="extend", nargs="+", default=[], metavar="SPEC",
@@ -65,6 +67,7 @@ def add_user_corpus_arguments(parser: argparse.ArgumentParser) -> None:
                      help="prepared TFDS datasets (default $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
   group.add_argument("--extra-language", action="append", default=[], metavar="CODE",
                      help="accept a language code outside ISO 639-1")
+  # A test fraction of 1 would leave no training text.
   group.add_argument("--test-fraction", type=float_in(0.0, 1.0, high_inclusive=False),
                      default=DEFAULT_TEST_FRACTION,
                      help="share of documents (by md5) that go to the test split")

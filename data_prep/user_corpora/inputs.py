@@ -23,6 +23,7 @@ import warnings
 from data_prep.user_corpora.languages import check_language
 from data_prep.user_corpora.reading import strip_compression
 
+# Language tags may hold underscores, as OPUS writes them (pt_BR, zh_CN).
 _OPUS_NAME = re.compile(r"(?P<name>.+)\.(?P<l1>[A-Za-z_]+)-(?P<l2>[A-Za-z_]+)\.(?P<ext>[A-Za-z_]+)")
 
 
@@ -69,6 +70,7 @@ class UserInputs:
   def languages(self) -> list[str]:
     """Every language of the inputs, English first, then sorted."""
     langs = {m.lang for m in self.mono} | {t.lang for t in self.tfds} | {p.lang for p in self.parallel}
+    # Every parallel input has English on one side (_english_centred).
     if self.parallel:
       langs.add("en")
     return sorted(langs, key=lambda lang: (lang != "en", lang))
@@ -109,6 +111,7 @@ def add_mono_dir(inputs: UserInputs, folder, languages=None, extra_languages=())
                             "or <lang>/ sub-folders of .txt files")
   found: dict[str, list[pathlib.Path]] = {}
   skipped_before = len(inputs.skipped)
+  # Sorted: the same folder always gives the same read order, hence the same corpus.
   for entry in sorted(folder.iterdir()):
     if entry.name.startswith("."):
       continue  # .DS_Store, editor files: not corpus files
@@ -132,6 +135,7 @@ def add_mono_dir(inputs: UserInputs, folder, languages=None, extra_languages=())
       inputs.skipped.append(f"{entry} (language {lang} not requested)")
       continue
     found.setdefault(lang, []).extend(check_nonempty(p) for p in files)
+  # Files passed over were listed and warned about; only a folder with no entry is an error.
   if not found and len(inputs.skipped) == skipped_before:
     raise ValueError(f"mono folder {folder} holds no <lang>.txt files or <lang>/ folders")
   inputs.mono.extend(MonoFiles(lang, tuple(paths)) for lang, paths in sorted(found.items()))
@@ -189,6 +193,7 @@ def add_parallel_dir(inputs: UserInputs, folder, languages=None, extra_languages
     if not match or match["ext"] not in (match["l1"], match["l2"], "tsv"):
       _ignored(inputs, path, "not <name>.<l1>-<l2>.<l1|l2|tsv>")
       continue
+    # The compression suffix is in the key: both halves of a Moses pair must be compressed alike.
     key = (match["name"], match["l1"], match["l2"], path.name[len(stem):])
     groups.setdefault(key, {})[match["ext"]] = path
   added = []

@@ -39,12 +39,14 @@ class FirstExamples:
 
   def __init__(self, source: Any, n: int):
     self._source, self._n = source, min(int(n), len(source))
+    # Forwarded, so the pipeline does not feed a derived language's token ids to the tokenizer.
     self.pretokenized = pipeline.is_pretokenized(source)
 
   def __len__(self) -> int:
     return self._n
 
   def __getitem__(self, index: int):
+    # Negative keys are refused too: Python indexing would wrap them to the full source's end.
     if not 0 <= index < self._n:
       raise IndexError(f"index {index} out of range for the first {self._n} examples")
     return self._source[index]
@@ -75,6 +77,7 @@ def check_languages(corpus, languages: Sequence[str]) -> None:
       raise ValueError(f"data.languages: derived language {name!r} needs source language {parts[0]!r}, "
                        f"which corpus {corpus.dir} lacks ({', '.join(corpus.languages)})")
     plain.append(parts[0])
+  # A derived language and its source map to one corpus language: check each once, in order.
   corpus.check_languages(list(dict.fromkeys(plain)))
 
 
@@ -96,6 +99,7 @@ def parallel_sources(corpus, languages: Sequence[str], split: str,
   sources = {}
   for lang in pairs.pair_languages(languages):
     source = corpus.parallel_source(lang, split)
+    # An empty pair source would only fail later, in sampling, without naming the corpus split.
     if len(source) == 0:
       raise ValueError(f"corpus {corpus.dir} has no {split} pairs for en-{lang} (manifest counts "
                        f"parallel_{split} = {corpus.num_examples(lang, split, 'parallel')}); drop {lang!r} "

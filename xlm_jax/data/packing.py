@@ -26,6 +26,7 @@ def stream_chunk(token_lists: Sequence[Sequence[int]], eos_id: int) -> np.ndarra
   """Flattens one chunk into its piece of the token stream: each non-empty sentence then `</s>`."""
   flat = []
   for ids in token_lists:
+    # An empty sentence would put a lone `</s>` into the stream.
     if ids:
       flat.extend(ids)
       flat.append(eos_id)
@@ -58,6 +59,7 @@ def row_from_segments(
     n = len(seg)
     input_ids[offset:offset + n] = seg
     segment_ids[offset:offset + n] = k
+    # Positions restart per segment, so each packed sentence is numbered as if it began a row.
     position_ids[offset:offset + n] = np.arange(pad_id + 1, pad_id + 1 + n, dtype=np.int32)
     offset += n
   if offset > seq_len:
@@ -87,6 +89,7 @@ class _ChunkCursor:
     self._parent = parent
     self._max_empty_chunks = max_empty_chunks
     self._name = name
+    # Taken before the chunk is read: a restore re-reads this chunk and skips `index` elements.
     self.chunk_state = parent.get_state()
     self.chunk = None  # Loaded lazily, so a restored cursor re-reads its chunk on first use.
     self.index = 0
@@ -106,8 +109,10 @@ class _ChunkCursor:
           return False
       if self.index < len(self.chunk):
         return True
+      # Only empty chunks count toward the limit; a chunk read to its end is normal progress.
       empty += 1 if len(self.chunk) == 0 else 0
       _check_no_empty_epoch(empty, self._max_empty_chunks, self._name)
+      # The chunk is used up: the saved state moves past it before the next one is fetched.
       self.chunk_state = self._parent.get_state()
       self.chunk, self.index = None, 0
 
@@ -120,6 +125,8 @@ class _StreamPackIterator(grain.DatasetIterator):
 
   def __next__(self) -> dict[str, np.ndarray]:
     cursor = self._cursor
+    # `<s>` + seq_len - 1 stream tokens, as fairseq's masked_lm task builds XLM-R rows
+    # (TokenBlockDataset of tokens_per_sample - 1, then PrependTokenDataset with bos).
     need = self._seq_len - 1
     pieces = [np.asarray([self._bos_id], np.int32)]
     while need > 0 and cursor.ready():
@@ -127,6 +134,7 @@ class _StreamPackIterator(grain.DatasetIterator):
       pieces.append(piece)
       cursor.index += len(piece)
       need -= len(piece)
+    # Nothing was left to read: a row of `<s>` alone would be no example.
     if need == self._seq_len - 1:
       raise StopIteration
     # Only the very last row of a finite pass can be short; it is padded like a segment row.
@@ -171,6 +179,7 @@ class _SegmentPackIterator(grain.DatasetIterator):
     while cursor.ready():
       segment = cursor.chunk[cursor.index]
       n = len(segment)
+      # First fit: the earliest open row with room, as grain's FirstFitPack does.
       target = next((b for b, u in enumerate(used) if u + n <= self._seq_len), None)
       if target is None:
         if len(bins) == self._num_bins:
@@ -197,6 +206,8 @@ class _SegmentPackIterator(grain.DatasetIterator):
     return row
 
   def get_state(self) -> dict[str, Any]:
+    # Only group boundaries are saved: a restore rebuilds the group from its start and skips the
+    # rows already emitted; exact, as first-fit over the same segments is deterministic.
     parent_state, index = self._group_start
     return {"parent": parent_state, "index": index, "emitted": self._emitted}
 
@@ -315,6 +326,7 @@ def pad_batch(batch: dict[str, np.ndarray], batch_size: int, pad_id: int) -> dic
     raise ValueError(f"pad_batch: batch has {rows} rows, more than batch_size={batch_size}.")
   out = {}
   for key, value in batch.items():
+    # Pad rows have no real token and segment 0, so losses and attention masks ignore them.
     fill = pad_id if key.endswith(("input_ids", "position_ids")) else 0
     pad = np.full((batch_size - rows, *value.shape[1:]), fill, dtype=value.dtype)
     out[key] = np.concatenate([value, pad], axis=0)

@@ -43,6 +43,7 @@ def truncate_pair(x: Sequence[int], y: Sequence[int], budget: int) -> tuple[list
   x, y = list(x), list(y)
   if len(x) + len(y) <= budget:
     return x, y
+  # The shorter side fits in half the budget: cut only the longer side.
   if min(len(x), len(y)) <= budget // 2:
     if len(x) >= len(y):
       return x[:budget - len(y)], y
@@ -54,6 +55,7 @@ def parallel_row(x: Sequence[int], y: Sequence[int], *, x_lang_id: int, y_lang_i
                  bos_id: int, eos_id: int, pad_id: int) -> dict[str, np.ndarray]:
   """One "parallel" row (layout in the module docstring); sides are truncated to fit seq_len."""
   x, y = truncate_pair(x, y, seq_len - PARALLEL_SPECIALS)
+  # `</s> </s>` between the sides is the fairseq/HF XLM-R sentence-pair separator.
   first, second = [bos_id, *x, eos_id], [eos_id, *y, eos_id]
   n1, n = len(first), len(first) + len(second)
   input_ids = np.full(seq_len, pad_id, np.int32)
@@ -61,6 +63,8 @@ def parallel_row(x: Sequence[int], y: Sequence[int], *, x_lang_id: int, y_lang_i
   segment_ids = np.zeros(seq_len, np.int32)
   segment_ids[:n1], segment_ids[n1:n] = 1, 2
   position_ids = np.full(seq_len, pad_id, np.int32)
+  # Continuous positions from pad_id + 1 (XLM-R); objectives that want XLM's restart on y
+  # (TLM's reset_positions) redo them on device, so one batch layout serves both.
   position_ids[:n] = np.arange(pad_id + 1, pad_id + 1 + n)
   lang_ids = np.zeros(seq_len, np.int32)
   lang_ids[:n1], lang_ids[n1:n] = x_lang_id, y_lang_id
@@ -82,6 +86,7 @@ def pair_texts(records: Sequence[Mapping[str, Any]], lang: str) -> tuple[list[st
   for record in records:
     try:
       sides = record["en"], record["xx"]
+    # Name the expected record schema; a bare KeyError would not say which source is wrong.
     except (KeyError, TypeError, IndexError):
       raise ValueError(
         f"parallel source en-{lang}: record {record!r:.80} lacks the field 'en' or 'xx'; parallel sources "
@@ -111,6 +116,7 @@ class PairChunkRows:
     en_ids = encode_texts(self._tokenizer, en_texts, ENGLISH)
     xx_ids = encode_texts(self._tokenizer, xx_texts, self._lang)
     # Drawn for every pair, kept or not, so a dropped pair never shifts the others' order.
+    # Seeded by the global chunk index, so a restored iterator draws the same side orders again.
     rng = rows_lib.chunk_rng(self._seed, self._kind, self._lang_id, chunk_index)
     foreign_first = rng.random(len(en_ids)) < self._rate
     out, skipped = [], 0
@@ -151,6 +157,7 @@ def make_pair_dataset(
   """
   if kind not in PAIR_KINDS:
     raise ValueError(f"pairs: kind must be one of {PAIR_KINDS}, got {kind!r}.")
+  # Lang ids are positions in `languages`: a repeat would give one language two ids.
   if len(set(languages)) != len(languages):
     raise ValueError(f"pairs: `languages` must not repeat a language, got {list(languages)}.")
   if ENGLISH not in languages:
@@ -171,9 +178,11 @@ def make_pair_dataset(
       raise ValueError(f"parallel: seq_len must be >= {MIN_PARALLEL_LEN} (<s> x </s> </s> y </s>), got {seq_len}.")
     length = seq_len
   else:
+    # Default: each side gets half a row, so a pair holds as many tokens as one "parallel" row.
     length = seq_len // 2 if pair_seq_len is None else pair_seq_len
     if length < 3:
       raise ValueError(f"parallel_pairs: pair_seq_len must be >= 3 (<s> s </s>), got {length}.")
+  # Per-host sharding: each JAX process reads a disjoint slice of every language's pairs.
   shard_index, shard_count = pipeline.default_shard(shard_index, shard_count)
   counts = pipeline.ExampleCounts() if counts is None else counts
   options = rows_lib.read_options(read_threads)
@@ -187,6 +196,7 @@ def make_pair_dataset(
       sources[lang], lang=lang, lang_id=lang_id, build_chunk=build, kind=kind, seed=seed,
       shard_index=shard_index, shard_count=shard_count, num_epochs=num_epochs, shuffle=shuffle,
       chunk_size=chunk_size, read_options=options, payload=pair_texts)
+  # Full source sizes, not this host's shard: every host must derive the same mixing weights.
   sizes = {lang: len(sources[lang]) for lang in wanted}
   return pipeline.batch_rows(by_lang, sizes, alpha=alpha, batch_size=batch_size, pad_id=tokenizer.pad_id,
                              num_epochs=num_epochs, prefetch=prefetch, counts=counts)

@@ -33,6 +33,7 @@ def _texts_of(elements: Sequence[Mapping[str, Any]], lang: str) -> list[str]:
   for element in elements:
     try:
       text = element["text"]
+    # Name the expected record schema; a bare KeyError would not say which source is wrong.
     except (KeyError, TypeError, IndexError):
       raise ValueError(
         f"source for language {lang!r}: record {element!r:.80} has no 'text' field; mono sources "
@@ -143,11 +144,13 @@ class ShardChunks:
     # What a chunk yields: texts by default, ids for pre-tokenized sources, whole records for pairs.
     self._payload = payload or (_ids_of if is_pretokenized(source) else _texts_of)
     self._indices = np.arange(shard_index, len(source), shard_count, dtype=np.int64)
+    # A shard with no sentences has zero chunks per epoch and could never yield a row.
     if len(self._indices) == 0:
       raise ValueError(
         f"pipeline: language {lang!r} has {len(source)} sentences, none for shard {shard_index} of "
         f"{shard_count}; add data or train on fewer hosts."
       )
+    # The last chunk of an epoch may be short: chunks never span two epochs' permutations.
     self.chunks_per_epoch = math.ceil(len(self._indices) / chunk_size)
     self._orders: dict[int, np.ndarray] = {}
     self._lock = threading.Lock()
@@ -159,6 +162,7 @@ class ShardChunks:
       if epoch not in self._orders:
         self._orders[epoch] = sampling.epoch_order(self._indices, self._seed, self._lang_id, epoch,
                                                    stream=self._stream)
+        # Keep the two newest permutations only: bounded memory, enough for threads at a boundary.
         for old in sorted(self._orders)[:-2]:
           del self._orders[old]
       return self._orders[epoch]
@@ -197,6 +201,7 @@ def _language_rows(
   """Rows of one language on this host (infinite when num_epochs is None)."""
   reader = ShardChunks(source, lang=lang, lang_id=lang_id, shard_index=shard_index, shard_count=shard_count,
                        chunk_size=tokenize_chunk, shuffle=shuffle, seed=seed)
+  # The iterator state records a chunk index, not a sentence: restoring re-reads one chunk.
   chunks = grain.MapDataset.range(reader.chunks_per_epoch).repeat(num_epochs).map_with_index(reader)
   chunks = chunks.map(
     functools.partial(_tokenize_chunk, tokenizer=tokenizer, packing=packing, seq_len=seq_len, lang=lang,
@@ -259,6 +264,7 @@ def make_mono_dataset(
   """
   if packing not in PACKING_MODES:
     raise ValueError(f"pipeline: packing must be one of {PACKING_MODES}, got {packing!r}.")
+  # stream needs `<s>` plus one token; segments need `<s> s </s>`.
   min_len = 2 if packing == "stream" else 3
   if seq_len < min_len:
     raise ValueError(f"pipeline: seq_len must be >= {min_len} for packing={packing!r}, got {seq_len}.")
@@ -277,6 +283,7 @@ def make_mono_dataset(
       segment_bins=segment_bins, read_options=read_options, counts=counts)
     for lang_id, lang in enumerate(languages)
   }
+  # Full source sizes, not this host's shard: every host must derive the same mixing weights.
   sizes = {lang: len(sources[lang]) for lang in languages}
   return batch_rows(rows, sizes, alpha=alpha, batch_size=batch_size, pad_id=tokenizer.pad_id,
                     num_epochs=num_epochs, prefetch=prefetch, counts=counts)
@@ -295,11 +302,15 @@ def batch_rows(rows: Mapping[str, grain.IterDataset], sizes: Mapping[str, int], 
     probs = sampling.language_sampling_probs(dict(sizes), alpha)
     # Keyed by language so a checkpoint restores each language's position by name.
     mixed = grain.IterDataset.mix(dict(rows), probs)
+    # Fixed [batch_size, ...] shapes, so the jitted train step compiles once.
     batches = mixed.batch(batch_size, drop_remainder=True)
   else:
+    # Not mix(): it stops at the first exhausted language, which would cut a finite pass short.
     chained = packing_lib.ChainIterDataset(list(rows.values()))
+    # Keep the short last batch, then pad it: every sentence is seen and the shape stays fixed.
     batches = chained.batch(batch_size, drop_remainder=False).map(
       functools.partial(packing_lib.pad_batch, batch_size=batch_size, pad_id=pad_id))
+  # Read and tokenize in a background thread, overlapping with the device step.
   if prefetch > 0:
     batches = grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=prefetch)
   batches.example_counts = counts

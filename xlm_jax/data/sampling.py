@@ -19,6 +19,7 @@ def language_sampling_probs(counts: Mapping[str, int], alpha: float) -> dict[str
     raise ValueError("language_sampling_probs: `counts` is empty; pass at least one language.")
   if alpha < 0:
     raise ValueError(f"language_sampling_probs: alpha must be >= 0, got {alpha}.")
+  # A zero count gives log(0) = -inf below, and alpha = 0 would turn it into 0 * -inf = NaN.
   empty = sorted(lang for lang, n in counts.items() if n <= 0)
   if empty:
     raise ValueError(
@@ -30,6 +31,7 @@ def language_sampling_probs(counts: Mapping[str, int], alpha: float) -> dict[str
   p /= p.sum()
   # Work in log space so tiny shares with alpha near 0 do not underflow.
   logits = alpha * np.log(p)
+  # Shifted by the max, the usual stable softmax: the largest share becomes exp(0) = 1.
   q = np.exp(logits - logits.max())
   q /= q.sum()
   return {lang: float(v) for lang, v in zip(langs, q)}
@@ -43,6 +45,7 @@ def epoch_order(indices: np.ndarray, seed: int, lang_index: int, epoch: int, str
   tells batch kinds apart that read the same source (mono and sentences of one language, say), so
   they do not walk it in the same order.
   """
+  # stream 0 adds no key entry, so mono keeps the permutations it had before streams existed.
   key = [int(seed), int(lang_index), int(epoch)] + ([int(stream)] if stream else [])
   rng = np.random.default_rng(key)
   return indices[rng.permutation(len(indices))]

@@ -226,3 +226,34 @@ def effective_vocab_size(tokenizer, languages) -> int:
   """The model's vocabulary: 2 V when a derived `trans` language is listed (its ids are i + V), else V."""
   from xlm_jax.data.derived import shifts_ids
   return 2 * tokenizer.vocab_size if any(shifts_ids(lang) for lang in languages) else tokenizer.vocab_size
+
+
+# The files that store a tokenizer inside a folder (an export folder, a workdir's tokenizer/):
+# spm.model for a shared SentencePiece vocabulary, or tokenizer/ holding a language-tagged
+# ("no anchors") vocabulary's per-language models and tokenizer.json.
+SPM_FILE = "spm.model"
+TAGGED_DIR = "tokenizer"
+
+
+def tokenizer_files(tokenizer) -> dict[str, bytes]:
+  """{relative path: bytes} that `read_tokenizer_files` turns back into `tokenizer`."""
+  files = getattr(tokenizer, "files", None)  # a language-tagged vocabulary is several models
+  if files is not None:
+    return {f"{TAGGED_DIR}/{name}": bytes(data) for name, data in files().items()}
+  return {SPM_FILE: tokenizer.serialized()}
+
+
+def has_tokenizer_files(folder) -> bool:
+  folder = pathlib.Path(folder)
+  return (folder / TAGGED_DIR / "tokenizer.json").is_file() or (folder / SPM_FILE).is_file()
+
+
+def read_tokenizer_files(folder):
+  """The tokenizer stored in `folder` by `tokenizer_files` (FileNotFoundError naming it)."""
+  folder = pathlib.Path(folder)
+  if (folder / TAGGED_DIR / "tokenizer.json").is_file():
+    from xlm_jax.data.tokenizer_variants import LanguageTaggedTokenizer
+    return LanguageTaggedTokenizer.load(folder / TAGGED_DIR)
+  if not (folder / SPM_FILE).is_file():
+    raise FileNotFoundError(f"{folder / SPM_FILE} not found: {folder} holds no tokenizer")
+  return Tokenizer(folder / SPM_FILE)

@@ -18,6 +18,7 @@ from xlm_jax.registry import EVALUATORS
 
 def precision_at_1(queries: np.ndarray, candidates: np.ndarray) -> float:
   """Share of rows i whose most cosine-similar candidate is candidates[i]."""
+  # The 1e-12 floor keeps an all-zero vector at zero similarity instead of turning it into NaN.
   q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
   c = candidates / np.maximum(np.linalg.norm(candidates, axis=1, keepdims=True), 1e-12)
   nearest = np.argmax(q @ c.T, axis=1)
@@ -27,6 +28,7 @@ def precision_at_1(queries: np.ndarray, candidates: np.ndarray) -> float:
 def char_ngram_tfidf(texts: list[str], n_range=(2, 4), idf_texts: list[str] | None = None):
   """L2-normalised TF-IDF vectors (scipy CSR) over character n-grams of the padded lowercase text."""
   def grams(text):
+    # Space padding gives the first and last characters their own boundary grams.
     text = f" {text.lower()} "
     return collections.Counter(text[i:i + n] for n in range(n_range[0], n_range[1] + 1)
                                for i in range(len(text) - n + 1))
@@ -38,11 +40,14 @@ def char_ngram_tfidf(texts: list[str], n_range=(2, 4), idf_texts: list[str] | No
   rows, cols, vals = [], [], []
   for r, bag in enumerate(bags):
     for g, tf in bag.items():
+      # Grams never seen by the IDF texts have no document frequency, so they are dropped.
       if g in vocab:
         rows.append(r)
         cols.append(vocab[g])
+        # Sublinear TF times smoothed IDF: sklearn's TfidfVectorizer(sublinear_tf=True) formulas.
         vals.append((1 + math.log(tf)) * (math.log((1 + n_docs) / (1 + df[g])) + 1))
   matrix = scipy.sparse.csr_matrix((vals, (rows, cols)), shape=(len(texts), len(vocab)))
+  # Row-normalised, so the sparse dot products below are cosine similarities.
   norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1))).ravel()
   return scipy.sparse.diags(1.0 / np.maximum(norms, 1e-12)) @ matrix
 
@@ -53,6 +58,7 @@ def tfidf_precision_at_1(src: list[str], tgt: list[str]) -> tuple[float, float]:
   a, b = both[: len(src)], both[len(src):]
   sims = (a @ b.T).toarray()
   gold = np.arange(len(src))
+  # argmax over axis 0 picks the best source for each target: the tgt->src direction.
   return float(np.mean(sims.argmax(1) == gold)), float(np.mean(sims.argmax(0) == gold))
 
 
@@ -60,6 +66,7 @@ def unique_pairs(pairs, limit: int) -> list[tuple[str, str]]:
   """First `limit` pairs whose English and foreign sides are both unseen so far (unambiguous gold)."""
   seen_en, seen_xx, out = set(), set(), []
   for en, xx in pairs:
+    # A repeated sentence would have two gold partners while P@1 scores only one of them.
     if en in seen_en or xx in seen_xx:
       continue
     seen_en.add(en)
@@ -102,6 +109,7 @@ class Retrieval:
       out[f"retrieval/{lang}-en/p1"] = precision_at_1(xx_vecs, en_vecs)
       out[f"retrieval/en-{lang}/p1"] = precision_at_1(en_vecs, xx_vecs)
       out[f"retrieval/{lang}/items"] = len(pairs)
+    # Macro-averages over languages and both directions, separately for model and baseline.
     for suffix in ("p1", "tfidf_p1"):
       values = [v for k, v in out.items() if k.endswith("/" + suffix)]
       if values:

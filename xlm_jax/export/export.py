@@ -24,14 +24,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from xlm_jax.atomic_files import check_replaceable, write_directory_atomically
-from xlm_jax.data.tokenizer import Tokenizer, encode_texts
-from xlm_jax.models.encoder import EncoderConfig, Model
+from xlm_jax.data.tokenizer import (SPM_FILE, TAGGED_DIR, Tokenizer, encode_texts,
+                                    has_tokenizer_files, read_tokenizer_files, tokenizer_files)
+from xlm_jax.models.encoder import EncoderConfig, Model, param_shapes, shapes_by_path
 
 FORMAT_VERSION = 1
 PARAMS_FILE = "params.msgpack"
 CONFIG_FILE = "config.json"
-TOKENIZER_FILE = "spm.model"
-TAGGED_TOKENIZER_DIR = "tokenizer"  # a "no anchors" vocabulary: one model per language
+TOKENIZER_FILE = SPM_FILE          # the data layer owns the tokenizer files' layout
+TAGGED_TOKENIZER_DIR = TAGGED_DIR  # a "no anchors" vocabulary: one model per language
 POOLINGS = ("mean", "cls", "layer")
 # Files every export has: an existing folder without them is not an export, and is never replaced.
 EXPORT_MARKERS = (CONFIG_FILE, PARAMS_FILE)
@@ -51,16 +52,12 @@ def _to_numpy(params) -> Any:
     params = params["params"]  # accept the variables dict as well as the params collection
 
   def to_host(x):
+    # np.asarray of an array with shards on other hosts would fail; say how to gather it instead.
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
       raise ValueError("export_model got a parameter spread over several hosts; gather it first "
                        "(jax.experimental.multihost_utils.process_allgather) on every process")
     return np.asarray(x)
   return jax.tree.map(to_host, params)
-
-
-def _shapes_by_path(tree) -> dict[str, tuple[int, ...]]:
-  return {jax.tree_util.keystr(path): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def _short_path(key: str) -> str:
@@ -74,7 +71,9 @@ def _mismatches(want: dict, got: dict, config: EncoderConfig, config_name: str,
   config field that sets the expected size (e.g. "encoder/embeddings/word_embeddings/embedding
   has shape (8000, 128) but config.json says vocab_size 9000")."""
   fields = {k: v for k, v in config.to_dict().items()
+            # bool is an int subclass: keep flags such as scan_layers out of the size hints.
             if isinstance(v, int) and not isinstance(v, bool)}
+  # head_dim is derived, not a field: name it by the fields that set it.
   fields["hidden_size / num_heads"] = config.head_dim
   lines = []
   for key in sorted(set(want) | set(got)):
@@ -107,10 +106,8 @@ def _mismatches(want: dict, got: dict, config: EncoderConfig, config_name: str,
 def _check_params_match(params, config: EncoderConfig, what: str = "export_model: params",
                         config_name: str = "encoder_config") -> None:
   """Raises unless `params` has exactly the paths and shapes `config` builds (no compute)."""
-  ids = jnp.zeros((1, 2), jnp.int32)
-  expected = jax.eval_shape(lambda: Model(config).init(jax.random.key(0), ids, lang_ids=ids))
-  want = _shapes_by_path(nn.meta.unbox(expected)["params"])
-  got = _shapes_by_path(params)
+  # The models' param_shapes (abstract init, no memory) is also what resume compares.
+  want, got = param_shapes(config), shapes_by_path(params)
   if want != got:
     lines = _mismatches(want, got, config, config_name)
     raise ValueError(f"{what} do not match {config_name}: {'; '.join(lines)}")
@@ -146,21 +143,21 @@ def export_model(export_dir, params, encoder_config: dict, tokenizer_bytes: byte
   if isinstance(tokenizer_bytes, dict):
     from xlm_jax.data.tokenizer_variants import LanguageTaggedTokenizer
     tokenizer = LanguageTaggedTokenizer.from_files(tokenizer_bytes)
-    tokenizer_files = {f"{TAGGED_TOKENIZER_DIR}/{name}": bytes(data)
-                       for name, data in tokenizer_bytes.items()}
   else:
     tokenizer = Tokenizer.from_bytes(tokenizer_bytes)
-    tokenizer_files = {TOKENIZER_FILE: bytes(tokenizer_bytes)}
+  # The model's vocabulary may be larger (2 V with a derived `trans` language), never smaller.
   if tokenizer.vocab_size > config.vocab_size or tokenizer.pad_id != config.pad_id:
     raise ValueError(f"export_model: tokenizer (vocab {tokenizer.vocab_size}, pad {tokenizer.pad_id}) "
                      f"does not fit encoder_config (vocab_size {config.vocab_size}, pad_id "
                      f"{config.pad_id}); pass the tokenizer the model was trained with")
   metadata = dict(extra_metadata or {})
   languages = [str(lang) for lang in metadata.pop("languages", [])]
+  # Without the list, an export could not map `lang=` to the lang ids it was trained with.
   if config.num_languages and len(languages) != config.num_languages:
     raise ValueError(f"export_model: the encoder has {config.num_languages} language embeddings; "
                      f"extra_metadata['languages'] must list them in lang_id order (got {languages})")
   host_params = _to_numpy(params)
+  # Checked before anything is written: a mismatched export would only fail when loaded.
   _check_params_match(host_params, config)
   try:
     config_json = json.dumps({
@@ -172,13 +169,15 @@ def export_model(export_dir, params, encoder_config: dict, tokenizer_bytes: byte
                         "unk": tokenizer.unk_id, "mask": tokenizer.mask_id,
                         "all": list(tokenizer.special_ids)},
         "metadata": metadata,
+    # sort_keys: the same export always writes a byte-identical config.json.
     }, indent=2, sort_keys=True)
   except TypeError as err:
     raise ValueError(f"export_model: extra_metadata must be JSON-serializable: {err}") from err
+  # Atomic: an interrupted export leaves the previous one (or nothing), never a mix of files.
   write_directory_atomically(export_dir, {
       PARAMS_FILE: flax.serialization.msgpack_serialize(host_params),
       CONFIG_FILE: config_json.encode("utf-8"),
-      **tokenizer_files,
+      **tokenizer_files(tokenizer),
   }, markers=EXPORT_MARKERS, what="xlm-jax export")
   return export_dir
 
@@ -193,9 +192,11 @@ def _pooled_forward(model: Model, params, input_ids, lang_ids, pooling: str, lay
     hidden = encode(return_all_layers=True)[1][layer]
   else:
     hidden = encode()
+  # Pool in float32: bf16 sums over a long row would lose precision.
   hidden = hidden.astype(jnp.float32)
   if pooling == "cls":
     return hidden[:, 0]
+  # Mean over real tokens only; the floor of 1 keeps the all-padding filler rows at 0, not NaN.
   real = (input_ids != c.pad_id)[..., None].astype(jnp.float32)
   return jnp.sum(hidden * real, axis=1) / jnp.maximum(jnp.sum(real, axis=1), 1.0)
 
@@ -220,6 +221,7 @@ class Pretrained(NamedTuple):
     `batch_size` rows and a power-of-two length, so few shapes are ever compiled.
     """
     c = self.model.config
+    # A lone str is iterable too and would be encoded character by character.
     if isinstance(texts, (str, bytes)):
       raise TypeError(f"encode takes a list of strings, got one {type(texts).__name__}; wrap a "
                       "single text as [text]")
@@ -255,6 +257,7 @@ class Pretrained(NamedTuple):
     vectors = []
     for start in range(0, len(rows), batch_size):
       chunk = rows[start:start + batch_size]
+      # Power-of-two width (at least 8) and full batch_size rows: each new shape is a jit compile.
       width = min(max_len, max(8, 1 << (max(map(len, chunk)) - 1).bit_length()))
       ids = np.full((batch_size, width), c.pad_id, np.int32)
       for i, row in enumerate(chunk):
@@ -263,6 +266,7 @@ class Pretrained(NamedTuple):
       # Explicit transfers both ways, so this also runs under jax.transfer_guard("disallow").
       ids, lang_ids = jax.device_put((ids, lang_ids))
       pooled = _pooled_forward(self.model, self.params, ids, lang_ids, pooling, layer)
+      # [:len(chunk)] drops the filler rows of the last batch.
       vectors.append(jax.device_get(pooled)[:len(chunk)])
     if not vectors:
       return np.zeros((0, c.hidden_size), np.float32)
@@ -293,8 +297,9 @@ def load_pretrained(path) -> Pretrained:
   if not path.is_dir():
     raise FileNotFoundError(f"export folder {path} does not exist; create one with "
                             "`xlm-jax export --workdir DIR` (or export_model)")
-  tagged = (path / TAGGED_TOKENIZER_DIR / "tokenizer.json").is_file()
-  for name in (CONFIG_FILE, PARAMS_FILE, *(() if tagged else (TOKENIZER_FILE,))):
+  # A language-tagged vocabulary lives in tokenizer/ and has no spm.model.
+  tokenizer_file = () if has_tokenizer_files(path) else (TOKENIZER_FILE,)
+  for name in (CONFIG_FILE, PARAMS_FILE, *tokenizer_file):
     if not (path / name).is_file():
       raise FileNotFoundError(f"{path / name} is missing: {path} is not a complete export; "
                               "export again with `xlm-jax export --workdir DIR`")
@@ -324,9 +329,6 @@ def load_pretrained(path) -> Pretrained:
                      "export again")
   _check_params_match(params, model.config, what=f"{path / PARAMS_FILE}: the parameters",
                       config_name=str(path / CONFIG_FILE))
-  if tagged:
-    from xlm_jax.data.tokenizer_variants import LanguageTaggedTokenizer
-    tokenizer = LanguageTaggedTokenizer.load(path / TAGGED_TOKENIZER_DIR)
-  else:
-    tokenizer = Tokenizer(path / TOKENIZER_FILE)
+  tokenizer = read_tokenizer_files(path)
+  # Placed on the device once here, not again on every forward call.
   return Pretrained(model, jax.device_put(params), tokenizer, config)

@@ -73,6 +73,7 @@ def xlmr_position_ids(input_ids: jax.Array, pad_id: int) -> jax.Array:
   Counting only non-padding tokens means left padding does not shift positions.
   """
   is_real = (input_ids != pad_id).astype(jnp.int32)
+  # Multiplying by is_real zeroes the count on padding, which therefore lands on pad_id exactly.
   return jnp.cumsum(is_real, axis=-1) * is_real + pad_id
 
 
@@ -84,6 +85,7 @@ def segment_position_ids(segment_ids: jax.Array, pad_id: int) -> jax.Array:
   """
   batch, length = segment_ids.shape
   index = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+  # Shifted ids with a -1 in front (no segment uses it): token 0 always starts a run.
   previous = jnp.pad(segment_ids[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
   run_start = jnp.where(segment_ids != previous, index, 0)
   # The latest run start at or before each token is a running maximum: O(L), no [L, L] array.
@@ -101,11 +103,13 @@ def attention_with_dropout(query: jax.Array, key: jax.Array, value: jax.Array, m
   `[B, L, H, Dh]`, boolean mask `[B, 1|H, L, L]`; returns `[B, L, H, Dh]`.
   """
   scale = 1.0 / jnp.sqrt(jnp.asarray(query.shape[-1], jnp.float32))
+  # Scores accumulate in float32 even for bf16 inputs, so the softmax sees full-precision logits.
   logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32) * scale
   # A large finite negative (not -inf) keeps fully masked rows (padding queries) finite: they
   # become a uniform average instead of 0/0 = NaN, matching jax.nn.dot_product_attention.
   logits = jnp.where(mask, logits, -0.7 * jnp.finfo(jnp.float32).max)
   probs = jax.nn.softmax(logits, axis=-1)
+  # Inverted dropout: kept probabilities are scaled by 1 / (1 - rate), so eval needs no rescale.
   keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
   probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0).astype(value.dtype)
   return jnp.einsum("bhqk,bkhd->bqhd", probs, value)

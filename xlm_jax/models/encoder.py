@@ -105,8 +105,10 @@ class Embeddings(nn.Module):
 
     self.word_embeddings = table(c.vocab_size, ("vocab", "embed"), zero_row=c.pad_id)
     self.position_embeddings = table(c.max_positions, ("positions", "embed"), zero_row=c.pad_id)
+    # A handful of rows (XLM-R has one token type): the row axis is left unsharded.
     self.token_type_embeddings = table(c.type_vocab_size, (None, "embed"))
     if c.num_languages > 0:
+      # Language embeddings as in XLM (Lample & Conneau 2019); XLM-R itself has none.
       self.language_embeddings = table(c.num_languages, ("languages", "embed"))
     self.layer_norm = _layer_norm(c)
     self.dropout = nn.Dropout(c.dropout_rate)
@@ -145,6 +147,7 @@ class SelfAttention(nn.Module):
     qkv = functools.partial(_project, c, x, lang_ids, (c.num_heads, c.head_dim),
                             ("embed", "heads", "kv"), ("heads", "kv"))
     query, key, value = qkv(name="query"), qkv(name="key"), qkv(name="value")
+    # Only training with attention dropout pays for explicit [B, H, L, L] probabilities.
     if c.attention_dropout_rate > 0 and not deterministic:
       out = attn_lib.attention_with_dropout(query, key, value, attention_mask,
                                             c.attention_dropout_rate, self.make_rng("dropout"))
@@ -168,6 +171,7 @@ class EncoderLayer(nn.Module):
     c = self.config
     attended = SelfAttention(c, name="attention")(hidden, attention_mask, deterministic, lang_ids)
     attended = nn.Dropout(c.dropout_rate)(attended, deterministic=deterministic)
+    # Post-LN (LayerNorm after each residual add), as in BERT/XLM-R; pretrained weights assume it.
     hidden = _normalize(c, hidden + attended, lang_ids, "attention_layer_norm")
     ffn = _project(c, hidden, lang_ids, c.mlp_dim, ("embed", "mlp"), ("mlp",), name="intermediate")
     ffn = nn.gelu(ffn, approximate=False)  # XLM-R uses the exact erf GELU
@@ -219,6 +223,8 @@ class Encoder(nn.Module):
       # program size no longer grow with depth. The language-specific bottom layers are a
       # second stack, as their parameters have another shape.
       def stack(length: int, routed: bool):
+        # Split rngs: each layer its own init and dropout masks. The mask, flags (and lang_ids)
+        # are broadcast to every layer; the stacked axis is "layers" for the mesh rules.
         return nn.scan(
             layer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
             in_axes=(nn.broadcast,) * (4 if routed else 3), length=length,
@@ -247,6 +253,7 @@ class Encoder(nn.Module):
       position_ids = attn_lib.xlmr_position_ids(input_ids, c.pad_id)
     if attention_mask is not None:
       mask = attn_lib.normalize_mask(attention_mask, batch, c.num_heads, length)
+    # Packed rows: a token attends only within its own sentence (segment).
     elif segment_ids is not None:
       mask = attn_lib.segment_mask(segment_ids)
     else:
@@ -287,6 +294,7 @@ class MlmHead(nn.Module):
     # Input side named "mlp" so a [D, D] kernel is not sharded twice on the same mesh axis.
     x = _dense(c, c.hidden_size, ("mlp", "embed"), ("embed",), name="dense")(hidden)
     x = nn.gelu(x, approximate=False)
+    # float32 LayerNorm: its output feeds the float32 tied decoder directly.
     x = _layer_norm(c, dtype=jnp.float32, name="layer_norm")(x)
     if c.separate_embeddings:
       bias = self.param("bias", _partitioned(nn.initializers.zeros, ("languages", "vocab")),
@@ -374,6 +382,7 @@ def param_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
   The one answer to "which arrays does this config mean": resume compares a checkpoint's model
   with the configured one through it, and export compares the params it writes.
   """
+  # lang_ids passed too so configs with languages trace; no parameter shape depends on [1, 2].
   ids = jnp.zeros((1, 2), jnp.int32)
   abstract = jax.eval_shape(lambda: Model(config).init(jax.random.key(0), ids, lang_ids=ids))
   return shapes_by_path(nn.meta.unbox(abstract)["params"])
@@ -384,11 +393,3 @@ def shapes_by_path(tree) -> dict[str, tuple[int, ...]]:
   return {jax.tree_util.keystr(path): tuple(leaf.shape)
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
-
-def shape_differences(want: dict, got: dict, limit: int = 6) -> list[str]:
-  """The first `limit` differences between two `shapes_by_path` maps, one line each."""
-  lines = []
-  for path in sorted(set(want) | set(got)):
-    if want.get(path) != got.get(path):
-      lines.append(f"{path}: expected {want.get(path, 'nothing')}, found {got.get(path, 'nothing')}")
-  return lines[:limit]

@@ -80,6 +80,7 @@ class LanguageDense(nn.Module):
     bias = self.param(
         "bias", nn.with_logical_partitioning(nn.initializers.zeros, (LANGUAGES,) + self.bias_axes),
         (self.num_languages,) + features, self.param_dtype)
+    # All in the compute dtype (bf16 under mixed precision); 0/1 routing weights are exact in it.
     x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
     weights = language_one_hot(lang_ids, self.num_languages, self.dtype)
     routed = _spread_by_language(x, weights, n_in)
@@ -109,6 +110,7 @@ class LanguageLayerNorm(nn.Module):
     # is per language.
     normalized = nn.LayerNorm(epsilon=self.epsilon, dtype=self.dtype, use_scale=False,
                               use_bias=False)(x)
+    # One-hot in param_dtype: scale and bias are picked exactly, then cast to the compute dtype.
     weights = language_one_hot(lang_ids, self.num_languages, self.param_dtype)
     return (normalized * select_by_language(scale, weights).astype(self.dtype)
             + select_by_language(bias, weights).astype(self.dtype))

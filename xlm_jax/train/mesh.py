@@ -17,6 +17,10 @@ MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # batch rows are split over both data-like axes
 
 
+# distributed.initialize: "auto" (from the environment), "yes" (always), "no" (single process).
+INITIALIZE_MODES = ("auto", "yes", "no")
+
+
 def maybe_initialize_distributed(cfg) -> None:
   """Calls `jax.distributed.initialize` for multi-process runs (TPU pods, multi-node GPU).
 
@@ -28,6 +32,7 @@ def maybe_initialize_distributed(cfg) -> None:
   env = "JAX_COORDINATOR_ADDRESS" in os.environ or "TPU_WORKER_HOSTNAMES" in os.environ
   if mode == "no" or (mode == "auto" and not (explicit or env)):
     return
+  # A second initialize() raises; the caller (a test, a notebook) may have run it already.
   if jax.distributed.is_initialized():
     return
   kwargs = {}
@@ -68,6 +73,7 @@ def make_mesh(cfg, devices=None) -> Mesh:
 
 
 def logical_rules(cfg) -> tuple[tuple[str, object], ...]:
+  # Configs read from files hold multi-axis targets as lists; flax's rules expect tuples.
   return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in cfg.rules)
 
 
@@ -79,6 +85,7 @@ def shardings_from_boxed(abstract_tree, mesh: Mesh, rules):
 
 def batch_sharding(mesh: Mesh, leading_dims: int = 0) -> NamedSharding:
   """Sharding of a [*(leading), batch, ...] input array: rows over (data, fsdp)."""
+  # FSDP is data parallelism for activations: rows split over fsdp as well as data.
   return NamedSharding(mesh, P(*([None] * leading_dims), BATCH_AXES))
 
 
@@ -101,6 +108,7 @@ def check_hosts_split_batch(mesh: Mesh, global_batch: int) -> None:
   hosts = jax.process_count()
   if hosts == 1:
     return
+  # Rows held by this process's devices; hosts that replicate rows would overlap here.
   indices = batch_sharding(mesh).addressable_devices_indices_map((global_batch,))
   rows = {i for index in indices.values() for i in range(*index[0].indices(global_batch))}
   if len(rows) != global_batch // hosts or global_batch % hosts:
@@ -118,6 +126,7 @@ def host_copy(tree):
   whole tree.
   """
   if jax.process_count() == 1:
+    # One process addresses every shard: a plain device_get suffices.
     return jax.device_get(tree)
   from jax.experimental import multihost_utils
   return multihost_utils.process_allgather(tree, tiled=True)
@@ -126,4 +135,6 @@ def host_copy(tree):
 def to_global_batch(host_batch, mesh: Mesh, leading_dims: int = 0):
   """Host-local numpy batch -> global jax.Arrays sharded over the batch axes (multi-host safe)."""
   sharding = batch_sharding(mesh, leading_dims)
+  # Each host hands over only its own rows, which go to its own devices: no host needs the global
+  # batch, as a device_put of the whole array would.
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), host_batch)

@@ -27,12 +27,14 @@ class MetricWriter:
   def write(self, step: int, metrics: Mapping[str, float], prefix: str = "") -> None:
     if not self.enabled:
       return
+    # float(): jax arrays and numpy float32 scalars are not JSON-serialisable.
     scalars = {f"{prefix}{k}": float(v) for k, v in metrics.items()}
     with self.path.open("a") as f:
       f.write(json.dumps({"step": int(step), "time": time.time(), **scalars}) + "\n")
     if self._tb is not None:
       for k, v in scalars.items():
         self._tb.add_scalar(k, v, int(step))
+      # Flushed on every write, so a preempted run still has every logged step on disk.
       self._tb.flush()
 
   def close(self) -> None:
@@ -63,6 +65,7 @@ class Throughput:
         "steps_per_second": steps / elapsed,
         "tokens_per_second": steps * self.tokens_per_step / elapsed,
         "tokens_per_second_per_device": steps * self.tokens_per_step / elapsed / self.num_devices,
+        # Analytic model FLOPs (encoder.flops_per_token): remat recomputation does not count.
         "tflops_per_device": steps * self.flops_per_step / elapsed / self.num_devices / 1e12,
     }
 
@@ -73,5 +76,6 @@ def mean_metrics(history: list[Mapping[str, np.ndarray]]) -> dict[str, float]:
   With alternating objectives each step reports only its own objective's metrics, so each key
   is averaged over the steps that have it.
   """
+  # dict.fromkeys: a set that keeps first-seen order, so keys log in a stable order.
   keys = dict.fromkeys(k for h in history for k in h)
   return {k: float(np.mean([h[k] for h in history if k in h])) for k in keys}

@@ -6,6 +6,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+OPTIMIZERS = ("adamw", "amsgrad")
+SCHEDULES = ("linear", "cosine", "inverse_sqrt", "constant")
+
 
 def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
   """Linear warm-up to `learning_rate`, then linear / cosine / inverse-sqrt / constant."""
@@ -21,8 +24,10 @@ def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
     # fairseq's inverse_sqrt: lr = peak * sqrt(warmup / step) after warm-up.
     scale = max(warmup, 1)
     decay = lambda count: peak * jnp.sqrt(scale / (count + scale))
-  else:
+  elif cfg.schedule == "constant":
     decay = optax.constant_schedule(peak)
+  else:
+    raise ValueError(f"optimizer.schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
   if warmup == 0:
     return decay
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])

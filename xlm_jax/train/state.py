@@ -40,8 +40,10 @@ def _init_fn(model: nn.Module, tx: optax.GradientTransformation, objectives: Map
   def init(rng):
     params_rng, dropout_rng, extra_rng, state_rng = jax.random.split(rng, 4)
     ids = jnp.zeros((1, seq_len), jnp.int32)
+    # One label position is enough to create the MLM head's parameters.
     positions = jnp.zeros((1, 1), jnp.int32)
     init_args = {}
+    # An encoder with languages refuses to run without lang_ids (_checked_lang_ids).
     if model.config.num_languages:
       init_args["lang_ids"] = ids
     variables = model.init({"params": params_rng, "dropout": dropout_rng}, ids,
@@ -51,6 +53,7 @@ def _init_fn(model: nn.Module, tx: optax.GradientTransformation, objectives: Map
     for i, (name, entry) in enumerate(objectives.items()):
       objective, context = _split(entry)
       if objective.init_params is not None:
+        # Folded from params_rng, not split off it: adding a head keeps the encoder's init.
         heads[name] = objective.init_params(jax.random.fold_in(params_rng, 1000 + i), context)
     if heads:
       params["heads"] = heads
@@ -74,11 +77,13 @@ def create_train_state(model, tx, objectives, seq_len: int, mesh, rules, seed: i
   """
   init = _init_fn(model, tx, objectives, seq_len)
   rng = jax.random.PRNGKey(seed)
+  # Abstract trace (no memory): shapes and logical-axis boxes, from which shardings are derived.
   boxed = jax.eval_shape(init, rng)
   shardings = mesh_lib.shardings_from_boxed(boxed, mesh, rules)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           nn.meta.unbox(boxed), shardings)
   if not initialize:
     return None, shardings, abstract
+  # With out_shardings every device creates only its own shards: no device holds the full state.
   state = jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings)(rng)
   return state, shardings, abstract

@@ -2,8 +2,7 @@
 
     <workdir>/config.json        the run's validated config; written once every check has passed,
                                  never by eval or export
-    <workdir>/tokenizer/         the tokenizer the run encodes with (spm.model, or tagged/ for a
-                                 language-tagged vocabulary)
+    <workdir>/tokenizer/         the tokenizer the run encodes with, stored as an export stores it
     <workdir>/eval_sets/         every evaluator's sets, read from the corpus at the first start
     <workdir>/resources/         objectives' host-side constants (dictionary pairs), one npz each
     <workdir>/checkpoints/<step>/  Orbax: state, data-iterator positions, meta (the model's shape)
@@ -23,12 +22,10 @@ import numpy as np
 
 from xlm_jax import config as config_lib
 from xlm_jax.atomic_files import write_directory_atomically, write_json_atomically
-from xlm_jax.data.tokenizer import Tokenizer
+from xlm_jax.data.tokenizer import has_tokenizer_files, read_tokenizer_files, tokenizer_files
 
 CONFIG_FILE = "config.json"
 TOKENIZER_DIR = "tokenizer"
-SPM_FILE = "spm.model"
-TAGGED_DIR = "tagged"          # the files of a LanguageTaggedTokenizer (no_anchors vocabulary)
 EVAL_SETS_DIR = "eval_sets"
 RESOURCES_DIR = "resources"
 SUMMARY_FILE = "summary.json"
@@ -88,36 +85,26 @@ def read_summary(workdir) -> dict | None:
 
 
 # ------------------------------------------------------------------------------- tokenizer
-
-
-def tokenizer_files(tokenizer) -> dict[str, bytes]:
-  """The files that store `tokenizer` inside tokenizer/ (or an export folder)."""
-  files = getattr(tokenizer, "files", None)  # a language-tagged vocabulary is a folder of models
-  if files is not None:
-    return {f"{TAGGED_DIR}/{name}": bytes(data) for name, data in files().items()}
-  return {SPM_FILE: tokenizer.serialized()}
+# Stored as an export stores it (xlm_jax.data.tokenizer.tokenizer_files), under tokenizer/.
 
 
 def save_tokenizer(workdir, tokenizer) -> None:
   folder = pathlib.Path(workdir) / TOKENIZER_DIR
   files = tokenizer_files(tokenizer)
-  if folder.is_dir() and all((folder / name).is_file() and (folder / name).read_bytes() == data
-                             for name, data in files.items()):
+  if all((folder / name).is_file() and (folder / name).read_bytes() == data
+         for name, data in files.items()):
     return  # already there, byte for byte: a resume writes nothing
   write_directory_atomically(folder, files)
 
 
 def load_tokenizer(workdir):
   folder = pathlib.Path(workdir) / TOKENIZER_DIR
-  if (folder / TAGGED_DIR).is_dir():
-    from xlm_jax.data.tokenizer_variants import LanguageTaggedTokenizer
-    return LanguageTaggedTokenizer.load(folder / TAGGED_DIR)
-  if not (folder / SPM_FILE).is_file():
+  if not has_tokenizer_files(folder):
     raise FileNotFoundError(
-        f"{folder / SPM_FILE} not found: this workdir was trained before workdirs kept their "
+        f"{folder} holds no tokenizer: this workdir was trained before workdirs kept their "
         "tokenizer. Run `xlm-jax train` on it once more with the corpus present (it resumes "
         "and stores the tokenizer), then evaluate or export")
-  return Tokenizer(folder / SPM_FILE)
+  return read_tokenizer_files(folder)
 
 
 # ------------------------------------------------------------------------------- resources
