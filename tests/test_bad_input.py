@@ -4,7 +4,6 @@ Each bad input below is refused with a message naming the file, flag or field an
 every folder it involves is byte-for-byte as it was (folder_checksums before == after).
 """
 import hashlib
-import io
 import json
 import pathlib
 import random
@@ -13,11 +12,11 @@ import re
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import pytest
 import sentencepiece as spm
 
 from data_prep import cli as data_cli
+from test_export import tokenizer_bytes  # noqa: F401 (a fixture: the same tiny SentencePiece model)
 from xlm_jax import atomic_files
 from xlm_jax import cli
 from xlm_jax import config as config_lib
@@ -43,21 +42,6 @@ def listing(path) -> list[str]:
 
 
 # --- 1. export into a folder that is not an export ------------------------------------------------
-
-WORDS = "river stone light garden window music paper winter yellow quiet travel number".split()
-
-
-@pytest.fixture(scope="module")
-def tokenizer_bytes():
-  rng = np.random.default_rng(0)
-  sentences = [" ".join(rng.choice(WORDS, size=rng.integers(3, 9))) for _ in range(200)]
-  model = io.BytesIO()
-  spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(sentences), model_writer=model, vocab_size=50, hard_vocab_limit=False,
-      bos_id=0, pad_id=1, eos_id=2, unk_id=3, user_defined_symbols=["<mask>"], minloglevel=2,
-      num_threads=1)
-  return model.getvalue()
-
 
 @pytest.fixture(scope="module")
 def tiny(tokenizer_bytes):

@@ -257,7 +257,9 @@ def test_global_negatives_on_8_devices_equal_single_device():
   for key in ("loss", "xtr_loss", "cl_loss", "accuracy", "weight"):
     np.testing.assert_allclose(sharded[key], single[key], rtol=2e-5, err_msg=key)
   for (path, a), b in zip(jax.tree.leaves_with_path(sharded_grads), jax.tree.leaves(single_grads)):
-    np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+    # atol: float32 gradients summed in another order over 8 shards differ by ~1e-6 where the
+    # gradient itself is ~0 (measured 1.4e-6 on this machine's XLA CPU kernels).
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=3e-6, err_msg=jax.tree_util.keystr(path))
 
 
 # --- Switches and gradients -------------------------------------------------------------------------------
