@@ -160,7 +160,7 @@ class _FileCheck:
     bad = self.undecodable
     if bad and (bad * 2 > lines_read or (bad > UNDECODABLE_LINES and bad > UNDECODABLE_SHARE * lines_read)):
       name = _decoder_name(self.encoding)
-      hint = (f"pass its encoding, e.g. --encoding latin-1 (or cp1252), or convert it to UTF-8"
+      hint = ("pass its encoding, e.g. --encoding latin-1 (or cp1252), or convert it to UTF-8"
               if is_utf8(self.encoding) else f"check its encoding (read as {self.encoding}, --encoding)")
       raise ValueError(f"{self.path}: {bad} of its first {lines_read} lines are not valid {name} (first: "
                        f"{self.first}); it is in another encoding or not text: {hint}, or remove it from "

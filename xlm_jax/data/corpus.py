@@ -170,6 +170,7 @@ class Corpus:
       raise ValueError(f"TFDS dataset {dataset_dir} cannot be opened ({type(err).__name__}: "
                        f"{str(err).splitlines()[0] if str(err) else ''}); rebuild the corpus with "
                        f"`{build_command(self.dir)} --force`") from err
+    # An empty split was never written (TFDS cannot store one): it reads as no records.
     if split not in builder.info.splits:
       return EmptySource()
     source = builder.as_data_source(split)
@@ -179,6 +180,7 @@ class Corpus:
   def _check_shards(self, source, split_info, dataset_dir: pathlib.Path, split: str) -> None:
     """Reads the first record of every shard: a truncated or damaged array_record file fails
     here, named, instead of deep inside a grain worker thread with a Riegeli error."""
+    # The source numbers records across shards in order: `start` is each shard's first index.
     start = 0
     for index, length in enumerate(split_info.shard_lengths):
       if length:
@@ -210,6 +212,8 @@ class Corpus:
       raise FileNotFoundError(f"{path} is missing from the corpus; "
                               f"rebuild with `{build_command(self.dir)} --force`")
     text = path.read_text(encoding="utf-8")
+    # Not splitlines(), which also breaks at \r, \x85 or U+2028 that a sentence may hold. Every
+    # line ends in "\n", so the last piece is the empty tail.
     return text.split("\n")[:-1] if text else []
 
   def mono_texts(self, lang: str, split: str) -> list[str]:

@@ -45,6 +45,7 @@ def split_derived(name: str) -> tuple[str, str] | None:
   The op is what follows the last "_" ("en_trans+inv" -> ("en", "trans∘inv")); a suffix that is no op
   ("zh_CN") leaves the name a plain language code.
   """
+  # The last "_": a source language code may hold one itself.
   lang, sep, op = name.rpartition("_")
   if not sep or not lang:
     return None
@@ -251,6 +252,7 @@ class DerivedSource:
         pieces.append(row.astype(np.int32))
         lengths.append(len(row))
     self._tokens = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
+    # int64 offsets: a large train split's token count can pass 2**31.
     self._offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
 
   def __len__(self) -> int:
@@ -261,6 +263,7 @@ class DerivedSource:
       raise IndexError(f"index {index} out of range for {self.path} ({len(self)} rows)")
     return {"ids": self._tokens[self._offsets[index]:self._offsets[index + 1]], "lang": self._lang}
 
+  # grain reads a whole batch of keys in one call where a source defines this.
   def __getitems__(self, keys) -> list[dict]:
     return [self[int(k)] for k in keys]
 

@@ -77,6 +77,7 @@ def token_pairs(pairs, tokenizer, dropped: collections.Counter, lang: str | None
   `lang` (the foreign side's language) is needed by tokenizers whose vocabulary is split by language;
   the English side is then encoded as "en".
   """
+  # A shared vocabulary encodes both sides alike: one call covers every word.
   if lang is None:
     en_ids = xx_ids = single_piece_ids(tokenizer, [w for pair in pairs for w in pair])
   else:
@@ -98,6 +99,7 @@ def token_pairs(pairs, tokenizer, dropped: collections.Counter, lang: str | None
 def _replace_atomically(path: pathlib.Path, write) -> None:
   """Calls write(binary file) on a temporary file next to `path`, then renames it over `path`."""
   path.parent.mkdir(parents=True, exist_ok=True)
+  # Same folder, so os.replace is a rename within one file system: readers see old or new, whole.
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
   try:
     with os.fdopen(fd, "wb") as f:
@@ -251,17 +253,20 @@ def translation_table(pairs: np.ndarray, num_ids: int, max_translations: int = 0
   langs = np.asarray(pair_languages, np.int64).reshape(-1, 2)
   entries = np.concatenate([np.stack([pairs[:, 0], pairs[:, 1], langs[:, 0]], 1),
                             np.stack([pairs[:, 1], pairs[:, 0], langs[:, 1]], 1)])
+  # A piece that is its own translation has nothing to swap to (token_pairs drops these too).
   entries = entries[entries[:, 0] != entries[:, 1]]
   _, first = np.unique(entries, axis=0, return_index=True)
   entries = entries[np.sort(first)]                              # unique, first-seen order
   entries = entries[np.argsort(entries[:, 0], kind="stable")]    # grouped by id, order kept inside
   counts = np.bincount(entries[:, 0], minlength=num_ids)
   starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+  # Each entry's column: its rank inside its id's group, so a row fills left to right.
   slot = np.arange(len(entries)) - starts[entries[:, 0]]
   width = int(counts.max()) if len(entries) else 1
   if max_translations > 0:
     width = min(width, max_translations)
   width = max(width, 1)
+  # Narrow dtypes: both [num_ids, T] tables are baked into the jitted step as constants.
   table = np.full((num_ids, width), -1, np.int32)
   sources = np.full((num_ids, width), -1, np.int8)
   keep = slot < width
@@ -303,6 +308,7 @@ def load_dictionaries(corpus, names, tokenizer, languages=(), max_translations: 
                      "name languages that have dictionaries in the objective's `dictionary_languages`")
   num_ids = max(tokenizer.vocab_size, int(pairs.max()) + 1)
   translations, sources = translation_table(pairs, num_ids, max_translations, np.concatenate(part_languages))
+  # Dictionaries may share pairs; np.unique sorts, so its first indices restore pair order.
   _, first = np.unique(pairs, axis=0, return_index=True)
   return DictionaryArrays(pairs[np.sort(first)].astype(np.int32), translations, sources, sizes)
 

@@ -48,6 +48,7 @@ class Tokenizer:
       processor.LoadFromSerializedProto(model_bytes)
     except (RuntimeError, OSError) as err:
       raise ValueError(f"{source} is not a valid SentencePiece model: {err}") from err
+    # piece_to_id answers unk_id for a piece the model lacks, rather than raising.
     mask_id = processor.piece_to_id(MASK_PIECE)
     if mask_id == processor.unk_id():
       raise ValueError(f"{source} has no {MASK_PIECE} piece; train it with user_defined_symbols=['<mask>'] "
@@ -95,6 +96,7 @@ class Tokenizer:
 
   def encode(self, texts: list[str], lang: str | None = None) -> list[list[int]]:
     """Token ids of each text (no <s>/</s> added). `lang` is accepted and ignored: one vocabulary for all."""
+    # A bare string would pass as a list of one-character texts and encode without error.
     if isinstance(texts, str):
       raise TypeError("Tokenizer.encode takes a list of strings; wrap a single text as [text]")
     return self._processor.encode(list(texts), out_type=int)
@@ -160,8 +162,10 @@ def load_tokenizer(corpus, vocabulary: str = "joint", seed: int = 0,
   from xlm_jax.data import tokenizer_variants
   folder = pathlib.Path(corpus.dir) / TOKENIZERS_DIR / vocabulary
   marker = folder / ("spm.model" if vocabulary == "union" else "tokenizer.json")
+  # Threads of one process asking at once build the folder once; the others then load it.
   with _BUILD_LOCK:
     if not marker.is_file():
+      # All the corpus's languages, not the run's: one folder serves every run on this corpus.
       build_languages = list(corpus.languages)
       corpus.check_languages(build_languages)
       texts = {lang: corpus.mono_texts(lang, "train") for lang in build_languages}
@@ -217,6 +221,7 @@ def language_ranges(tokenizer, languages) -> np.ndarray | None:
     return tokenizer.ranges_for(languages)
   if not any(shifts_ids(lang) for lang in languages):
     return None
+  # trans moves only non-special ids, so [V, V + low) never occurs in its text: excluded as well.
   size, low = tokenizer.vocab_size, max(tokenizer.special_ids) + 1
   return np.array([[size + low, 2 * size] if shifts_ids(lang) else [low, size] for lang in languages],
                   np.int32).reshape(-1, 2)

@@ -47,6 +47,7 @@ def split_source_ids(ids, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _normalise(rows: np.ndarray) -> np.ndarray:
   rows = np.asarray(rows, np.float64)
+  # The floor keeps an all-zero row (an id never trained) at zero instead of NaN.
   return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
 
@@ -98,6 +99,7 @@ def derived_pairs(corpus, name: str, table_rows: int):
                  derived.derive_command(corpus, name, 0))
     return None
   pairs, meta = synthetic.read_dictionary(path)
+  # vocab_size counts both halves (source V + derived V), so the shift is size // 2.
   size = int(meta.get("vocab_size", 0))
   if size > table_rows:
     logging.info("alignment: skipping %s: its ids reach %d, the model's vocabulary has %d", name, size,
@@ -138,6 +140,7 @@ class Alignment:
         logging.info("alignment: skipping %s: no BLI test pairs (%s not found)", lang, path)
         continue
       pairs = bli_token_pairs(path, data.tokenizer, lang)
+      # An id beyond the model's table has no embedding row to compare.
       pairs = pairs[(pairs < rows).all(axis=1)]
       if not len(pairs):
         logging.info("alignment: skipping %s: no BLI pair of %s is single-piece on both sides", lang, path)
@@ -177,6 +180,7 @@ class Alignment:
     num_source_ids = len(np.unique(pairs[:, 0]))
     scores = {f"alignment/{name}/accuracy": float(score(False)),
               f"alignment/{name}/pairs": float(len(pairs))}
+    # The split's sizes depend on the count alone, so any ids and seed give the real 5%'s size.
     num_train = split_source_ids(np.arange(num_source_ids), 0)[1].size
     if num_train >= table.shape[1]:
       scores[f"alignment/{name}/procrustes_accuracy"] = float(score(True))

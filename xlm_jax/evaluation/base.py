@@ -76,6 +76,13 @@ def collect_sets(names, data: EvalData) -> dict[str, dict]:
   return {name: evaluator_class(name).collect(data) for name in names}
 
 
+def covers(name: str, sets: dict, data: EvalData) -> bool:
+  """Whether stored `sets` of evaluator `name` hold what `data` asks for now; an evaluator may
+  define `covers(sets, data)` (held-out batches of every batch kind the run reads)."""
+  check = getattr(evaluator_class(name), "covers", None)
+  return True if check is None else bool(check(sets, data))
+
+
 def build_evaluators(sets: Mapping[str, dict], eval_config) -> dict[str, Any]:
   """The evaluators of `sets` (name -> sets), each built from its sets and `eval_config`."""
   return {name: evaluator_class(name)(named_sets, eval_config) for name, named_sets in sets.items()}

@@ -59,6 +59,7 @@ def calinski_harabasz(vectors: np.ndarray, labels: np.ndarray) -> float:
     mean = members.mean(axis=0)
     between += len(members) * np.sum((mean - center) ** 2)
     within += np.sum((members - mean) ** 2)
+  # Every item's translations on one point: the ratio's limit, not a division by zero.
   if within == 0.0:
     return float("inf")
   return float(between * (n - k) / (within * (k - 1)))
@@ -69,6 +70,7 @@ def principal_ratio(vectors: np.ndarray) -> float:
   w = np.asarray(vectors, np.float64)
   _, eigenvectors = np.linalg.eigh(w.T @ w)
   projections = w @ eigenvectors                        # [n, d]: c^T w_i for every c
+  # Log-sum-exp: c^T w_i grows with the vectors' norm and exp overflows; shifted terms are <= 1.
   peak = projections.max(axis=0)
   log_z = peak + np.log(np.sum(np.exp(projections - peak), axis=0))
   return float(np.exp(log_z.min() - log_z.max()))
@@ -110,6 +112,7 @@ def multiway_items(corpus, languages, limit: int) -> list[dict]:
     translations[lang] = first
   if not translations:
     raise ValueError(f"geometry needs English and at least one other language, got {languages}")
+  # In the first language's file order, so the items (and what `limit` cuts) are stable across runs.
   shared = [en for en in next(iter(translations.values()))
             if all(en in t for t in translations.values())]
   for index, en in enumerate(shared[:limit]):
@@ -132,6 +135,7 @@ def geometry_metrics(vectors: dict[str, np.ndarray]) -> dict:
       out[f"geometry/{lang}/invariance_kl"] = kls[-1]
   langs = sorted(vectors)
   stacked = np.concatenate([vectors[lang] for lang in langs])
+  # Each language's block has its rows in item order, so row r of every block is item r's cluster.
   labels = np.tile(np.arange(len(vectors["en"])), len(langs))
   out["geometry/invariance_kl"] = float(np.mean(kls)) if kls else 0.0
   out["geometry/canonical_ch"] = calinski_harabasz(stacked, labels)

@@ -95,6 +95,11 @@ class HeldoutMLM:
     }
     return sets
 
+  @staticmethod
+  def covers(sets: dict, data) -> bool:
+    """Stored sets serve a resumed run only if they hold every batch kind its objectives read."""
+    return set(data.batch_kinds) <= set(sets["kinds"])
+
   def __init__(self, sets: dict, eval_config):
     del eval_config  # the sets fix everything this evaluator reads
     self.baseline = dict(sets["baseline"])

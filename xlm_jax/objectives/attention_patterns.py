@@ -48,6 +48,8 @@ def camlm_two_pass_mask(segment_ids: jax.Array, predicted_side: int) -> jax.Arra
   q_pred = (segment_ids == predicted_side)[:, :, None]
   q_other = (segment_ids == other_side)[:, :, None]
   k_other = (segment_ids == other_side)[:, None, :]
+  # The other side must not see the predicted side either: at the next layer the predicted side
+  # reads those states, which would carry its own context back to it.
   allowed = (q_pred & (k_other | _self(segment_ids))) | (q_other & k_other)
   return _to_mask(allowed)
 
@@ -62,6 +64,7 @@ def camlm_single_pass_mask(segment_ids: jax.Array) -> jax.Array:
   q_y = (segment_ids == Y_SIDE)[:, :, None]
   k_x = (segment_ids == X_SIDE)[:, None, :]
   k_y = (segment_ids == Y_SIDE)[:, None, :]
+  # Self-attention on real tokens only: padding queries keep their all-False rows.
   own = _self(segment_ids) & (segment_ids != 0)[:, :, None]
   return _to_mask((q_x & k_y) | (q_y & k_x) | own)
 

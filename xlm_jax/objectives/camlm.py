@@ -62,6 +62,8 @@ def camlm_logits(params, masked_ids, batch, label_positions, dropout_rng, ctx: O
     return forward(patterns.camlm_single_pass_mask(segment_ids), dropout_rng)
   # Each pass gets its own dropout key: the passes are separate forwards over the same row.
   rng_x, rng_y = jax.random.split(dropout_rng)
+  # Both passes read the same corrupted row: the side used as context keeps its own masked
+  # tokens hidden, so no label of one side leaks into the pass that predicts the other.
   logits_x = forward(patterns.camlm_two_pass_mask(segment_ids, patterns.X_SIDE), rng_x)
   logits_y = forward(patterns.camlm_two_pass_mask(segment_ids, patterns.Y_SIDE), rng_y)
   # Both passes project all P slots to the vocabulary (shapes stay static); each slot then keeps

@@ -22,6 +22,7 @@ from xlm_jax.objectives.masking import MaskedTokens, mlm_mask
 def mono_model_inputs(batch, ctx: ObjectiveContext) -> dict:
   """Keyword inputs of the model shared by objectives on the "mono" batch kind."""
   inputs = dict(position_ids=batch["position_ids"], segment_ids=batch["segment_ids"])
+  # Language embeddings as in XLM; XLM-R-style models (num_languages 0) have none.
   if ctx.model.config.num_languages:
     inputs["lang_ids"] = batch["lang_ids"]
   return inputs
@@ -30,6 +31,8 @@ def mono_model_inputs(batch, ctx: ObjectiveContext) -> dict:
 def row_random_ranges(batch, ctx: ObjectiveContext) -> dict:
   """`random_low`/`random_high` of mlm_mask for monolingual rows: the row language's id range
   where the vocabulary is split by language (no_anchors, derived scripts), else nothing."""
+  # With disjoint id ranges, a replacement from another language's range would be a token the
+  # row's language never uses, giving the corruption away.
   if ctx.random_ranges is None:
     return {}
   # A mono row holds one language, so its first token's language id stands for the row.

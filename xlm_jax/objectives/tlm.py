@@ -35,6 +35,7 @@ def tlm_loss(params, batch, rng, ctx: ObjectiveContext):
   mask_rng, dropout_rng = jax.random.split(rng)
   segment_ids = batch["segment_ids"]
   # One mask over both sides together (XLM draws x's and y's masks jointly, not per side).
+  # Per-token lang_ids: a random replacement on y is drawn from y's language, not x's.
   masked = mask_tokens(mask_rng, batch["input_ids"], batch["lang_ids"], ctx, cfg,
                        eligible=segment_ids != 0)
   logits = ctx.model.apply(

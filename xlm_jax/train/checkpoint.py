@@ -58,6 +58,7 @@ class Checkpointer:
                       f"written for another model. {back}.")
 
   def read_meta(self, step: int) -> dict:
+    # The meta item alone: callers check the model's shape here before restoring any array.
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     except Exception as err:  # Orbax raises many types for a missing or damaged item
@@ -68,6 +69,8 @@ class Checkpointer:
 
   def restore(self, step: int, abstract_state: Any, data_iters: dict | None = None) -> Any:
     """Restores the state (with the shardings in `abstract_state`) and the given iterators."""
+    # The target shardings decide placement: each device reads only its shards, and a checkpoint
+    # saved on another mesh is laid out for this one.
     args = {"state": ocp.args.StandardRestore(abstract_state)}
     for kind, it in (data_iters or {}).items():
       args[f"data_{kind}"] = grain.checkpoint.CheckpointRestore(it)
@@ -86,6 +89,7 @@ class Checkpointer:
     checkpointer = ocp.PyTreeCheckpointer()
     try:
       metadata = checkpointer.metadata(folder)
+      # Orbax versions return the metadata tree bare or wrapped (item_metadata, .tree).
       tree = getattr(metadata, "item_metadata", metadata)
       tree = getattr(tree, "tree", tree)
       wanted = {"params": tree["params"], "extra": tree.get("extra", {})}
@@ -93,6 +97,7 @@ class Checkpointer:
       target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
                             wanted)
       restore_args = jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding), target)
+      # partial_restore lets the target omit opt_state and step: those arrays are never read.
       restored = checkpointer.restore(folder, args=ocp.args.PyTreeRestore(
           item=target, restore_args=restore_args, partial_restore=True))
     except Exception as err:
@@ -119,6 +124,7 @@ def check_same_model(saved_model: dict, model: dict, directory: pathlib.Path) ->
   saved = EncoderConfig.from_dict({**model, **saved_model})  # fields added since take today's value
   if param_shapes(saved) == param_shapes(EncoderConfig.from_dict(model)):
     return
+  # Only fields the checkpoint recorded can be compared; a field added since has no saved value.
   diffs = [f"model.{k}: checkpoint {saved_model.get(k)!r}, config {v!r}"
            for k, v in model.items() if k in saved_model and saved_model[k] != v]
   raise ValueError(

@@ -13,15 +13,18 @@ SCHEDULES = ("linear", "cosine", "inverse_sqrt", "constant")
 def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
   """Linear warm-up to `learning_rate`, then linear / cosine / inverse-sqrt / constant."""
   peak = cfg.learning_rate
+  # Clamped so a warm-up longer than the run still leaves optax a decay of at least one step.
   warmup = max(0, min(cfg.warmup_steps, total_steps))
   decay_steps = max(1, total_steps - warmup)
   end = peak * cfg.end_lr_ratio
   if cfg.schedule == "linear":
     decay = optax.linear_schedule(peak, end, decay_steps)
   elif cfg.schedule == "cosine":
+    # alpha is the final fraction of peak, so cosine ends where linear does.
     decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=cfg.end_lr_ratio)
   elif cfg.schedule == "inverse_sqrt":
     # fairseq's inverse_sqrt: lr = peak * sqrt(warmup / step) after warm-up.
+    # join_schedules restarts `count` at 0 after warm-up, so count + warmup is the global step.
     scale = max(warmup, 1)
     decay = lambda count: peak * jnp.sqrt(scale / (count + scale))
   elif cfg.schedule == "constant":
@@ -30,6 +33,7 @@ def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
     raise ValueError(f"optimizer.schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
   if warmup == 0:
     return decay
+  # The decay schedule counts from 0 at the boundary, so it starts at peak where warm-up ends.
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 
@@ -41,6 +45,7 @@ def _decay_mask(params):
 def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   schedule = learning_rate_schedule(cfg, total_steps)
   parts = []
+  # Clipping comes first: the global norm is that of the raw gradients, before Adam rescales them.
   if cfg.clip_norm > 0:
     parts.append(optax.clip_by_global_norm(cfg.clip_norm))
   if cfg.name == "amsgrad":

@@ -43,9 +43,11 @@ class BoundObjective:
 
 
 def _objectives_loss(bound: Mapping[str, BoundObjective], params, batches, rng, extra, train):
+  # One scalar for all objectives: a single backward pass gives the weighted sum of their grads.
   total = 0.0
   metrics, new_extra = {}, dict(extra)
   for i, (name, obj) in enumerate(bound.items()):
+    # A key per objective (by position): two objectives never share masks or dropout.
     loss, obj_metrics, obj_extra = obj(params, batches[obj.objective.batch_kind],
                                        jax.random.fold_in(rng, i), extra.get(name), train)
     total = total + obj.weight * loss
@@ -67,6 +69,8 @@ def make_train_step(bound: Mapping[str, BoundObjective], tx: optax.GradientTrans
       lambda p, b, r, e: _objectives_loss(bound, p, b, r, e, True), has_aux=True)
 
   def train_step(state: TrainState, batches):
+    # state.rng never changes; folding in the step gives each step fresh keys, and a resumed run
+    # the same keys for the same step.
     step_rng = jax.random.fold_in(state.rng, state.step)
     if grad_accum_steps == 1:
       (_, (metrics, extra)), grads = grad_fn(state.params, batches, step_rng, state.extra)
@@ -79,13 +83,17 @@ def make_train_step(bound: Mapping[str, BoundObjective], tx: optax.GradientTrans
         (_, (metrics, extra)), grads = grad_fn(state.params, micro_batch,
                                                jax.random.fold_in(step_rng, index), extra)
         return (jax.tree.map(jnp.add, grads_sum, grads), extra), metrics
+      # lax.scan traces micro_step once: compile time and program size do not grow with
+      # grad_accum_steps, as they would with an unrolled Python loop.
       zeros = jax.tree.map(jnp.zeros_like, state.params)
       (grads, extra), metrics = jax.lax.scan(
           micro_step, (zeros, state.extra), (batches, jnp.arange(grad_accum_steps)))
+      # The mean, not the sum: the update's scale and clip_norm do not change with accumulation.
       grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
       metrics = jax.tree.map(jnp.mean, metrics)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    # Clipping happens inside `tx`, so this is the raw norm: it shows how often clip_norm bites.
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["param_norm"] = optax.tree.norm(params)
     metrics["learning_rate"] = schedule(state.step)
@@ -98,6 +106,8 @@ def make_train_step(bound: Mapping[str, BoundObjective], tx: optax.GradientTrans
 def make_eval_step(bound: Mapping[str, BoundObjective]):
   """Returns `eval_step(params, extra, batches, rng) -> metrics` (dropout off, fixed RNG)."""
   def eval_step(params, extra, batches, rng):
+    # The caller's fixed rng gives the same masks at every evaluation: checkpoints compare.
+    # The extra state it returns is dropped: evaluating must not advance, e.g., a key queue.
     _, (metrics, _) = _objectives_loss(bound, params, batches, rng, extra, False)
     return metrics
   return eval_step

@@ -327,6 +327,8 @@ def evaluation_sets(config, workdir, data: eval_lib.EvalData | None) -> dict[str
   names = list(config.eval.evaluators)
   stored = [n for n in names if (folder / f"{n}.json").is_file()]
   sets = eval_lib.load_sets(folder, stored) if stored else {}
+  if data is not None:  # a resume may add what the stored sets lack (another batch kind)
+    sets = {n: v for n, v in sets.items() if eval_lib.covers(n, v, data)}
   missing = [n for n in names if n not in sets]
   if missing:
     if data is None:

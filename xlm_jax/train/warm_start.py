@@ -24,6 +24,7 @@ from xlm_jax.train import mesh as mesh_lib
 def checkpoint_folder(source: str | pathlib.Path) -> pathlib.Path:
   """`source` may be a workdir, its checkpoints/ folder or one step folder inside it."""
   path = pathlib.Path(source).expanduser().absolute()
+  # A workdir first, then its checkpoints/ folder: both hold numbered step folders.
   for candidate in (path / "checkpoints", path):
     if candidate.is_dir() and any(p.name.isdigit() for p in candidate.iterdir()):
       return candidate
@@ -39,6 +40,7 @@ def read_state(source) -> tuple[dict, int]:
   if folder.name.isdigit() and (folder / "state").is_dir():
     step_dir, step = folder, int(folder.name)
   else:
+    # Digit-only names skip Orbax's unfinished saves (<step>.orbax-checkpoint-tmp-*).
     step = max(int(p.name) for p in folder.iterdir() if p.name.isdigit())
     step_dir = folder / str(step)
   checkpointer = ocp.StandardCheckpointer()
@@ -68,6 +70,7 @@ def merge_matching(target, source) -> tuple[dict, list[str], list[str]]:
   for path, value in flat_target.items():
     other = flat_source.get(path)
     if other is not None and tuple(np.shape(other)) == tuple(value.shape):
+      # This model's dtype wins: a source saved with another param dtype still loads.
       merged[path] = np.asarray(other, dtype=value.dtype)
       copied.append("/".join(map(str, path)))
     else:
@@ -94,8 +97,10 @@ def warm_start(state, shardings, bound, seed: int, source):
     if saved_extra is None:
       continue
     extra[name], extra_copied, _ = merge_matching(value, saved_extra)
+    # Found only if some array matched; an extra state with nothing copied is rebuilt below.
     if extra_copied:
       found.add(name)
+  # Merged on the host, then laid out with this run's shardings (the source's mesh may differ).
   state = jax.device_put(host.replace(params=params, extra=extra), shardings)
   # Extra state that the source lacks is rebuilt from the loaded weights (a momentum copy).
   for i, (name, objective) in enumerate(bound.items()):

@@ -71,6 +71,7 @@ def read_config(workdir) -> ml_collections.ConfigDict:
 
 
 def write_config(workdir, config) -> None:
+  # Atomic: a half-written config.json would make the workdir unreadable to eval, export and resume.
   write_json_atomically(pathlib.Path(workdir) / CONFIG_FILE, config.to_dict())
 
 
@@ -78,6 +79,7 @@ def read_summary(workdir) -> dict | None:
   path = pathlib.Path(workdir) / SUMMARY_FILE
   if not path.is_file():
     return None
+  # The summary is informational: a damaged one reads as absent rather than failing the command.
   try:
     return json.loads(path.read_text(encoding="utf-8"))
   except (json.JSONDecodeError, UnicodeDecodeError):
@@ -119,6 +121,7 @@ def save_resources(workdir, resources: dict[str, dict]) -> None:
       np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
       files[f"{name}.npz"] = buffer.getvalue()
   folder = pathlib.Path(workdir) / RESOURCES_DIR
+  # Written once, at the first start: a resume keeps them even if the corpus was rebuilt since.
   if files and not folder.is_dir():
     write_directory_atomically(folder, files)
 
@@ -130,6 +133,7 @@ def load_resources(workdir, name: str) -> dict:
                             "this workdir did not store; point --config.data.corpus_dir at the "
                             "corpus")
   try:
+    # No pickle: loading a workdir must never run code stored in it.
     with np.load(path, allow_pickle=False) as arrays:
       return {k: arrays[k] for k in arrays.files}
   except (ValueError, OSError) as err:

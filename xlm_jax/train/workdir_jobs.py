@@ -56,6 +56,8 @@ def restore_workdir(workdir, overrides=()) -> Restored:
   finally:
     checkpointer.close()
   tokenizer = workdir_lib.load_tokenizer(workdir)
+  # The model comes from the checkpoint's meta, not config.json: overrides cannot make it disagree
+  # with the arrays restored.
   return Restored(workdir, config, step, meta, Model(EncoderConfig.from_dict(meta["model"])),
                   params, extra, tokenizer)
 
@@ -71,6 +73,7 @@ def evaluate_workdir(workdir, overrides=()) -> tuple[Restored, dict]:
   config, model, tokenizer = restored.config, restored.model, restored.tokenizer
   corpus = None
   resources = {}
+  # The workdir's stored copies first; the corpus is opened only for what the workdir lacks.
   for name, section in config.objectives.items():
     if OBJECTIVES.get(name).load_resources is None:
       continue
@@ -82,6 +85,7 @@ def evaluate_workdir(workdir, overrides=()) -> tuple[Restored, dict]:
         raise
       resources.update(load_objective_resources(config, corpus, tokenizer))
   bound = bind_objectives(config, model, tokenizer, resources)
+  # None: the stored sets only; they are rebuilt from the corpus only when eval_sets/ lacks them.
   try:
     sets = evaluation_sets(config, restored.workdir, None)
   except FileNotFoundError:
@@ -105,6 +109,7 @@ def export_workdir(workdir, out=None) -> tuple[Restored, pathlib.Path]:
   target = check_export_dir(out or config.export.dir or pathlib.Path(workdir) / "export")
   restored = restore_workdir(workdir)
   meta = restored.meta
+  # What the checkpoint recorded wins over config.json; the config fills in for older meta.
   path = export(target, restored.params, restored.model.config, restored.tokenizer,
                 meta.get("languages", list(config.data.languages)), restored.step,
                 meta.get("corpus_packages", []))
