@@ -320,8 +320,10 @@ def eval_data(config, corpus, tokenizer, mcfg, bound) -> eval_lib.EvalData:
       batch_kinds=tuple(sorted({b.objective.batch_kind for b in bound.values()})))
 
 
-def evaluation_sets(config, workdir, data: eval_lib.EvalData | None) -> dict[str, dict]:
-  """Every configured evaluator's sets: from the workdir where stored, else read from `data`."""
+def evaluation_sets(config, workdir,
+                    data: eval_lib.EvalData | None) -> tuple[dict[str, dict], list[str]]:
+  """Every configured evaluator's sets: from the workdir where stored, else read from `data`.
+  Returns (sets, names of those read from `data` now)."""
   folder = eval_lib.sets_folder(workdir / workdir_lib.EVAL_SETS_DIR, jax.process_index(),
                                 jax.process_count())
   names = list(config.eval.evaluators)
@@ -334,7 +336,7 @@ def evaluation_sets(config, workdir, data: eval_lib.EvalData | None) -> dict[str
     if data is None:
       eval_lib.load_sets(folder, missing)  # raises, naming the first missing file
     sets.update(eval_lib.collect_sets(missing, data))
-  return {n: sets[n] for n in names}
+  return {n: sets[n] for n in names}, missing
 
 
 # =============================================================================================
@@ -457,7 +459,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     elif config.init_from:
       state, _ = warm_start_lib.warm_start(state, shardings, bound, config.seed, config.init_from)
 
-    sets = evaluation_sets(config, workdir, eval_data(config, corpus, tokenizer, mcfg, bound))
+    sets, collected = evaluation_sets(config, workdir,
+                                      eval_data(config, corpus, tokenizer, mcfg, bound))
     evaluators = eval_lib.build_evaluators(sets, config.eval)
   except BaseException:
     if checkpointer is not None:
@@ -465,7 +468,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     raise
 
   # Every check has passed: from here on the workdir is written.
-  _write_workdir(config, workdir, tokenizer, resources, sets)
+  _write_workdir(config, workdir, tokenizer, resources, sets if collected else None)
   checkpointer = checkpointer or open_checkpointer()
   meta = {"model": mcfg.to_dict(), "languages": list(config.data.languages),
           "corpus": str(corpus.dir), "corpus_packages": corpus.manifest.get("packages", []),
@@ -564,8 +567,9 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
   return summary
 
 
-def _write_workdir(config, workdir, tokenizer, resources, sets) -> None:
-  """config.json, the tokenizer, the objectives' resources and the evaluation sets."""
+def _write_workdir(config, workdir, tokenizer, resources, sets=None) -> None:
+  """config.json, the tokenizer, the objectives' resources and (when given: some were read from
+  the corpus now) the evaluation sets."""
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:  # hosts share the workdir: concurrent tmp+rename writes collide
     workdir_lib.write_config(workdir, config)
@@ -574,7 +578,7 @@ def _write_workdir(config, workdir, tokenizer, resources, sets) -> None:
   # Held-out batches differ per host, so every host stores its own sets (its own folder).
   folder = eval_lib.sets_folder(workdir / workdir_lib.EVAL_SETS_DIR, jax.process_index(),
                                 jax.process_count())
-  if any(not (folder / f"{name}.json").is_file() for name in sets):
+  if sets:
     eval_lib.save_sets(folder, sets)
 
 

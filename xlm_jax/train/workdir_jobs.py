@@ -87,13 +87,13 @@ def evaluate_workdir(workdir, overrides=()) -> tuple[Restored, dict]:
   bound = bind_objectives(config, model, tokenizer, resources)
   # None: the stored sets only; they are rebuilt from the corpus only when eval_sets/ lacks them.
   try:
-    sets = evaluation_sets(config, restored.workdir, None)
+    sets, _ = evaluation_sets(config, restored.workdir, None)
   except FileNotFoundError:
     corpus = corpus or _corpus_if_present(config)
     if corpus is None:
       raise
-    sets = evaluation_sets(config, restored.workdir,
-                           eval_data(config, corpus, tokenizer, model.config, bound))
+    sets, _ = evaluation_sets(config, restored.workdir,
+                              eval_data(config, corpus, tokenizer, model.config, bound))
   evaluators = eval_lib.build_evaluators(sets, config.eval)
   step_fn = heldout_eval_step(bound, config.seed)(restored.params, restored.extra)
   results = eval_lib.evaluate(evaluators, eval_model(model, model_params(restored.params),
