@@ -16,6 +16,7 @@ functions on the workdir alone: no corpus, no optimizer.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import pathlib
 import signal
@@ -293,13 +294,21 @@ def heldout_eval_step(bound, seed: int, put_batch=None):
 
 
 def eval_model(model: Model, params, tokenizer, languages, eval_step=None) -> eval_lib.EvalModel:
-  """An EvalModel of encoder params that live on this host (one device)."""
+  """An EvalModel of encoder params that live on this host (one device).
+
+  `params` may be a function returning them: it is called once, on the first encode or table
+  read, so an evaluation of held-out losses alone never gathers FSDP shards across hosts.
+  """
   from xlm_jax.export.export import Pretrained
   from xlm_jax.objectives.align_mlm import word_embedding_table
-  encoder = Pretrained(model, params, tokenizer, {"languages": list(languages)})
+  host_params = functools.cache(params if callable(params) else lambda: params)
+  encoder = functools.cache(lambda: Pretrained(model, host_params(), tokenizer,
+                                               {"languages": list(languages)}))
   return eval_lib.EvalModel(
-      encode=encoder.encode, config=model.config, eval_step=eval_step,
-      word_embeddings=lambda: np.asarray(jax.device_get(word_embedding_table(params, model.config))))
+      encode=lambda *args, **kwargs: encoder().encode(*args, **kwargs), config=model.config,
+      eval_step=eval_step,
+      word_embeddings=lambda: np.asarray(jax.device_get(
+          word_embedding_table(host_params(), model.config))))
 
 
 def _on_this_host(params):
@@ -442,8 +451,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
   try:
     if start_step:
       # Refuse another model before the state is built: nothing is written on a refusal.
-      meta = checkpointer.read_meta(start_step)
-      ckpt_lib.check_same_model(meta["model"], mcfg.to_dict(), checkpointer.directory)
+      saved_model = checkpointer.read_meta(start_step)["model"]
+      ckpt_lib.check_same_model(saved_model, mcfg.to_dict(), checkpointer.directory)
       if start_step >= total:
         checkpointer.close()
         return _already_trained(workdir, start_step, total)
@@ -470,16 +479,15 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
   # Every check has passed: from here on the workdir is written.
   _write_workdir(config, workdir, tokenizer, resources, sets if collected else None)
   checkpointer = checkpointer or open_checkpointer()
-  meta = {"model": mcfg.to_dict(), "languages": list(config.data.languages),
+  run_meta = {"model": mcfg.to_dict(), "languages": list(config.data.languages),
           "corpus": str(corpus.dir), "corpus_packages": corpus.manifest.get("packages", []),
           "tokenizer_sha256": corpus.manifest.get("tokenizer", {}).get("sha256", "")}
   heldout_step = heldout_eval_step(bound, config.seed,
                                    lambda batch: mesh_lib.to_global_batch(batch, mesh))
 
   def evaluate(state, names=None) -> dict:
-    params = _on_this_host(model_params(state.params))
-    model_fns = eval_model(model, params, tokenizer, config.data.languages,
-                           heldout_step(state.params, state.extra))
+    model_fns = eval_model(model, lambda: _on_this_host(model_params(state.params)), tokenizer,
+                           config.data.languages, heldout_step(state.params, state.extra))
     chosen = {n: e for n, e in evaluators.items() if names is None or n in names}
     return eval_lib.evaluate(chosen, model_fns)
 
@@ -527,18 +535,18 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
           time.time() - started > config.train.max_wall_seconds)
       if stop.should_stop(step):
         preempted = True
-        checkpointer.save(step, state, iterators, {"step": step, **meta}, force=True)
+        checkpointer.save(step, state, iterators, {"step": step, **run_meta}, force=True)
         logging.warning("preempted at step %d: checkpoint saved, rerun to resume", step)
         break
       if out_of_time:
         # A time budget ends training early but still evaluates and exports what was trained.
         stopped_early = True
-        checkpointer.save(step, state, iterators, {"step": step, **meta}, force=True)
+        checkpointer.save(step, state, iterators, {"step": step, **run_meta}, force=True)
         logging.warning("train.max_wall_seconds reached at step %d of %d: evaluating now; "
                         "rerun with a larger budget to continue", step, total)
         break
       if step % config.train.checkpoint_every == 0 or step == total:
-        checkpointer.save(step, state, iterators, {"step": step, **meta})
+        checkpointer.save(step, state, iterators, {"step": step, **run_meta})
   finally:
     bar.close()
     stop.uninstall()
@@ -557,7 +565,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
       host_params = mesh_lib.host_copy(state.params)
       target = config.export.dir or workdir / "export"
       summary["export_dir"] = str(export(target, host_params, mcfg, tokenizer,
-                                         config.data.languages, step, meta["corpus_packages"]))
+                                         config.data.languages, step, run_meta["corpus_packages"]))
   checkpointer.close()
   for it in iterators.values():  # stop the input threads
     getattr(it, "close", lambda: None)()

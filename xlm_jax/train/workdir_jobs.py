@@ -14,14 +14,15 @@ from typing import Any
 import jax
 
 from xlm_jax import config as config_lib
-from xlm_jax.data.corpus import Corpus, resolve_corpus_dir
+from xlm_jax.data.corpus import Corpus
 from xlm_jax.evaluation import base as eval_lib
 from xlm_jax.models.encoder import EncoderConfig, Model
 from xlm_jax.registry import OBJECTIVES
 from xlm_jax.train import checkpoint as ckpt_lib
 from xlm_jax.train import workdir as workdir_lib
 from xlm_jax.train.trainer import (bind_objectives, eval_data, eval_model, evaluation_sets, export,
-                                   heldout_eval_step, load_objective_resources, model_params)
+                                   heldout_eval_step, load_objective_resources, model_params,
+                                   open_corpus)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +64,12 @@ def restore_workdir(workdir, overrides=()) -> Restored:
 
 
 def _corpus_if_present(config) -> Corpus | None:
-  path = resolve_corpus_dir(config.data.corpus_dir, config.data.corpus)
-  return Corpus(path) if (path / "manifest.json").is_file() else None
+  """The run's corpus if it is still built (the sets or resources the workdir lacks come from
+  it), else None."""
+  try:
+    return open_corpus(config)
+  except FileNotFoundError:
+    return None
 
 
 def evaluate_workdir(workdir, overrides=()) -> tuple[Restored, dict]:
