@@ -21,6 +21,10 @@ setuptools.setup(
     install_requires=_REQUIREMENTS,
     extras_require={
         "test": ["pytest>=8"],
+        # Hugging Face interop beyond safetensors: logit-parity tests, reading pytorch_model.bin.
+        # Training never needs it. torch is pinned to the version whose CPU build CI installs;
+        # any torch >= 2.4 works for a user who installs it another way.
+        "hf": ["transformers>=5.0,<6", "torch==2.13.0"],
         "tpu": [],  # install jax[tpu] matching the pinned jax version; see README
     },
     entry_points={"console_scripts": ["xlm-jax=xlm_jax.cli:main"]},

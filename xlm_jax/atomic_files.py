@@ -10,7 +10,7 @@ import os
 import pathlib
 import shutil
 import tempfile
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 
 def _fsync_dir(path: pathlib.Path) -> None:
@@ -39,11 +39,13 @@ def check_replaceable(directory: pathlib.Path, markers: Sequence[str], what: str
                    "Choose another folder, or move its contents away yourself")
 
 
-def write_directory_atomically(directory: pathlib.Path, files: dict[str, bytes], *,
+def write_directory_atomically(directory: pathlib.Path, files: dict[str, bytes | Callable], *,
                                markers: Sequence[str] | None = None,
                                what: str = "earlier output of this writer") -> None:
   """Writes `files` ({relative name: bytes}) into a staging folder beside `directory`, then
   renames it into place. At worst a crash leaves a hidden `.<name>.tmp-*` folder beside it.
+  A value may also be a function `write(binary_file)`: large files (model weights) are then
+  streamed into place piece by piece instead of being built in memory first.
 
   An existing `directory` is replaced whole. With `markers` (pass them whenever the path comes
   from a user), it is replaced only if it is an empty folder or holds every name in `markers`
@@ -62,7 +64,10 @@ def write_directory_atomically(directory: pathlib.Path, files: dict[str, bytes],
       target = staging / name
       target.parent.mkdir(parents=True, exist_ok=True)
       with open(target, "wb") as f:
-        f.write(data)
+        if callable(data):
+          data(f)
+        else:
+          f.write(data)
         f.flush()
         os.fsync(f.fileno())
     if directory.exists():

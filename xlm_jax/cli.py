@@ -2,7 +2,8 @@
 
     xlm-jax train  --config experiments/quickstart.py[:variant] --workdir DIR [--config.f=v ...]
     xlm-jax eval   --workdir DIR [--config.f=v ...]
-    xlm-jax export --workdir DIR [--out DIR]
+    xlm-jax export --workdir DIR [--out DIR] [--format xlm-jax|hf]
+    xlm-jax convert --from hf|xlm-jax PATH --out DIR
     xlm-jax data   build|stats|inspect|tokenizers|derive [...]
 """
 from __future__ import annotations
@@ -102,8 +103,21 @@ def cmd_export(args, overrides) -> int:
   if overrides:
     raise ValueError("xlm-jax export takes no --config overrides: it writes the checkpoint as "
                      "trained (choose the folder with --out)")
-  restored, target = export_workdir(args.workdir, args.out)
-  print(f"exported step {restored.step} to {target}")
+  restored, target = export_workdir(args.workdir, args.out, args.format)
+  print(f"exported step {restored.step} to {target} ({args.format} format)")
+  return 0
+
+
+def cmd_convert(args, overrides) -> int:
+  from xlm_jax.export import hf
+  if overrides:
+    raise ValueError("xlm-jax convert takes no --config overrides")
+  if args.source_format == "hf":
+    target = hf.convert_from_hf(args.path, args.out)
+    print(f"converted the Hugging Face model {args.path} to the xlm-jax export {target}")
+  else:
+    target = hf.convert_to_hf(args.path, args.out)
+    print(f"converted the xlm-jax export {args.path} to the Hugging Face folder {target}")
   return 0
 
 
@@ -125,7 +139,16 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--workdir", required=True)
   p = sub.add_parser("export", help="export the latest checkpoint of a workdir")
   p.add_argument("--workdir", required=True)
-  p.add_argument("--out", default=None, help="export folder (default <workdir>/export)")
+  p.add_argument("--out", default=None,
+                 help="export folder (default <workdir>/export, or <workdir>/export_hf)")
+  p.add_argument("--format", default="xlm-jax", choices=("xlm-jax", "hf"),
+                 help="xlm-jax (load_pretrained) or hf (an XLMRobertaForMaskedLM folder)")
+  p = sub.add_parser("convert", help="convert between Hugging Face XLM-R folders and xlm-jax "
+                     "exports")
+  p.add_argument("--from", dest="source_format", required=True, choices=("hf", "xlm-jax"),
+                 help="what PATH is: a Hugging Face XLM-R folder or an xlm-jax export")
+  p.add_argument("path", help="the folder to convert")
+  p.add_argument("--out", required=True, help="the folder to write")
   p = sub.add_parser("data", help="build, inspect and derive corpora and tokenizers (`xlm-jax data -h`)",
                      add_help=False)
   p.add_argument("data_args", nargs=argparse.REMAINDER)
@@ -143,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
   logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
   if overrides and args.command == "data":
     parser.error("--config.* overrides do not apply to `xlm-jax data`")
-  commands = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "data": cmd_data}
+  commands = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "data": cmd_data,
+              "convert": cmd_convert}
   try:
     return commands[args.command](args, overrides)
   except (ValueError, FileNotFoundError) as e:

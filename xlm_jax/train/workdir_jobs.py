@@ -106,14 +106,32 @@ def evaluate_workdir(workdir, overrides=()) -> tuple[Restored, dict]:
   return restored, results
 
 
-def export_workdir(workdir, out=None) -> tuple[Restored, pathlib.Path]:
-  """Writes the export folder of `workdir`'s latest checkpoint (default <workdir>/export)."""
+EXPORT_FORMATS = ("xlm-jax", "hf")
+
+
+def export_workdir(workdir, out=None, export_format: str = "xlm-jax") -> tuple[Restored, pathlib.Path]:
+  """Writes the export folder of `workdir`'s latest checkpoint.
+
+  export_format "xlm-jax" (default <workdir>/export) or "hf", a Hugging Face
+  XLMRobertaForMaskedLM folder (default <workdir>/export_hf).
+  """
+  from xlm_jax.export import hf
   from xlm_jax.export.export import check_export_dir
+  if export_format not in EXPORT_FORMATS:
+    raise ValueError(f"unknown export format {export_format!r}; use one of {EXPORT_FORMATS}")
   config = workdir_lib.read_config(workdir_lib.require_trained(workdir))
   # Refuse a folder that is not an export before the (slow) restore, not after it.
-  target = check_export_dir(out or config.export.dir or pathlib.Path(workdir) / "export")
+  if export_format == "hf":
+    target = hf.check_hf_dir(out or pathlib.Path(workdir) / "export_hf")
+  else:
+    target = check_export_dir(out or config.export.dir or pathlib.Path(workdir) / "export")
   restored = restore_workdir(workdir)
   meta = restored.meta
+  if export_format == "hf":
+    path = hf.write_hf_folder(target, jax.device_get(model_params(restored.params)),
+                              restored.model.config, restored.tokenizer,
+                              {"xlm_jax_source": f"{restored.workdir} step {restored.step}"})
+    return restored, path
   # What the checkpoint recorded wins over config.json; the config fills in for older meta.
   path = export(target, restored.params, restored.model.config, restored.tokenizer,
                 meta.get("languages", list(config.data.languages)), restored.step,
