@@ -367,3 +367,92 @@ def test_refuses_to_overwrite_a_foreign_folder(tmp_path, native_export):
   with pytest.raises(ValueError, match="refusing to replace it"):
     hf.convert_to_hf(native_export, tmp_path / "mine")
   assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+# --- Continued pre-training from a Hugging Face folder (init_from=hf:PATH) --------------------
+
+
+def _run_overrides(corpus_dir, folder, **extra):
+  fields = {
+      "data.corpus_dir": str(corpus_dir), "data.build_if_missing": False, "data.seq_len": 32,
+      "data.eval_sentences": 8, "train.batch_size": 8, "train.total_steps": 50,
+      "train.log_every": 1, "train.checkpoint_every": 100, "train.eval_every": 0,
+      "train.progress_bar": False, "train.async_checkpointing": False,
+      "optimizer.warmup_steps": 5, "eval.retrieval_items": 16, "export.enabled": False,
+      # Dropout off, so the first step's loss is a deterministic function of the batch.
+      "model.dropout_rate": 0.0, "model.attention_dropout_rate": 0.0,
+      "init_from": f"hf:{folder}",
+  }
+  fields.update(extra)
+  return [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in fields.items()]
+
+
+@pytest.mark.parametrize("experiment", ["ems.py", "emma_x.py:ctl"])
+def test_init_from_hf_trains_from_the_converted_model(small_corpus, tmp_path, monkeypatch, xlmr_spm,
+                                                      experiment):
+  from xlm_jax import config as config_lib
+  from xlm_jax.train import mesh as mesh_lib
+  from xlm_jax.train import trainer
+  from xlm_jax.train import warm_start as warm_start_lib
+  from xlm_jax.train.optimizer import make_optimizer
+  from xlm_jax.train.state import create_train_state
+
+  shape = SHAPES["2l_4h"]
+  make_hf_folder(tmp_path / "hf", xlmr_spm(shape[0]), shape, seed=11)
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  config = config_lib.load_config(str(repo / "experiments" / experiment),
+                                  _run_overrides(small_corpus.dir, tmp_path / "hf"))
+  first = []
+  original = trainer._next_batches
+
+  def recording(*args):
+    batches = original(*args)
+    if not first:
+      first.append(jax.device_get(batches))
+    return batches
+  monkeypatch.setattr(trainer, "_next_batches", recording)
+  summary = trainer.train_and_evaluate(config, tmp_path / "work")
+  assert summary["step"] == 50
+  logged = [json.loads(line) for line in (tmp_path / "work" / "metrics.jsonl").read_text().splitlines()]
+  step1 = next(r for r in logged if r["step"] == 1)
+  assert np.isfinite([r["train/loss"] for r in logged if "train/loss" in r][-1])
+
+  # The same run's pieces, built again: the warm-started encoder and MLM head are the converted
+  # Hugging Face model, bit for bit, and the tokenizer is the model's.
+  corpus = trainer.open_corpus(config)
+  tokenizer = trainer.open_tokenizer(config, corpus)
+  _, _, hf_tokenizer, _ = hf.read_hf_folder(tmp_path / "hf")
+  assert tokenizer.serialized() == hf_tokenizer.serialized()
+  mcfg = trainer.model_config(config, tokenizer)
+  assert (mcfg.hidden_size, mcfg.num_layers, mcfg.vocab_size) == (64, 2, shape[0] + 2)
+  model = Model(mcfg)
+  mesh = mesh_lib.make_mesh(config.mesh)
+  bound = trainer.bind_objectives(config, model, tokenizer,
+                                  trainer.load_objective_resources(config, corpus, tokenizer),
+                                  data_parallel_size=mesh_lib.data_parallel_size(mesh))
+  tx, _ = make_optimizer(config.optimizer, config.train.total_steps)
+  state, shardings, _ = create_train_state(model, tx, bound, config.data.seq_len, mesh,
+                                           mesh_lib.logical_rules(config.mesh), config.seed)
+  state, info = warm_start_lib.warm_start(state, shardings, bound, config.seed, config.init_from)
+  assert all(path.startswith("heads/") for path in info["kept"])  # only the objectives' heads
+  hf_params, hf_config, _, _ = hf.read_hf_folder(tmp_path / "hf")
+  want = convert_params(hf_params, hf_config, dataclasses.replace(
+      hf_config, vocab_multiple=mcfg.vocab_multiple, scan_layers=mcfg.scan_layers))
+  got = jax.device_get(trainer.model_params(state.params))
+  for (path, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(want),
+                               jax.tree_util.tree_leaves_with_path(got)):
+    assert np.asarray(a).tobytes() == np.asarray(b).tobytes(), path
+  # The first step's losses are the converted model's losses on that step's batch and masks:
+  # the run's own update step, applied to a state holding the independently converted weights.
+  placed = {k: jax.device_put(v, shardings.params[k]) for k, v in want.items()}
+  state = state.replace(params={**state.params, **placed})
+  tx, schedule = make_optimizer(config.optimizer, config.train.total_steps)
+  fns = trainer.jit_update_steps(bound, tx, schedule, shardings, mesh)
+  batches = {kind: mesh_lib.to_global_batch(batch, mesh) for kind, batch in first[0].items()}
+  _, metrics = trainer.run_group(fns, state, batches)
+  losses = {k: v for k, v in jax.device_get(metrics).items() if k.endswith("loss")}
+  # EMMA-X trains MLM beside its contrastive loss; EMS's XTR predicts the other sentence's tokens
+  # through the same tied decoder and MLM head.
+  assert any(("mlm" if "emma" in experiment else "xtr") in k for k in losses), losses
+  for key, value in losses.items():
+    np.testing.assert_allclose(step1[f"train/{key}"], value, rtol=1e-5, atol=1e-5, err_msg=key)

@@ -18,7 +18,7 @@ import sentencepiece as spm
 
 from xlm_jax import config as config_lib
 from xlm_jax.export import export_model, load_pretrained
-from xlm_jax.models.encoder import EncoderConfig, Model, flops_per_token
+from xlm_jax.models.encoder import EncoderConfig, Model, convert_params, flops_per_token
 from xlm_jax.train import mesh as mesh_lib
 
 PAD = 1
@@ -104,8 +104,10 @@ def test_knobs_off_is_the_old_model():
   assert len(paths) == 2 * 16 + 5 + 5
   assert {"['encoder']['embeddings']['word_embeddings']['embedding']",
           "['encoder']['layer_1']['attention']['out']['kernel']", "['lm_head']['bias']"} <= paths
-  assert params["encoder"]["embeddings"]["word_embeddings"]["embedding"].shape == (40, 16)
-  assert params["lm_head"]["bias"].shape == (40,)
+  # 40 ids padded to 128 rows (vocab_multiple). The real rows are the old ones: the random draw
+  # of a row does not depend on the table's length (partitionable threefry).
+  assert params["encoder"]["embeddings"]["word_embeddings"]["embedding"].shape == (128, 16)
+  assert params["lm_head"]["bias"].shape == (128,)
   ids = np.asarray([[0, 9, 10, 11, 2, PAD], [0, 12, 13, 2, PAD, PAD]], np.int32)
   logits = logits_of(TINY, params, ids, np.asarray([[1, 3], [2, 1]], np.int32), None)
   np.testing.assert_allclose(logits[..., 5:8], [
@@ -174,10 +176,12 @@ def test_numpy_reference_routes_every_token_by_its_language():
       lang = langs[position]
       h = gelu(hidden[-1][row, position] @ head["dense"]["kernel"] + head["dense"]["bias"])
       h = layer_norm(h, head["layer_norm"])
-      np.testing.assert_allclose(logits[row, j], h @ table[lang].T + head["bias"][lang],
-                                 atol=1e-5)
+      real = slice(0, SEP.vocab_size)  # the padding columns are masked (test_vocab_padding.py)
+      np.testing.assert_allclose(logits[row, j, real],
+                                 (h @ table[lang].T + head["bias"][lang])[real], atol=1e-5)
       other = (lang + 1) % SEP.num_languages
-      assert not np.allclose(logits[row, j], h @ table[other].T + head["bias"][other], atol=1e-2)
+      assert not np.allclose(logits[row, j, real],
+                             (h @ table[other].T + head["bias"][other])[real], atol=1e-2)
 
 
 def copy_of_language(params, lang):
@@ -280,7 +284,7 @@ def test_sharded_forward_and_grads_equal_single_device():
   sharded_params = jax.device_put(params, shardings)
   table = sharded_params["encoder"]["embeddings"]["word_embeddings"]["embedding"]
   assert table.sharding.spec == jax.sharding.PartitionSpec(None, "tensor", "fsdp")
-  assert table.addressable_shards[0].data.shape == (3, 20, 8)
+  assert table.addressable_shards[0].data.shape == (3, 64, 8)  # 40 ids padded to 128 rows
   batch = jax.device_put((rows[0], labels, rows[1]), mesh_lib.batch_sharding(mesh))
   (s_loss, s_logits), s_grads = loss_and_grads(config, sharded_params, *batch)
   np.testing.assert_allclose(s_logits, logits, rtol=2e-5, atol=2e-6)
@@ -309,14 +313,15 @@ def dot_flops(jaxpr) -> int:
 
 
 def test_flops_per_token_counts_the_routing_as_executed():
-  d, f, v, n, k, languages, length, rate = 16, 32, 40, 2, 1, 3, 8, 0.25
+  # v is the padded vocabulary (40 -> 128): the executed decoder includes the padding rows.
+  d, f, v, n, k, languages, length, rate = 16, 32, 128, 2, 1, 3, 8, 0.25
   projections = 8 * d * d + 4 * d * f
   # A routed layer: every projection once per language, plus one-hot picks of its 9 D + F
   # bias and LayerNorm values; the decoder once per language, plus picking the V biases.
   routed = languages * projections + 2 * languages * (9 * d + f)
   layers = (n - k) * projections + k * routed + n * 4 * length * d
   head = rate * (2 * d * d + languages * (2 * d * v + 2 * v))
-  assert flops_per_token(SEP, length, rate) == 3 * (layers + head) == 58836
+  assert flops_per_token(SEP, length, rate) == 3 * (layers + head) == 65568
   # The forward pass really performs a third of that: count the matmuls XLA is given.
   for config in (SEP, dataclasses.replace(SEP, scan_layers=True),
                  dataclasses.replace(SEP, separate_embeddings=False),
@@ -349,8 +354,11 @@ def test_export_round_trip_encodes_each_language_with_its_own_parts(tokenizer_by
   export_model(tmp_path / "sep", params, config.to_dict(), tokenizer_bytes,
                {"languages": ["en", "de", "fr"]})
   encoder = load_pretrained(tmp_path / "sep")
-  assert encoder.model.config == config
-  for (path, a), b in zip(leaves(encoder.params).items(), jax.tree.leaves(params)):
+  # Exported without the vocabulary padding: the [languages, V] tables keep their real rows.
+  unpadded = dataclasses.replace(config, vocab_multiple=1)
+  assert encoder.model.config == unpadded
+  for (path, a), b in zip(leaves(encoder.params).items(),
+                          jax.tree.leaves(convert_params(params, config, unpadded))):
     assert np.array_equal(a, b), path
   texts = ["river stone light", "yellow garden"]
   by_lang = {lang: encoder.encode(texts, lang=lang, batch_size=2) for lang in ("en", "fr")}

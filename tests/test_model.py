@@ -244,7 +244,8 @@ def test_label_positions_gather_equals_full_sequence_logits():
   full = logits_at(TINY, params, ids, everywhere)
   positions = int32([[4, 0, 4], [5, 1, 2]])
   picked = logits_at(TINY, params, ids, positions)
-  assert picked.shape == (2, 3, TINY.vocab_size) and picked.dtype == jnp.float32
+  # The padded vocabulary (40 -> 128 columns); the padding columns are masked.
+  assert picked.shape == (2, 3, TINY.padded_vocab_size) and picked.dtype == jnp.float32
   np.testing.assert_allclose(picked, np.take_along_axis(full, positions[..., None], axis=1),
                              atol=1e-5)
   hidden = logits_at(TINY, params, ids, None)  # no label_positions -> hidden states
@@ -313,7 +314,9 @@ def test_language_embeddings_only_when_configured():
 
 def test_count_params_and_padding_rows():
   params = init(TINY)
-  d, f, v, p = 16, 32, 40, 24
+  # The word table and the MLM bias have the padded vocabulary's rows: 40 -> 128.
+  d, f, v, p = 16, 32, 128, 24
+  assert TINY.padded_vocab_size == v
   layer = 4 * (d * d + d) + 2 * d + (d * f + f) + (f * d + d) + 2 * d
   embeddings = v * d + p * d + d + 2 * d
   head = d * d + d + 2 * d + v
@@ -322,14 +325,16 @@ def test_count_params_and_padding_rows():
   emb = params["encoder"]["embeddings"]
   assert not np.any(emb["word_embeddings"]["embedding"][PAD])
   assert not np.any(emb["position_embeddings"]["embedding"][PAD])
+  assert not np.any(emb["word_embeddings"]["embedding"][TINY.vocab_size:])  # vocabulary padding
 
 
 def test_flops_per_token_hand_computed():
-  d, f, n, v, length, rate = 16, 32, 2, 40, 8, 0.25
+  # v is the padded vocabulary (40 -> 128): the decoder multiplies the padding rows too.
+  d, f, n, v, length, rate = 16, 32, 2, 128, 8, 0.25
   per_layer = 8 * d * d + 4 * d * f + 4 * length * d      # 2048 + 2048 + 512
-  head = rate * (2 * d * d + 2 * d * v)                    # 0.25 * (512 + 1280)
-  assert per_layer == 4608 and head == 448
-  assert flops_per_token(TINY, length, rate) == 3 * (n * per_layer + head) == 28992
+  head = rate * (2 * d * d + 2 * d * v)                    # 0.25 * (512 + 4096)
+  assert per_layer == 4608 and head == 1152
+  assert flops_per_token(TINY, length, rate) == 3 * (n * per_layer + head) == 31104
   # The layer term is 2 FLOPs per matmul weight plus the two L x L attention products.
   params = init(TINY)
   kernels = [x.size for path, x in jax.tree_util.tree_leaves_with_path(params["encoder"]["layer_0"])

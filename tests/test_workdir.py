@@ -11,6 +11,7 @@ import pytest
 from test_train import QUICKSTART, tiny_config, tiny_overrides
 from xlm_jax import cli
 from xlm_jax.train import trainer
+from xlm_jax.models.encoder import EncoderConfig, convert_params
 from xlm_jax.train.checkpoint import Checkpointer
 
 
@@ -46,8 +47,13 @@ def test_eval_and_export_need_only_the_workdir(trained, tmp_path, capsys):
   out = tmp_path / "exported"
   assert cli.main(["export", "--workdir", str(workdir), "--out", str(out)]) == 0
   pretrained = xlm_jax.load_pretrained(out)
-  params, _ = Checkpointer(workdir).restore_params(2)
-  for x, y in zip(jax.tree.leaves(pretrained.params), jax.tree.leaves(jax.device_get(params))):
+  checkpointer = Checkpointer(workdir)
+  params, _ = checkpointer.restore_params(2)
+  # The export holds the checkpoint's arrays without the vocabulary padding rows.
+  trained_model = EncoderConfig.from_dict(checkpointer.read_meta(2)["model"])
+  assert trained_model.padded_vocab_size > pretrained.model.config.vocab_size
+  unpadded = convert_params(jax.device_get(params), trained_model, pretrained.model.config)
+  for x, y in zip(jax.tree.leaves(pretrained.params), jax.tree.leaves(unpadded)):
     np.testing.assert_array_equal(np.asarray(x), y)
   # Eval and export wrote their own outputs only: config.json, checkpoints, sets unchanged.
   after = {k: v for k, v in folder_checksums(workdir).items() if not k.startswith("eval/")}

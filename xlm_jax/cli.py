@@ -2,8 +2,13 @@
 
     xlm-jax train  --config experiments/quickstart.py[:variant] --workdir DIR [--config.f=v ...]
     xlm-jax eval   --workdir DIR [--config.f=v ...]
+    xlm-jax eval   --model PATH|tfidf [--tasks all|retrieval,mining,...] [--out DIR]
+                   [--corpus-dir DIR] [--languages en de ...] [--pooling P] [--layer N]
+    xlm-jax plot   --workdir DIR [--out DIR]
     xlm-jax export --workdir DIR [--out DIR] [--format xlm-jax|hf]
     xlm-jax convert --from hf|xlm-jax PATH --out DIR
+    xlm-jax finetune --model PATH --task classify|tag [--data corpus|tfds:NAME|DIR]
+                   [--tfds-data-dir DIR] [--languages de fr ...] --workdir DIR [--config.f=v ...]
     xlm-jax data   build|stats|inspect|tokenizers|derive [...]
 """
 from __future__ import annotations
@@ -86,6 +91,16 @@ def cmd_train(args, overrides) -> int:
 def cmd_eval(args, overrides) -> int:
   from xlm_jax.evaluation import report
   from xlm_jax.train.workdir_jobs import evaluate_workdir
+  if args.model is not None:
+    return _eval_model(args, overrides)
+  given = [flag for flag, value in (("--tasks", args.tasks), ("--out", args.out),
+                                    ("--corpus-dir", args.corpus_dir),
+                                    ("--languages", args.languages), ("--pooling", args.pooling),
+                                    ("--layer", args.layer)) if value is not None]
+  if given:
+    raise ValueError(f"{', '.join(given)} apply to `xlm-jax eval --model PATH`; `--workdir` runs "
+                     "the workdir's own evaluators (eval.evaluators) on its stored sets. For the "
+                     "suite on a workdir's latest checkpoint, pass --model WORKDIR")
   restored, results = evaluate_workdir(args.workdir, overrides)
   folder = report.write_eval_report(
       restored.workdir / "eval" / str(restored.step), results,
@@ -95,6 +110,172 @@ def cmd_eval(args, overrides) -> int:
   print(report.table(sorted(results.items()),
                      title=f"evaluation of {restored.workdir} at step {restored.step}"))
   print(f"\nwritten to {folder}")
+  return 0
+
+
+# `xlm-jax eval --model`: the config fields it reads; any other override is refused.
+_SUITE_FIELDS = ("data.corpus", "data.corpus_dir", "data.languages", "seed", "eval.")
+# The corpus of `--model` runs: the one with every task's sets (BLI dictionaries, the
+# classification task, multi-way retrieval items), whatever corpus the model was trained on.
+SUITE_CORPUS = "debian8"
+
+
+def _suite_config(args, overrides, tasks):
+  """default_config() with the suite's corpus, the flags and the overrides applied and checked."""
+  from xlm_jax import config as config_lib
+  outside = [o for o in overrides if not o.split("=", 1)[0].startswith(_SUITE_FIELDS)]
+  if outside:
+    raise ValueError(f"--config.{outside[0]} does not apply to `xlm-jax eval --model`; it reads "
+                     "data.corpus, data.corpus_dir, data.languages, seed and eval.*")
+  config = config_lib.default_config()
+  config.data.corpus = SUITE_CORPUS
+  # The pivot check of the config (every language is paired with English) reads the evaluators.
+  config.eval.evaluators = tuple(dict.fromkeys(t.evaluator for t in tasks))
+  if args.corpus_dir is not None:
+    config.data.corpus_dir = args.corpus_dir
+  if args.languages is not None:
+    config.data.languages = tuple(args.languages)
+  if args.pooling is not None:
+    config.eval.pooling = args.pooling
+  if args.layer is not None:
+    config.eval.layer = args.layer
+    if args.pooling is None:
+      config.eval.pooling = "layer"  # --layer N alone means "mean of hidden state N"
+  config_lib.apply_overrides(config, overrides, source="xlm-jax eval --model")
+  return config
+
+
+def _load_eval_model(path: str):
+  """(kind, name, Pretrained or None, info) of `--model PATH`, the kind told by the files."""
+  import pathlib
+  import xlm_jax
+  from xlm_jax.evaluation import suite
+  from xlm_jax.export import hf
+  from xlm_jax.export.export import EXPORT_MARKERS
+  from xlm_jax.train import checkpoint as ckpt_lib
+  from xlm_jax.train import workdir as workdir_lib
+  if path == suite.TFIDF:
+    return suite.TFIDF, suite.TFIDF, None, {"kind": suite.TFIDF, "path": "", "name": suite.TFIDF}
+  folder = pathlib.Path(path).expanduser()
+  kinds = ("an xlm-jax export (a folder with config.json and params.msgpack, from `xlm-jax "
+           "export`), a workdir (a folder with config.json and checkpoints/, from `xlm-jax "
+           "train`: its latest checkpoint is read), a Hugging Face XLM-R folder (config.json "
+           "naming a model_type, with its weights and sentencepiece.bpe.model), or "
+           f"{suite.TFIDF!r} (the character n-gram baseline)")
+  if not folder.is_dir():
+    what = "is a file" if folder.exists() else "does not exist"
+    raise ValueError(f"--model {path} {what}; --model takes {kinds}")
+  name = folder.resolve().name
+  if hf.is_hf_folder(folder):
+    kind, pretrained, extra = "huggingface", xlm_jax.load_pretrained(folder), {}
+  elif all((folder / marker).is_file() for marker in EXPORT_MARKERS):
+    kind, pretrained = "xlm-jax export", xlm_jax.load_pretrained(folder)
+    extra = {"export_metadata": pretrained.config.get("metadata", {})}
+    # `<workdir>/export` is the usual place: "export" alone would not say whose.
+    if name in ("export", "export_hf"):
+      name = f"{folder.resolve().parent.name}-{name}"
+  elif (folder / workdir_lib.CONFIG_FILE).is_file() and (folder / ckpt_lib.CHECKPOINT_DIR).is_dir():
+    from xlm_jax.export.export import Pretrained
+    from xlm_jax.train.trainer import model_params
+    from xlm_jax.train.workdir_jobs import restore_workdir
+    restored = restore_workdir(folder)
+    languages = restored.meta.get("languages", list(restored.config.data.languages))
+    kind = "workdir"
+    pretrained = Pretrained(restored.model, model_params(restored.params), restored.tokenizer,
+                            {"languages": list(languages)})
+    extra = {"step": restored.step}
+    name = f"{name}-step{restored.step}"
+  else:
+    held = ", ".join(sorted(p.name for p in folder.iterdir())[:6]) or "nothing"
+    raise ValueError(f"--model {path} is not a model of a known kind (it holds {held}); --model "
+                     f"takes {kinds}")
+  info = {"kind": kind, "path": str(folder.resolve()), "name": name,
+          "config": pretrained.model.config.to_dict(),
+          "languages": list(pretrained.config.get("languages", [])), **extra}
+  return kind, name, pretrained, info
+
+
+def _eval_model(args, overrides) -> int:
+  """`xlm-jax eval --model PATH`: the evaluation suite (xlm_jax/evaluation/suite.py)."""
+  import pathlib
+  import shlex
+  from xlm_jax.data.corpus import Corpus, build_command, resolve_corpus_dir
+  from xlm_jax.evaluation import report, suite
+  from xlm_jax.evaluation.base import EvalData
+  # Every check that reads no model comes first: a typo costs no model load.
+  is_tfidf = args.model == suite.TFIDF
+  tasks = suite.parse_tasks(args.tasks or "all", tfidf=is_tfidf)
+  config = _suite_config(args, overrides, tasks)
+  corpus_dir = resolve_corpus_dir(config.data.corpus_dir, config.data.corpus)
+  if not (corpus_dir / "manifest.json").is_file():
+    recipe = config.data.corpus if not config.data.corpus_dir else None
+    raise FileNotFoundError(
+        f"corpus {corpus_dir} is not built; build it with `{build_command(corpus_dir, recipe)}` "
+        f"(debian8: about 2.5 min), or name a built one with --corpus-dir DIR")
+  if args.out is not None:
+    suite.check_out_dir(args.out)  # before minutes of work, not after
+  corpus = Corpus(corpus_dir)
+  kind, name, pretrained, info = _load_eval_model(args.model)
+  explicit = args.languages is not None or any(o.startswith("data.languages=") for o in overrides)
+  languages = suite.eval_languages(config.data.languages if explicit else None, corpus.languages,
+                                   info.get("languages", []))
+  if is_tfidf:
+    model = suite.tfidf_eval_model(corpus, languages)
+    info["config"] = vars(model.config)
+  else:
+    model = suite.encoder_eval_model(pretrained)
+  skipped = {}
+  if is_tfidf and (args.tasks or "all") == "all":
+    skipped = {t.name: f"the {suite.TFIDF} baseline has no {t.name} analogue"
+               for t in suite.TASKS.values() if not t.tfidf}
+  data = EvalData(corpus=corpus, tokenizer=None if pretrained is None else pretrained.tokenizer,
+                  languages=languages, seed=config.seed, alpha=config.data.alpha,
+                  model_config=None if pretrained is None else pretrained.model.config,
+                  eval_config=config.eval)
+  out = pathlib.Path(args.out or pathlib.Path("eval_results") / name)
+  # The command as parsed (flags in one order, every override kept): it reruns this evaluation.
+  words = ["xlm-jax", "eval", "--model", args.model, "--tasks", args.tasks or "all"]
+  for flag, value in (("--corpus-dir", args.corpus_dir), ("--pooling", args.pooling),
+                      ("--layer", args.layer), ("--out", args.out)):
+    if value is not None:
+      words += [flag, str(value)]
+  if args.languages is not None:
+    words += ["--languages", *args.languages]
+  command = shlex.join(words + [f"--config.{o}" for o in overrides])
+  document = suite.run_suite(tasks, model, data, out, command, info, progress=True,
+                             skipped=skipped)
+  timing = document["timing"]
+  rows = [(f"{task} seconds", t["seconds"]) for task, t in timing["tasks"].items()
+          if "seconds" in t]
+  rows += [("total seconds", timing["total_seconds"]),
+           ("encode sentences/s", timing["sentences_per_second"] or 0.0)]
+  # The headline numbers: each task's means (per-language rows are in results.md).
+  rows += sorted((k, v) for k, v in document["results"].items()
+                 if k.count("/") == 1 and "/mean_" in k)
+  print(report.table(rows, title=f"evaluation suite: {name} ({kind}) on {corpus_dir.name}"))
+  print(f"\nwritten to {out}")
+  return 0
+
+
+def cmd_plot(args, overrides) -> int:
+  """`xlm-jax plot --workdir W`: training curves of W/metrics.jsonl as a PNG."""
+  import pathlib
+  from xlm_jax.atomic_files import write_directory_atomically
+  from xlm_jax.evaluation import plots
+  if overrides:
+    raise ValueError("xlm-jax plot takes no --config overrides")
+  workdir = pathlib.Path(args.workdir).expanduser()
+  metrics_file = workdir / "metrics.jsonl"
+  if not metrics_file.is_file():
+    raise FileNotFoundError(f"{metrics_file} not found: {workdir} is not a workdir that has "
+                            "logged training metrics (`xlm-jax train --workdir ...` writes it)")
+  png = plots.training_curves(metrics_file, title=f"training run {workdir.resolve().name}")
+  if png is None:
+    raise ValueError(f"{metrics_file} holds no training metrics (train/loss, ...) to plot")
+  out = pathlib.Path(args.out).expanduser() if args.out else workdir / "plots"
+  write_directory_atomically(out, {"training_curves.png": png},
+                             markers=("training_curves.png",), what="xlm-jax plot folder")
+  print(f"written to {out / 'training_curves.png'}")
   return 0
 
 
@@ -121,6 +302,28 @@ def cmd_convert(args, overrides) -> int:
   return 0
 
 
+def cmd_finetune(args, overrides) -> int:
+  from xlm_jax.train import finetune as finetune_lib
+  from xlm_jax.train import workdir as workdir_lib
+  workdir = workdir_lib.check_path(args.workdir)  # before the model is read
+  # The command's flags set config fields; --config.* overrides may set any other.
+  fields = {"model": (args.model, "--model"), "data.source": (args.data, "--data")}
+  if args.tfds_data_dir:
+    fields["data.tfds_data_dir"] = (args.tfds_data_dir, "--tfds-data-dir")
+  if args.languages:
+    languages = tuple(l for item in args.languages for l in item.split(",") if l)
+    fields["data.languages"] = (languages, "--languages")
+  config = finetune_lib.make_config(args.task, overrides, fields)
+  results = finetune_lib.finetune(config, workdir)
+  if results.get("preempted"):
+    print(f"stopped at step {results['step']} of {results['steps']} (checkpointed); run the same "
+          "command again to resume")
+    return 0
+  print((workdir / finetune_lib.RESULTS_MD).read_text(encoding="utf-8"))
+  print(f"written to {workdir / finetune_lib.RESULTS_FILE}")
+  return 0
+
+
 def cmd_data(args, overrides) -> int:
   from data_prep import build
   return build.build_main(args.data_args) or 0
@@ -135,8 +338,30 @@ def main(argv: list[str] | None = None) -> int:
   p = sub.add_parser("train", help="train (or resume) an experiment, then evaluate and export")
   p.add_argument("--config", required=True, help="experiments/<file>.py[:variant]")
   p.add_argument("--workdir", required=True)
-  p = sub.add_parser("eval", help="evaluate the latest checkpoint of a workdir")
+  p = sub.add_parser("eval", help="evaluate a workdir's latest checkpoint with its own evaluators, "
+                     "or run the evaluation suite on any model (--model)")
+  target = p.add_mutually_exclusive_group(required=True)
+  target.add_argument("--workdir", help="run the workdir's eval.evaluators on its stored sets -> "
+                      "WORKDIR/eval/<step>/")
+  target.add_argument("--model", help="the suite on PATH: an xlm-jax export, a workdir (latest "
+                      "checkpoint), a Hugging Face XLM-R folder, or 'tfidf' (the character "
+                      "n-gram baseline)")
+  p.add_argument("--tasks", default=None, help="'all' (default) or some of retrieval, mining, bli, "
+                 "classify, cka, layers, geometry, alignment, comma-separated (--model only)")
+  p.add_argument("--out", default=None, help="results folder (default eval_results/<model name>; "
+                 "--model only)")
+  p.add_argument("--corpus-dir", default=None, help="the corpus the sets are read from (default "
+                 "the debian8 corpus, ~/.cache/xlm_jax/data/debian8; --model only)")
+  p.add_argument("--languages", nargs="+", default=None, help="languages to evaluate, 'en' "
+                 "among them (default: the corpus's languages the model knows; --model only)")
+  p.add_argument("--pooling", default=None, choices=("mean", "cls", "layer"),
+                 help="sentence vector: mean of the last layer (default), <s>, or a layer's mean")
+  p.add_argument("--layer", default=None, type=int,
+                 help="hidden state of --pooling layer (0 = embeddings, -1 = last)")
+  p = sub.add_parser("plot", help="training curves of a workdir's metrics.jsonl as a PNG")
   p.add_argument("--workdir", required=True)
+  p.add_argument("--out", default=None,
+                 help="folder of training_curves.png (default WORKDIR/plots)")
   p = sub.add_parser("export", help="export the latest checkpoint of a workdir")
   p.add_argument("--workdir", required=True)
   p.add_argument("--out", default=None,
@@ -149,6 +374,21 @@ def main(argv: list[str] | None = None) -> int:
                  help="what PATH is: a Hugging Face XLM-R folder or an xlm-jax export")
   p.add_argument("path", help="the folder to convert")
   p.add_argument("--out", required=True, help="the folder to write")
+  p = sub.add_parser("finetune", help="fine-tune an encoder and a task head on English (XTREME "
+                     "defaults), select on English dev, score every language")
+  p.add_argument("--model", required=True, help="an xlm-jax export, a Hugging Face XLM-R folder "
+                 "or a pretraining workdir")
+  p.add_argument("--task", required=True, choices=("classify", "tag"),
+                 help="sentence (pair) classification or word tagging")
+  p.add_argument("--data", default="corpus", help="'corpus' (the debian8 corpus's LibreOffice "
+                 "help modules; the default), tfds:xnli|paws_x_wiki|xtreme_pawsx|wikiann|"
+                 "xtreme_pos (prepared TFDS data), or a folder of TSV/CoNLL files")
+  p.add_argument("--tfds-data-dir", default="", help="where the TFDS data is prepared (default "
+                 "$TFDS_DATA_DIR or ~/tensorflow_datasets); never downloaded")
+  p.add_argument("--languages", nargs="+", default=None, help="test languages (default: every "
+                 "language of the data the model knows)")
+  p.add_argument("--workdir", required=True, help="checkpoints, metrics and results.{json,md}; "
+                 "rerun to resume")
   p = sub.add_parser("data", help="build, inspect and derive corpora and tokenizers (`xlm-jax data -h`)",
                      add_help=False)
   p.add_argument("data_args", nargs=argparse.REMAINDER)
@@ -167,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
   if overrides and args.command == "data":
     parser.error("--config.* overrides do not apply to `xlm-jax data`")
   commands = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "data": cmd_data,
-              "convert": cmd_convert}
+              "convert": cmd_convert, "plot": cmd_plot, "finetune": cmd_finetune}
   try:
     return commands[args.command](args, overrides)
   except (ValueError, FileNotFoundError) as e:

@@ -128,6 +128,17 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.evaluators = ("mlm", "retrieval")
   c.eval.retrieval_items = 500        # per language pair, from the held-out parallel split
   c.eval.pooling = "mean"
+  c.eval.layer = -1                   # hidden state of pooling "layer": 0 = embeddings, -1 = last
+  c.eval.mining_items = 1000          # en-xx pairs hidden per language (half dev, half test)
+  c.eval.mining_distractors = 4000    # unpaired held-out sentences per side and language (halved too)
+  c.eval.mining_k = 4                 # margin neighbourhood (Artetxe & Schwenk 2019)
+  c.eval.bli_candidates = 20000       # most frequent training words per language in the BLI pools
+  c.eval.bli_train_pairs = 5000       # seed-dictionary pairs the Procrustes map is fitted on
+  c.eval.csls_k = 10                  # CSLS neighbourhood (Conneau et al. 2018)
+  c.eval.classify_train_items = 10000  # English training paragraphs of the frozen classifier
+  c.eval.classify_test_items = 1000   # held-out paragraph ids, each scored in every language it has
+  c.eval.classify_l2 = 1e-3           # L2 weight of the logistic regression (mean-loss scale)
+  c.eval.cka_items = 500              # multi-way-parallel items of CKA and retrieval per layer
 
   c.export = ml_collections.ConfigDict()
   c.export.enabled = True
@@ -335,6 +346,18 @@ _RANGES = {
     "distributed.num_processes": (0, None, True, None),
     "distributed.process_id": (-1, None, True, None),
     "eval.retrieval_items": (1, None, True, None),
+    "eval.layer": (-1, None, True, None),               # -1 = last; an index past the model's layers
+                                                        # is refused by encode, which knows them
+    "eval.mining_items": (2, None, True, None),         # at least one pair each for dev and test
+    "eval.mining_distractors": (0, None, True, None),
+    "eval.mining_k": (1, None, True, None),
+    "eval.bli_candidates": (0, None, True, None),       # 0 = the gold answers alone
+    "eval.bli_train_pairs": (1, None, True, None),
+    "eval.csls_k": (1, None, True, None),
+    "eval.classify_train_items": (1, None, True, None),
+    "eval.classify_test_items": (1, None, True, None),
+    "eval.classify_l2": (0.0, None, False, None),       # > 0: separable data has no optimum without it
+    "eval.cka_items": (2, None, True, None),            # CKA centres over items: one is no sample
 }
 # Mesh axes: -1 (whatever devices remain) or a positive size.
 _MESH_AXES = ("mesh.data", "mesh.fsdp", "mesh.tensor")
@@ -362,7 +385,7 @@ OBJECTIVE_RANGES = (
 )
 
 # Evaluators that pair every language with English.
-ENGLISH_PIVOT_EVALUATORS = ("retrieval", "geometry", "alignment")
+ENGLISH_PIVOT_EVALUATORS = ("retrieval", "geometry", "alignment", "mining", "bli", "classify", "cka")
 
 
 def objective_field_range(name: str):
@@ -444,6 +467,10 @@ def _check_values(config: ml_collections.ConfigDict, source: str,
                   f"eval.evaluators {pivoting} pair every language with English, but "
                   f"data.languages {languages} has no 'en'; add 'en' to data.languages, or drop "
                   f"{' and '.join(map(repr, pivoting))} from eval.evaluators")
+  if config.eval.layer != -1 and config.eval.pooling != "layer":
+    problems.fail(["eval.layer", "eval.pooling"],
+                  f"eval.layer={config.eval.layer} is read only with eval.pooling='layer' (got "
+                  f"{config.eval.pooling!r}); set eval.pooling='layer', or leave eval.layer at -1")
   if not config.objectives:
     problems.fail(["objectives"],
                   "no objectives; add e.g. config.objectives.mlm = dict(weight=1.0)")

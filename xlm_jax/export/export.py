@@ -8,9 +8,14 @@
 
     enc = load_pretrained("workdir/export")
     vectors = enc.encode(["Hallo Welt", "Bonjour"], lang="de")     # [2, hidden_size] float32
+    enc.fill_mask(["Datei nicht <mask>"], lang="de", top_k=3)      # the top pieces at <mask>
+
+An export has no vocabulary padding: its tables have exactly vocab_size rows and its config.json
+says vocab_multiple 1, whatever padding the training mesh needed (models/encoder.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.metadata
 import json
@@ -24,9 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from xlm_jax.atomic_files import check_replaceable, write_directory_atomically
-from xlm_jax.data.tokenizer import (SPM_FILE, TAGGED_DIR, Tokenizer, encode_texts,
+from xlm_jax.data.tokenizer import (MASK_PIECE, SPM_FILE, TAGGED_DIR, Tokenizer, encode_texts,
                                     has_tokenizer_files, read_tokenizer_files, tokenizer_files)
-from xlm_jax.models.encoder import EncoderConfig, Model, param_shapes, shapes_by_path
+from xlm_jax.models.encoder import (EncoderConfig, Model, convert_params, param_shapes,
+                                    shapes_by_path)
+from xlm_jax.models.encoder_config import with_legacy_defaults
 
 FORMAT_VERSION = 1
 PARAMS_FILE = "params.msgpack"
@@ -75,6 +82,8 @@ def _mismatches(want: dict, got: dict, config: EncoderConfig, config_name: str,
             if isinstance(v, int) and not isinstance(v, bool)}
   # head_dim is derived, not a field: name it by the fields that set it.
   fields["hidden_size / num_heads"] = config.head_dim
+  if config.padded_vocab_size != config.vocab_size:
+    fields["vocab_size rounded up to vocab_multiple"] = config.padded_vocab_size
   lines = []
   for key in sorted(set(want) | set(got)):
     w, g, name = want.get(key), got.get(key), _short_path(key)
@@ -130,7 +139,8 @@ def export_model(export_dir, params, encoder_config: dict, tokenizer_bytes: byte
     export_dir: target folder; an existing export there is replaced. Any other non-empty folder
       (one without config.json and params.msgpack) is refused, before anything is written.
     params: the model's params collection (boxed or not, device or host arrays on one host).
-    encoder_config: EncoderConfig fields (validated; must match the params' shapes).
+    encoder_config: EncoderConfig fields (validated; must match the params' shapes). The export
+      stores them with vocab_multiple 1 and the params without their padding rows.
     tokenizer_bytes: the serialized SentencePiece model (Tokenizer.serialized()), or the files of
       a language-tagged "no anchors" tokenizer (LanguageTaggedTokenizer.files()), which go to
       tokenizer/ and need the language at encode time.
@@ -159,11 +169,15 @@ def export_model(export_dir, params, encoder_config: dict, tokenizer_bytes: byte
   host_params = _to_numpy(params)
   # Checked before anything is written: a mismatched export would only fail when loaded.
   _check_params_match(host_params, config)
+  # Written without vocabulary padding: the padding suits the training mesh, not the reader, and
+  # external converters then see exactly vocab_size rows.
+  unpadded = dataclasses.replace(config, vocab_multiple=1)
+  host_params = convert_params(host_params, config, unpadded)
   try:
     config_json = json.dumps({
         "format_version": FORMAT_VERSION,
         "xlm_jax_version": _package_version(),
-        "encoder": config.to_dict(),
+        "encoder": unpadded.to_dict(),
         "languages": languages,
         "special_ids": {"bos": tokenizer.bos_id, "pad": tokenizer.pad_id, "eos": tokenizer.eos_id,
                         "unk": tokenizer.unk_id, "mask": tokenizer.mask_id,
@@ -201,6 +215,64 @@ def _pooled_forward(model: Model, params, input_ids, lang_ids, pooling: str, lay
   return jnp.sum(hidden * real, axis=1) / jnp.maximum(jnp.sum(real, axis=1), 1.0)
 
 
+def _mlm_logits_at(model: Model, params, input_ids, key_mask, lang_ids, label_positions):
+  """Real-vocabulary logits [B, P, vocab_size] (float32) at label_positions [B, P].
+
+  key_mask [B, L] bool: True where a key may be attended to (Hugging Face's attention_mask).
+  Positions are the model's XLM-R default, counted over the non-padding ids.
+  """
+  batch, length = input_ids.shape
+  mask = jnp.broadcast_to(key_mask[:, None, None, :], (batch, 1, length, length))
+  logits = model.apply({"params": params}, input_ids, label_positions=label_positions,
+                       lang_ids=lang_ids, attention_mask=mask)
+  # The padding columns (a model still laid out for a training mesh) are not vocabulary.
+  return logits[..., :model.config.vocab_size]
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _mlm_logits(model: Model, params, input_ids, key_mask, lang_ids):
+  """[B, L, vocab_size] logits at every position."""
+  batch, length = input_ids.shape
+  everywhere = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+  return _mlm_logits_at(model, params, input_ids, key_mask, lang_ids, everywhere)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "top_k"))
+def _top_pieces(model: Model, params, input_ids, lang_ids, label_positions, top_k: int):
+  """(probabilities, ids) [B, P, top_k] of the most likely pieces at label_positions, best first.
+
+  On the device and at the masked positions only: [B, L, V] logits of a 250k vocabulary would
+  be gigabytes on the host.
+  """
+  logits = _mlm_logits_at(model, params, input_ids, input_ids != model.config.pad_id, lang_ids,
+                          label_positions)
+  return jax.lax.top_k(jax.nn.softmax(logits, axis=-1), top_k)
+
+
+def _checked_texts(texts, method: str) -> list[str]:
+  """`texts` as a list of str, or a TypeError naming `method` and the item that is not one."""
+  # A lone str is iterable too and would be encoded character by character.
+  if isinstance(texts, (str, bytes)):
+    raise TypeError(f"{method} takes a list of strings, got one {type(texts).__name__}; wrap a "
+                    "single text as [text]")
+  try:
+    texts = list(texts)
+  except TypeError:
+    raise TypeError(f"{method} takes a list of strings, got {type(texts).__name__} "
+                    f"{texts!r:.60}") from None
+  for index, text in enumerate(texts):
+    if not isinstance(text, str):
+      hint = " (decode bytes first: text.decode('utf-8'))" if isinstance(text, bytes) else ""
+      raise TypeError(f"{method} takes a list of strings, but texts[{index}] is "
+                      f"{type(text).__name__} {text!r:.60}{hint}")
+  return texts
+
+
+def _power_of_two(n: int, low: int, high: int) -> int:
+  """The power of two >= n, within [low, high]: padded shapes, so few of them are compiled."""
+  return min(high, max(low, 1 << (max(n, 1) - 1).bit_length()))
+
+
 class Pretrained(NamedTuple):
   """A loaded encoder: `model, params, tokenizer, config = load_pretrained(path)`."""
   model: Model
@@ -221,20 +293,7 @@ class Pretrained(NamedTuple):
     `batch_size` rows and a power-of-two length, so few shapes are ever compiled.
     """
     c = self.model.config
-    # A lone str is iterable too and would be encoded character by character.
-    if isinstance(texts, (str, bytes)):
-      raise TypeError(f"encode takes a list of strings, got one {type(texts).__name__}; wrap a "
-                      "single text as [text]")
-    try:
-      texts = list(texts)
-    except TypeError:
-      raise TypeError(f"encode takes a list of strings, got {type(texts).__name__} "
-                      f"{texts!r:.60}") from None
-    for index, text in enumerate(texts):
-      if not isinstance(text, str):
-        hint = " (decode bytes first: text.decode('utf-8'))" if isinstance(text, bytes) else ""
-        raise TypeError(f"encode takes a list of strings, but texts[{index}] is "
-                        f"{type(text).__name__} {text!r:.60}{hint}")
+    texts = _checked_texts(texts, "encode")
     if pooling not in POOLINGS:
       raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if pooling != "layer" and layer != -1:
@@ -271,6 +330,103 @@ class Pretrained(NamedTuple):
     if not vectors:
       return np.zeros((0, c.hidden_size), np.float32)
     return np.concatenate(vectors)
+
+  def mlm_logits(self, input_ids, attention_mask=None, lang: str | None = None) -> np.ndarray:
+    """Masked-LM logits [B, L, vocab_size] (float32) at every position of input_ids [B, L].
+
+    The whole model, encoder and tied MLM head, as Hugging Face's
+    `XLMRobertaForMaskedLM(input_ids, attention_mask).logits`: attention_mask is the [B, L] 0/1
+    key mask (default input_ids != the pad id), positions are XLM-R's (counted over the
+    non-padding ids), and only the vocab_size real columns come back. `lang` as in encode.
+    Each new [B, L] shape is compiled once.
+
+        enc = load_pretrained("workdir/export")
+        tok = enc.tokenizer
+        ids = [[tok.bos_id, *tok.encode(["Hallo Welt"])[0], tok.eos_id]]
+        logits = enc.mlm_logits(np.asarray(ids))            # [1, L, vocab_size]
+    """
+    c = self.model.config
+    ids = np.asarray(input_ids)
+    if ids.ndim != 2 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
+      raise ValueError(f"mlm_logits: input_ids must be a non-empty integer array [B, L], got "
+                       f"{ids.dtype} of shape {ids.shape}")
+    longest = c.max_positions - c.pad_id - 1  # positions start at pad_id + 1
+    if ids.shape[1] > longest:
+      raise ValueError(f"mlm_logits: input_ids has length {ids.shape[1]}, more than the {longest} "
+                       f"positions of this encoder (max_positions={c.max_positions})")
+    if ids.min() < 0 or ids.max() >= c.vocab_size:
+      raise ValueError(f"mlm_logits: input_ids must be in [0, {c.vocab_size}) (vocab_size), got "
+                       f"values in [{ids.min()}, {ids.max()}]")
+    if attention_mask is None:
+      key_mask = ids != c.pad_id
+    else:
+      key_mask = np.asarray(attention_mask)
+      if key_mask.shape != ids.shape or not np.isin(key_mask, (0, 1)).all():
+        raise ValueError(f"mlm_logits: attention_mask must be 0/1 of input_ids' shape {ids.shape} "
+                         f"(1 = a token to attend to), got shape {key_mask.shape}")
+      key_mask = key_mask.astype(bool)
+    lang_index = self._language_index(lang)
+    lang_ids = np.full(ids.shape, lang_index, np.int32) if c.num_languages else None
+    # Explicit transfers both ways, so this also runs under jax.transfer_guard("disallow").
+    inputs = jax.device_put((ids.astype(np.int32), key_mask, lang_ids))
+    return np.asarray(jax.device_get(_mlm_logits(self.model, self.params, *inputs)))
+
+  def fill_mask(self, texts: Sequence[str], lang: str | None = None, top_k: int = 5,
+                batch_size: int = 64) -> list[list[list[dict]]]:
+    """The top_k most likely pieces at each <mask> of each text, to check a model by eye.
+
+    Each text holds one or more literal "<mask>" (the tokenizer's mask piece) and becomes
+    `<s> pieces </s>`; a lone "▁" piece before a <mask> is dropped, as XLM-R's mask token
+    absorbs the space before it (a masked word was one "▁word" piece in training). Returns, per
+    text, one list per <mask> (left to right) of top_k dicts {"token_id", "piece", "score"},
+    score being the softmax probability over the real vocabulary, best first. `lang` as in
+    encode. A text without <mask> is a ValueError naming its index.
+
+        enc = load_pretrained("workdir/export")
+        enc.fill_mask(["File not <mask>"], lang="en", top_k=3)
+        # [[[{"token_id": 812, "piece": "▁found", "score": 0.41}, ...]]]
+    """
+    c, tok = self.model.config, self.tokenizer
+    texts = _checked_texts(texts, "fill_mask")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= c.vocab_size:
+      raise ValueError(f"fill_mask: top_k must be a whole number in [1, {c.vocab_size}] "
+                       f"(vocab_size), got {top_k!r}")
+    if batch_size < 1:
+      raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    lang_index = self._language_index(lang)
+    longest = c.max_positions - c.pad_id - 1
+    rows = []
+    for index, ids in enumerate(encode_texts(tok, texts, lang)):
+      if tok.mask_id not in ids:
+        raise ValueError(f"fill_mask: texts[{index}] has no {MASK_PIECE} ({texts[index]!r:.60}); "
+                         f"write {MASK_PIECE} where a piece is to be predicted")
+      ids = [i for j, i in enumerate(ids) if not (
+          j + 1 < len(ids) and ids[j + 1] == tok.mask_id and tok.id_to_piece(i) == "▁")]
+      if len(ids) + 2 > longest:
+        raise ValueError(f"fill_mask: texts[{index}] is {len(ids) + 2} pieces with <s> and </s>, "
+                         f"more than the {longest} positions of this encoder; shorten it")
+      rows.append([tok.bos_id] + ids + [tok.eos_id])
+    results = []
+    for start in range(0, len(rows), batch_size):
+      chunk = rows[start:start + batch_size]
+      masks = [[j for j, i in enumerate(row) if i == tok.mask_id] for row in chunk]
+      # Padded rows, length and mask count (power-of-two sizes): few shapes are compiled. The
+      # filler slots point at <s> and are dropped below.
+      ids = np.full((_power_of_two(len(chunk), 1, batch_size),
+                     _power_of_two(max(map(len, chunk)), 8, longest)), c.pad_id, np.int32)
+      positions = np.zeros((ids.shape[0], _power_of_two(max(map(len, masks)), 1, longest)),
+                           np.int32)
+      for i, (row, slots) in enumerate(zip(chunk, masks)):
+        ids[i, :len(row)] = row
+        positions[i, :len(slots)] = slots
+      lang_ids = np.full_like(ids, lang_index) if c.num_languages else None
+      inputs = jax.device_put((ids, lang_ids, positions))
+      scores, top_ids = jax.device_get(_top_pieces(self.model, self.params, *inputs, top_k))
+      for i, slots in enumerate(masks):
+        results.append([[{"token_id": int(t), "piece": tok.id_to_piece(int(t)), "score": float(s)}
+                         for t, s in zip(top_ids[i, m], scores[i, m])]
+                        for m in range(len(slots))])
+    return results
 
   def _language_index(self, lang: str | None) -> int:
     languages = list(self.config.get("languages", []))
@@ -314,7 +470,8 @@ def load_pretrained(path) -> Pretrained:
     raise ValueError(f"{path / CONFIG_FILE} has no 'encoder' section (the EncoderConfig fields); "
                      "export again")
   try:
-    model = Model(EncoderConfig.from_dict(config["encoder"]))
+    # Exports written before vocab_multiple existed have no such key, and no padding rows.
+    model = Model(EncoderConfig.from_dict(with_legacy_defaults(config["encoder"])))
   except (TypeError, ValueError) as err:
     raise ValueError(f"{path / CONFIG_FILE}: 'encoder' is not a valid encoder config ({err}); "
                      "export again") from err

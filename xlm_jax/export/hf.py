@@ -71,6 +71,10 @@ _CONFIG_FIELDS = {
     "hidden_dropout_prob": "dropout_rate", "attention_probs_dropout_prob": "attention_dropout_rate",
     "initializer_range": "initializer_range",
 }
+# The EncoderConfig fields a pretrained model fixes (shapes and numerics of its weights): a run
+# started from it (init_from=hf:PATH) takes these from the model and the rest from its config.
+ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim",
+                       "max_positions", "pad_id", "type_vocab_size", "layer_norm_eps")
 # Read from the file when present; these are XLMRobertaConfig's own defaults otherwise.
 _CONFIG_DEFAULTS = {"type_vocab_size": 2, "layer_norm_eps": 1e-12, "hidden_dropout_prob": 0.1,
                     "attention_probs_dropout_prob": 0.1, "initializer_range": 0.02,
@@ -404,12 +408,9 @@ class _WeightFile:
     return tuple(self._file.get_slice(name).get_shape())
 
 
-def read_hf_folder(folder) -> tuple[dict, EncoderConfig, Tokenizer, dict]:
-  """(params, EncoderConfig, Tokenizer, info) of a Hugging Face XLMRobertaForMaskedLM folder.
-
-  params is the xlm-jax parameter tree (float32 numpy, unrolled layers, exactly vocab_size rows);
-  the tokenizer gives Hugging Face's ids; info says what was left out and why.
-  """
+def read_hf_tokenizer(folder) -> tuple[EncoderConfig, Tokenizer, dict]:
+  """(EncoderConfig, Tokenizer with Hugging Face's ids, raw config.json) of a Hugging Face XLM-R
+  folder, without reading its weights; the tokenizer must fit the embedding table."""
   folder = pathlib.Path(folder).expanduser().absolute()
   config, raw = read_hf_config(folder)
   mask_id = raw.get(MASK_ID_FIELD)
@@ -426,6 +427,18 @@ def read_hf_folder(folder) -> tuple[dict, EncoderConfig, Tokenizer, dict]:
         f"{spm_path} gives {tokenizer.vocab_size} ids (its {tokenizer.vocab_size - 2} pieces, "
         f"plus <pad> and <mask>), but {folder / CONFIG_FILE} says vocab_size "
         f"{config.vocab_size}: the tokenizer and the embedding table disagree")
+  return config, tokenizer, raw
+
+
+def read_hf_folder(folder) -> tuple[dict, EncoderConfig, Tokenizer, dict]:
+  """(params, EncoderConfig, Tokenizer, info) of a Hugging Face XLMRobertaForMaskedLM folder.
+
+  params is the xlm-jax parameter tree (float32 numpy, unrolled layers, exactly vocab_size rows);
+  the tokenizer gives Hugging Face's ids; info says what was left out and why.
+  """
+  folder = pathlib.Path(folder).expanduser().absolute()
+  config, tokenizer, raw = read_hf_tokenizer(folder)
+  mask_id = raw.get(MASK_ID_FIELD)
   weights = _WeightFile(folder)
   names = set(weights.names)
   # Checkpoints saved from XLMRobertaModel have no "roberta." prefix and no MLM head.

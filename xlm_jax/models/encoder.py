@@ -18,33 +18,66 @@ its cost) keep the same names with a leading "languages" axis:
       shared and named exactly as in XLM-R. With scan_layers the language-specific layers are
       stacked in encoder/language_layers [k, languages, ...] and the shared ones in
       encoder/layers [num_layers - k, ...], so layers[j] is XLM-R layer k + j.
+
+Vocabulary padding. The "vocab" logical axis is sharded over the tensor mesh axis, which must
+divide it, and XLM-R's 250002 pieces divide nothing useful. So the word-embedding table(s) and
+the MLM bias have `config.padded_vocab_size` rows (vocab_size rounded up to vocab_multiple,
+default 128). The padding rows start at zero, no id ever looks them up, and the tied decoder
+replaces their logits by a large finite negative (`mask_padded_vocab`): they never win an
+argmax, get probability exactly 0 and add nothing to a softmax cross-entropy. Logits keep the
+padded width inside training (it shards evenly); `convert_params` moves a tree between
+paddings (and between the scanned and unrolled layouts), and exports have no padding.
 """
 from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+import re
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from xlm_jax.models import attention as attn_lib
 from xlm_jax.models import language_specific as lang_lib
 from xlm_jax.models.encoder_config import DTYPES, REMAT_POLICIES, EncoderConfig
+
+# The logit of a padding column. Large and finite, as the attention mask's (attention.py): a
+# finite value keeps p * log p = 0 * finite = 0 in entropy-style sums (-inf would give NaN),
+# and exp(PADDED_LOGIT - max) is exactly 0 in float32.
+PADDED_LOGIT = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
 def _partitioned(init: Callable, axes: tuple) -> Callable:
   return nn.with_logical_partitioning(init, axes)
 
 
-def _normal_with_zero_row(stddev: float, zero_row: int) -> Callable:
+def _normal_with_zero_row(stddev: float, zero_row: int, real_rows: int | None = None) -> Callable:
   """Normal(0, stddev) table whose padding row starts at zero (as nn.Embedding(padding_idx));
-  rows are axis -2, so a [languages, rows, D] stack zeroes the row in every language."""
+  rows are axis -2, so a [languages, rows, D] stack zeroes the row in every language. Rows from
+  `real_rows` on (vocabulary padding) start at zero too."""
   def init(key, shape, dtype=jnp.float32):
     table = jax.random.normal(key, shape, dtype) * jnp.asarray(stddev, dtype)
-    return table.at[..., zero_row, :].set(0) if zero_row < shape[-2] else table
+    rows = jnp.arange(shape[-2])[:, None]
+    zero = (rows == zero_row) | (rows >= (shape[-2] if real_rows is None else real_rows))
+    # A select against an iota, not .at[].set: initialised directly sharded (vocab over tensor),
+    # two .at[].set row updates left row 512 with other values than on one device (jax 0.10.2).
+    return jnp.where(zero, jnp.zeros((), dtype), table)
   return init
+
+
+def mask_padded_vocab(logits: jax.Array, vocab_size: int) -> jax.Array:
+  """`logits [..., padded V]` with the columns from vocab_size on set to PADDED_LOGIT.
+
+  A select against a static iota, not a slice or a gather: the vocabulary axis keeps its padded,
+  evenly sharded width, and the padding columns get no gradient.
+  """
+  if vocab_size >= logits.shape[-1]:
+    return logits
+  real = jnp.arange(logits.shape[-1]) < vocab_size
+  return jnp.where(real, logits, jnp.asarray(PADDED_LOGIT, logits.dtype))
 
 
 def _layer_norm(config: EncoderConfig, axis_name: str = "embed", dtype=None, name=None):
@@ -93,9 +126,9 @@ class Embeddings(nn.Module):
     c = self.config
     param_dtype = DTYPES[c.param_dtype]
 
-    def table(rows, axes, zero_row=None):
+    def table(rows, axes, zero_row=None, real_rows=None):
       init = (nn.initializers.normal(c.initializer_range) if zero_row is None
-              else _normal_with_zero_row(c.initializer_range, zero_row))
+              else _normal_with_zero_row(c.initializer_range, zero_row, real_rows))
       if c.separate_embeddings and zero_row is not None:  # word and position tables
         return lang_lib.LanguageEmbed(c.num_languages, rows, c.hidden_size, axes, init,
                                       param_dtype)
@@ -103,7 +136,9 @@ class Embeddings(nn.Module):
       return nn.Embed(rows, c.hidden_size, dtype=jnp.float32, param_dtype=param_dtype,
                       embedding_init=_partitioned(init, axes))
 
-    self.word_embeddings = table(c.vocab_size, ("vocab", "embed"), zero_row=c.pad_id)
+    # padded_vocab_size rows, so the "vocab" axis divides the tensor mesh axis (module doc).
+    self.word_embeddings = table(c.padded_vocab_size, ("vocab", "embed"), zero_row=c.pad_id,
+                                 real_rows=c.vocab_size)
     self.position_embeddings = table(c.max_positions, ("positions", "embed"), zero_row=c.pad_id)
     # A handful of rows (XLM-R has one token type): the row axis is left unsharded.
     self.token_type_embeddings = table(c.type_vocab_size, (None, "embed"))
@@ -126,14 +161,18 @@ class Embeddings(nn.Module):
     return self.dropout(self.layer_norm(x), deterministic=deterministic)
 
   def attend(self, query: jax.Array, lang_ids: jax.Array | None = None) -> jax.Array:
-    """query @ word_embeddings.T (the tied MLM decoder), in float32; with separate_embeddings
-    each query uses the table of its language (lang_ids, shaped as query's token axes)."""
+    """query @ word_embeddings.T (the tied MLM decoder), in float32, [..., padded_vocab_size]
+    with the padding columns masked (mask_padded_vocab); with separate_embeddings each query
+    uses the table of its language (lang_ids, shaped as query's token axes)."""
     if self.config.separate_embeddings:
       if lang_ids is None:
         raise ValueError("separate_embeddings: the tied decoder has one table per language; "
                          "pass lang_ids (the language of each query) to attend / lm_head")
-      return self.word_embeddings.attend(query, lang_ids)
-    return self.word_embeddings.attend(query.astype(jnp.float32))
+      logits = self.word_embeddings.attend(query, lang_ids)
+    else:
+      logits = self.word_embeddings.attend(query.astype(jnp.float32))
+    # Masked here, not only in the MLM head: other heads use the tied table too (EMS's XTR).
+    return mask_padded_vocab(logits, self.config.vocab_size)
 
 
 class SelfAttention(nn.Module):
@@ -281,7 +320,8 @@ class Encoder(nn.Module):
 
 
 class MlmHead(nn.Module):
-  """dense -> GELU -> LayerNorm -> tied decoder + bias; float32 logits.
+  """dense -> GELU -> LayerNorm -> tied decoder + bias; float32 logits [..., padded_vocab_size]
+  whose padding columns are PADDED_LOGIT.
 
   With separate_embeddings the decoder and its bias are those of each prediction's language
   (lang_ids shaped as hidden's token axes): a language-specific softmax.
@@ -298,12 +338,17 @@ class MlmHead(nn.Module):
     x = _layer_norm(c, dtype=jnp.float32, name="layer_norm")(x)
     if c.separate_embeddings:
       bias = self.param("bias", _partitioned(nn.initializers.zeros, ("languages", "vocab")),
-                        (c.num_languages, c.vocab_size), DTYPES[c.param_dtype])
+                        (c.num_languages, c.padded_vocab_size), DTYPES[c.param_dtype])
       weights = lang_lib.language_one_hot(lang_ids, c.num_languages, jnp.float32)
-      return decoder(x, lang_ids) + lang_lib.select_by_language(bias.astype(jnp.float32), weights)
-    bias = self.param("bias", _partitioned(nn.initializers.zeros, ("vocab",)), (c.vocab_size,),
-                      DTYPES[c.param_dtype])
-    return decoder(x) + bias.astype(jnp.float32)
+      logits = decoder(x, lang_ids) + lang_lib.select_by_language(bias.astype(jnp.float32),
+                                                                   weights)
+    else:
+      bias = self.param("bias", _partitioned(nn.initializers.zeros, ("vocab",)),
+                        (c.padded_vocab_size,), DTYPES[c.param_dtype])
+      logits = decoder(x) + bias.astype(jnp.float32)
+    # Masked again after the bias (one fused select): the padding columns are exactly
+    # PADDED_LOGIT whatever the decoder passed in and whatever a loaded bias holds there.
+    return mask_padded_vocab(logits, c.vocab_size)
 
 
 class Model(nn.Module):
@@ -318,6 +363,7 @@ class Model(nn.Module):
                segment_ids=None, attention_mask=None, deterministic: bool = True):
     """Logits [B, P, V] (float32) at label_positions [B, P]; hidden [B, L, D] when None.
 
+    V is config.padded_vocab_size; the columns from vocab_size on are padding, PADDED_LOGIT.
     Hidden states are gathered before the head, so the vocabulary projection only runs where
     a label exists (at V = 250k it costs more than all the layers together). With
     separate_embeddings the softmax at a label position is that of the token's language there.
@@ -363,8 +409,11 @@ def flops_per_token(config: EncoderConfig, seq_len: int, num_predictions_per_tok
   all nL = num_languages copies, so they cost nL times their shared counterparts; picking each
   token's biases and LayerNorm parameters (9 D + F values per routed layer, V per prediction)
   is a one-hot matmul of 2 nL FLOPs per value.
+
+  V is the padded vocabulary (config.padded_vocab_size): the decoder multiplies the padding
+  rows too, so that is the executed work (at most vocab_multiple - 1 extra columns).
   """
-  d, f, v = config.hidden_size, config.mlp_dim, config.vocab_size
+  d, f, v = config.hidden_size, config.mlp_dim, config.padded_vocab_size
   projections = 8 * d * d + 4 * d * f
   nl = config.num_languages
   routed = config.separate_layers
@@ -393,3 +442,136 @@ def shapes_by_path(tree) -> dict[str, tuple[int, ...]]:
   return {jax.tree_util.keystr(path): tuple(leaf.shape)
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
+
+
+# --- Moving a parameter tree between layouts -----------------------------------------------------
+
+# Fields that change where a model's arrays sit, never a trained value: convert_params moves a
+# tree between their settings.
+LAYOUT_FIELDS = ("vocab_multiple", "scan_layers")
+MODEL_PARTS = ("encoder", "lm_head")  # the top-level entries of a Model's params
+_LAYER_KEY = re.compile(r"layer_\d+|layers|language_layers")
+
+
+def _array_module(leaf):
+  """numpy for host arrays, jax.numpy otherwise: a converted tree stays where it was."""
+  return np if isinstance(leaf, np.ndarray) else jnp
+
+
+def _plain_dicts(tree):
+  """Nested Mappings (FrozenDict, ConfigDict-like) as plain dicts, leaves untouched."""
+  if hasattr(tree, "items"):
+    return {key: _plain_dicts(value) for key, value in tree.items()}
+  return tree
+
+
+def _stack(trees: list) -> Any:
+  return jax.tree.map(lambda *xs: _array_module(xs[0]).stack(xs), *trees)
+
+
+def _unstack(tree, depth: int) -> list:
+  return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(depth)]
+
+
+def _layer_trees(encoder: dict, config: EncoderConfig) -> list:
+  """The num_layers per-layer subtrees of `encoder` (unrolled layout), in XLM-R order."""
+  if not config.scan_layers:
+    return [encoder[f"layer_{i}"] for i in range(config.num_layers)]
+  routed = config.separate_layers
+  layers = _unstack(encoder["language_layers"], routed) if routed else []
+  if config.num_layers > routed:
+    layers += _unstack(encoder["layers"], config.num_layers - routed)
+  return layers
+
+
+def _with_vocab_rows(x, axis: int, rows: int):
+  """x cut or zero-padded to `rows` entries along `axis`; kept entries are the same bits."""
+  have = x.shape[axis]
+  axis %= x.ndim
+  if have > rows:
+    return x[(slice(None),) * axis + (slice(0, rows),)]
+  if have < rows:
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, rows - have)
+    return _array_module(x).pad(x, widths)
+  return x
+
+
+def convert_params(params, source: EncoderConfig, target: EncoderConfig) -> dict:
+  """`params` of Model(source) laid out for Model(target), every value copied bit for bit.
+
+  The configs may differ only in LAYOUT_FIELDS:
+    vocab_multiple: the vocabulary rows of the word-embedding table(s) (axis -2) and of
+      lm_head/bias (axis -1) are zero-padded or cut to target.padded_vocab_size. Both configs
+      have the same vocab_size, so only padding rows are ever cut, never a real one.
+    scan_layers: encoder/layer_{i} are stacked on a leading layer axis into encoder/layers
+      (and encoder/language_layers for the separate_layers bottom layers), or unstacked.
+  `params` is the Model's params collection (boxed or not, or the {"params": ...} variables),
+  of numpy or jax arrays, or a part of it ({"encoder": ...} alone, as a momentum copy holds).
+  Returns a plain nested dict of unboxed arrays of the same kind.
+  Raises ValueError when the configs differ otherwise or `params` does not match `source`; the
+  result is checked against param_shapes(target).
+
+      exported = convert_params(params, config, dataclasses.replace(config, vocab_multiple=1))
+  """
+  source_fields, target_fields = source.to_dict(), target.to_dict()
+  differing = [f"{name} ({value!r} -> {target_fields[name]!r})"
+               for name, value in source_fields.items()
+               if name not in LAYOUT_FIELDS and target_fields[name] != value]
+  if differing:
+    raise ValueError(f"convert_params moves parameters between {' and '.join(LAYOUT_FIELDS)} "
+                     f"settings only, but the configs also differ in {', '.join(differing)}: "
+                     "those change trained arrays, not their layout")
+  params = nn.meta.unbox(params)
+  if hasattr(params, "keys") and set(params.keys()) == {"params"}:
+    params = params["params"]
+  params = _plain_dicts(params)
+  parts = set(params) if isinstance(params, dict) else set()
+  if not parts or not parts <= set(MODEL_PARTS):
+    raise ValueError(f"convert_params takes a Model's params, whose entries are {MODEL_PARTS} "
+                     f"(a part of them will do), got {sorted(parts) or type(params).__name__}")
+  _check_shapes(shapes_by_path(params), _part_shapes(source, parts),
+                "params do not match the source config")
+  converted = dict(params)
+  if "lm_head" in params:
+    converted["lm_head"] = {**params["lm_head"], "bias": _with_vocab_rows(
+        params["lm_head"]["bias"], -1, target.padded_vocab_size)}
+  if "encoder" in params:
+    converted["encoder"] = _converted_encoder(params["encoder"], source, target)
+  _check_shapes(shapes_by_path(converted), _part_shapes(target, parts),
+                "convert_params built a tree that does not match the target config (a bug)")
+  return converted
+
+
+def _converted_encoder(encoder: dict, source: EncoderConfig, target: EncoderConfig) -> dict:
+  encoder = dict(encoder)
+  if source.scan_layers != target.scan_layers:
+    layers = _layer_trees(encoder, source)
+    encoder = {k: v for k, v in encoder.items() if not _LAYER_KEY.fullmatch(k)}
+    routed = target.separate_layers
+    if not target.scan_layers:
+      encoder.update({f"layer_{i}": layer for i, layer in enumerate(layers)})
+    else:
+      if routed:
+        encoder["language_layers"] = _stack(layers[:routed])
+      if target.num_layers > routed:
+        encoder["layers"] = _stack(layers[routed:])
+  embeddings = dict(encoder["embeddings"])
+  embeddings["word_embeddings"] = {"embedding": _with_vocab_rows(
+      embeddings["word_embeddings"]["embedding"], -2, target.padded_vocab_size)}
+  encoder["embeddings"] = embeddings
+  return encoder
+
+
+def _part_shapes(config: EncoderConfig, parts: set) -> dict:
+  """param_shapes of `config` under the top-level entries `parts` only."""
+  return {key: shape for key, shape in param_shapes(config).items()
+          if any(key.startswith(f"['{part}']") for part in parts)}
+
+
+def _check_shapes(got: dict, want: dict, what: str) -> None:
+  if got == want:
+    return
+  lines = [f"{key}: {got.get(key, 'missing')} (expected {want.get(key, 'none')})"
+           for key in sorted(set(got) | set(want)) if got.get(key) != want.get(key)]
+  raise ValueError(f"{what}: {'; '.join(lines[:4])}" + (" ..." if len(lines) > 4 else ""))

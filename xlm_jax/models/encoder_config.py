@@ -20,6 +20,7 @@ REMAT_POLICIES = {
 # check_fields with the "model." prefix rather than keeping its own copy.
 FIELD_RANGES = {
     "vocab_size": (0, None, True, None),          # 0 = taken from the tokenizer (config files)
+    "vocab_multiple": (1, None, True, None),
     "hidden_size": (1, None, True, None),
     "num_layers": (1, None, True, None),
     "num_heads": (1, None, True, None),
@@ -109,6 +110,10 @@ class EncoderConfig:
   # Emerging-structure knobs; both need num_languages > 0 and lang_ids.
   separate_embeddings: bool = False  # per-language word + position tables, hence softmax
   separate_layers: int = 0           # per-language copies of the bottom k layers
+  # The word-embedding table and MLM bias get vocab_size rounded up to a multiple of this
+  # (padded_vocab_size): their "vocab" axis is sharded over the tensor mesh axis, which must
+  # divide it. 1 = no padding (exports are always written so).
+  vocab_multiple: int = 128
 
   def __post_init__(self):
     problem = check_fields(dataclasses.asdict(self))
@@ -118,6 +123,13 @@ class EncoderConfig:
   @property
   def head_dim(self) -> int:
     return self.hidden_size // self.num_heads
+
+  @property
+  def padded_vocab_size(self) -> int:
+    """Rows of the word-embedding table and MLM bias: vocab_size rounded up to a multiple of
+    vocab_multiple. Rows from vocab_size on are padding: no id reaches them and the MLM head
+    masks their logits, so vocab_size stays the real vocabulary everywhere else."""
+    return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "EncoderConfig":
@@ -133,3 +145,15 @@ class EncoderConfig:
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
+
+
+# Saved configs (an export's config.json, a checkpoint's meta) written before a field existed
+# are read with the value that reproduces their arrays, not today's default: before
+# vocab_multiple, tables had exactly vocab_size rows. The one list of such legacy values.
+LEGACY_DEFAULTS = {"vocab_multiple": 1}
+
+
+def with_legacy_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
+  """A saved config's fields, with LEGACY_DEFAULTS filled in for fields it predates."""
+  saved = dict(saved.to_dict() if hasattr(saved, "to_dict") else saved)
+  return {**LEGACY_DEFAULTS, **saved}

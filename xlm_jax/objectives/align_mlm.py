@@ -42,7 +42,8 @@ def load_pair_resources(config, corpus, tokenizer, languages) -> dict:
 
 
 def word_embedding_table(params, model_config) -> jax.Array:
-  """The shared (input and tied output) word-embedding table [V, D] inside a Model's params."""
+  """The shared (input and tied output) word-embedding table [V, D] inside a Model's params:
+  its vocab_size real rows, without the padding rows the model keeps for sharding."""
   if getattr(model_config, "separate_embeddings", False):
     raise ValueError("ALIGN-MLM aligns rows of the one shared word-embedding table, but "
                      "model.separate_embeddings is on (one table per language); turn it off")
@@ -52,7 +53,9 @@ def word_embedding_table(params, model_config) -> jax.Array:
       raise ValueError(f"params hold no word-embedding table at {'/'.join(WORD_EMBEDDINGS_PATH)} "
                        f"(missing {key!r}); pass the params of xlm_jax.models.encoder.Model")
     node = node[key]
-  return nn.meta.unbox(node)
+  # A static slice: the rows past vocab_size are padding (models/encoder.py), and a dictionary
+  # id or a nearest-neighbour search must never land on one.
+  return nn.meta.unbox(node)[:model_config.vocab_size]
 
 
 def sample_pair_indices(rng: jax.Array, num_pairs: int, count: int) -> jax.Array:

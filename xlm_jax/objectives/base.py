@@ -130,19 +130,32 @@ def predictions_per_token(bound_objectives: Mapping[str, Any], seq_len: int) -> 
 
 
 def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array,
-                           label_smoothing: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+                           label_smoothing: float = 0.0, vocab_size: int | None = None
+                           ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Mean cross-entropy and accuracy over positions with weight > 0.
 
   The mean is over the global batch (jit sees global arrays), so it does not depend on how the
   batch is sharded. Returns the loss and metrics with `weight` = number of labelled positions,
   which the evaluator uses to combine batches exactly.
+
+  vocab_size: the real vocabulary when the logits carry the model's padding columns (their
+  width is config.padded_vocab_size): label smoothing spreads its mass over the real columns
+  only. None = every column is real. The padding logits themselves need nothing here: they are
+  masked (models/encoder.py), so they have probability 0 and never win the argmax.
   """
   logits = logits.astype(jnp.float32)
   log_probs = jax.nn.log_softmax(logits)
   # take_along_axis, not a one-hot product: no [B, P, V] target tensor, and no 0 * -inf = NaN.
   per_token = -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
   if label_smoothing:
-    per_token = (1.0 - label_smoothing) * per_token - label_smoothing * jnp.mean(log_probs, -1)
+    columns = logits.shape[-1]
+    if vocab_size is None or vocab_size >= columns:
+      uniform_log_prob = jnp.mean(log_probs, -1)
+    else:
+      # A padding column's log-probability is about -2e38: averaged in, it would swamp the loss.
+      is_real = jnp.arange(columns) < vocab_size
+      uniform_log_prob = jnp.sum(jnp.where(is_real, log_probs, 0.0), axis=-1) / vocab_size
+    per_token = (1.0 - label_smoothing) * per_token - label_smoothing * uniform_log_prob
   # Padding slots may hold anything (even -inf logits); they must not reach the sum.
   per_token = jnp.where(weights > 0, per_token, 0.0)
   total = jnp.maximum(jnp.sum(weights), 1.0)

@@ -148,7 +148,10 @@ def generate_pseudo_tokens(params, batch, rng, ctx: ObjectiveContext) -> Generat
       attention_mask=patterns.btmlm_generation_mask(layout.is_source, layout.is_placeholder),
       deterministic=True)
   vocab = jnp.arange(logits.shape[-1], dtype=jnp.int32)
-  allowed = ~jnp.isin(vocab, jnp.asarray(ctx.special_ids, jnp.int32))[None, :]
+  # The logits are padded_vocab_size wide; a padding column (already masked by the model) is
+  # excluded by name too, so no temperature can ever sample one as a pseudo token.
+  allowed = ((vocab < ctx.model.config.vocab_size)
+             & ~jnp.isin(vocab, jnp.asarray(ctx.special_ids, jnp.int32)))[None, :]
   if ctx.random_ranges is not None:
     # A vocabulary split by language: pseudo tokens come from the target language's pieces.
     ranges = jnp.asarray(ctx.random_ranges, jnp.int32)[target_lang]
@@ -185,7 +188,7 @@ def btmlm_step2(params, batch, generation: Generation, rng, ctx: ObjectiveContex
       attention_mask=patterns.btmlm_training_mask(generation.is_source, generation.is_placeholder),
       deterministic=not ctx.train, rngs={"dropout": dropout_rng})
   loss, metrics = weighted_cross_entropy(logits, masked.labels, masked.weights,
-                                         cfg["label_smoothing"])
+                                         cfg["label_smoothing"], ctx.model.config.vocab_size)
   return loss, metrics, masked
 
 

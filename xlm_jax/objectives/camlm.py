@@ -83,7 +83,7 @@ def camlm_loss(params, batch, rng, ctx: ObjectiveContext):
                        eligible=segment_ids != 0)
   logits = camlm_logits(params, masked.input_ids, batch, masked.positions, dropout_rng, ctx)
   loss, metrics = weighted_cross_entropy(logits, masked.labels, masked.weights,
-                                         cfg["label_smoothing"])
+                                         cfg["label_smoothing"], ctx.model.config.vocab_size)
   return loss, metrics, ctx.extra
 
 

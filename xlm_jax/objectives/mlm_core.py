@@ -80,7 +80,7 @@ def mono_masked_loss(params, masked: MaskedTokens, batch, dropout_rng,
                            deterministic=not ctx.train, rngs={"dropout": dropout_rng},
                            **mono_model_inputs(batch, ctx))
   return weighted_cross_entropy(logits, masked.labels, masked.weights,
-                                ctx.config["label_smoothing"])
+                                ctx.config["label_smoothing"], ctx.model.config.vocab_size)
 
 
 def masked_lm_loss(params, batch, rng, ctx: ObjectiveContext) -> tuple[jax.Array, dict]:

@@ -44,7 +44,7 @@ def tlm_loss(params, batch, rng, ctx: ObjectiveContext):
       deterministic=not ctx.train, rngs={"dropout": dropout_rng},
       **pair_model_inputs(batch, ctx, cfg["reset_positions"]))
   loss, metrics = weighted_cross_entropy(logits, masked.labels, masked.weights,
-                                         cfg["label_smoothing"])
+                                         cfg["label_smoothing"], ctx.model.config.vocab_size)
   return loss, metrics, ctx.extra
 
 

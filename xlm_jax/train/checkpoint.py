@@ -13,7 +13,7 @@ import grain
 import orbax.checkpoint as ocp
 
 from xlm_jax.models.encoder import param_shapes
-from xlm_jax.models.encoder_config import EncoderConfig
+from xlm_jax.models.encoder_config import EncoderConfig, with_legacy_defaults
 
 
 CHECKPOINT_DIR = "checkpoints"
@@ -65,7 +65,12 @@ class Checkpointer:
       raise self._unreadable(step, "metadata (meta/)", err) from err
     if not isinstance(restored.get("meta"), dict):
       raise self._unreadable(step, "metadata (meta/)", ValueError("no JSON object in meta/"))
-    return restored["meta"]
+    meta = restored["meta"]
+    if isinstance(meta.get("model"), dict):
+      # A checkpoint written before a model field existed describes its arrays with the field's
+      # legacy value (no vocabulary padding), so eval, export and resume build the same model.
+      meta = {**meta, "model": with_legacy_defaults(meta["model"])}
+    return meta
 
   def restore(self, step: int, abstract_state: Any, data_iters: dict | None = None) -> Any:
     """Restores the state (with the shardings in `abstract_state`) and the given iterators."""
@@ -121,13 +126,22 @@ def check_same_model(saved_model: dict, model: dict, directory: pathlib.Path) ->
   an array (sizes, language-specific parts, scan layout) is caught, and one that does not
   (dtype, dropout, remat) may change between runs.
   """
-  saved = EncoderConfig.from_dict({**model, **saved_model})  # fields added since take today's value
+  # A field the checkpoint predates takes its legacy value if it has one (vocab_multiple 1: no
+  # padding rows), else today's value.
+  saved_model = with_legacy_defaults(saved_model)
+  saved = EncoderConfig.from_dict({**model, **saved_model})
   if param_shapes(saved) == param_shapes(EncoderConfig.from_dict(model)):
     return
   # Only fields the checkpoint recorded can be compared; a field added since has no saved value.
   diffs = [f"model.{k}: checkpoint {saved_model.get(k)!r}, config {v!r}"
            for k, v in model.items() if k in saved_model and saved_model[k] != v]
+  hint, configured = "", EncoderConfig.from_dict(model)
+  if (saved.vocab_size == configured.vocab_size
+      and saved.padded_vocab_size != configured.padded_vocab_size):
+    # The usual case: a run from before vocabulary padding, resumed with today's default.
+    hint = (f"\nIts vocabulary tables have {saved.padded_vocab_size} rows: to resume it, pass "
+            f"--config.model.vocab_multiple={saved.vocab_multiple}.")
   raise ValueError(
       f"workdir checkpoint {directory} holds a model of a different shape:\n  "
-      + "\n  ".join(diffs)
+      + "\n  ".join(diffs) + hint
       + "\nUse a new --workdir, or set these fields back to the checkpoint's values.")

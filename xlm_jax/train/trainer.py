@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import logging
 import pathlib
 import signal
@@ -69,6 +70,16 @@ def open_corpus(config) -> Corpus:
 
 
 def open_tokenizer(config, corpus: Corpus):
+  """The run's tokenizer: the pretrained model's (init_from=hf:PATH: the corpus is then
+  tokenized with it, as continued pre-training does), else the corpus's vocabulary mode."""
+  pretrained = warm_start_lib.hf_folder(config.init_from)
+  if pretrained is not None:
+    if config.data.vocabulary != "joint":
+      raise ValueError(f"init_from={config.init_from!r} brings its own tokenizer; "
+                       f"data.vocabulary={config.data.vocabulary!r} would build another one. "
+                       "Leave data.vocabulary at 'joint'")
+    from xlm_jax.export import hf
+    return hf.read_hf_tokenizer(pretrained)[1]
   return load_tokenizer(corpus, config.data.vocabulary, seed=config.seed,
                         vocab_size_per_lang=config.data.vocab_size_per_lang,
                         languages=[l for l in config.data.languages if not derived.is_derived(l)])
@@ -108,8 +119,33 @@ def _next_batches(iterators: dict, kinds, mesh, grad_accum_steps: int) -> dict[s
 
 
 def model_config(config, tokenizer: Tokenizer) -> EncoderConfig:
-  """The EncoderConfig of `config.model`, with the vocabulary the tokenizer needs."""
+  """The EncoderConfig of `config.model`, with the vocabulary the tokenizer needs.
+
+  With init_from=hf:PATH the pretrained model fixes the architecture (hf.ARCHITECTURE_FIELDS:
+  sizes, vocabulary, positions, LayerNorm eps); dropout, dtypes, remat, scan and vocabulary
+  padding stay the run's own.
+  """
   fields = config.model.to_dict()
+  pretrained = warm_start_lib.hf_folder(config.init_from)
+  if pretrained is not None:
+    from xlm_jax.export import hf
+    architecture = hf.read_hf_config(pretrained)[0]
+    changed = {f: getattr(architecture, f) for f in hf.ARCHITECTURE_FIELDS
+               if fields[f] != getattr(architecture, f)}
+    if changed:
+      logging.info("init_from %s sets model fields %s", config.init_from, changed)
+    fields.update({f: getattr(architecture, f) for f in hf.ARCHITECTURE_FIELDS})
+    parts = [k for k in ("num_languages", "separate_embeddings", "separate_layers") if fields[k]]
+    if parts:
+      raise ValueError(f"init_from={config.init_from!r}: XLM-R has no language-specific parts, so "
+                       f"model.{parts[0]}={fields[parts[0]]!r} would start untrained beside it; "
+                       "set it to 0/False, or train those variants from scratch")
+    needed = batch_kinds.effective_vocab_size(tokenizer, tuple(config.data.languages))
+    if needed > fields["vocab_size"]:
+      raise ValueError(f"init_from={config.init_from!r}: data.languages "
+                       f"{list(config.data.languages)} need {needed} ids (a derived 'trans' "
+                       f"language doubles the vocabulary), the pretrained model has "
+                       f"{fields['vocab_size']}; drop the derived language")
   # A derived "trans" language (ALIGN-MLM) shifts ids by V: its script doubles the vocabulary.
   needed = batch_kinds.effective_vocab_size(tokenizer, tuple(config.data.languages))
   if not fields["vocab_size"]:
@@ -481,7 +517,10 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
   checkpointer = checkpointer or open_checkpointer()
   run_meta = {"model": mcfg.to_dict(), "languages": list(config.data.languages),
           "corpus": str(corpus.dir), "corpus_packages": corpus.manifest.get("packages", []),
-          "tokenizer_sha256": corpus.manifest.get("tokenizer", {}).get("sha256", "")}
+          "tokenizer_sha256": (
+              hashlib.sha256(tokenizer.serialized()).hexdigest()
+              if warm_start_lib.hf_folder(config.init_from) is not None  # the model's, not the corpus's
+              else corpus.manifest.get("tokenizer", {}).get("sha256", ""))}
   heldout_step = heldout_eval_step(bound, config.seed,
                                    lambda batch: mesh_lib.to_global_batch(batch, mesh))
 

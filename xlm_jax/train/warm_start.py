@@ -3,12 +3,15 @@
 Multi-stage recipes that change the model's heads or the batch kinds between stages (EMMA-X
 ctl -> gmm -> itr, ERNIE-M's second stage as its own experiment) start each stage from the
 previous one's checkpoint. Every parameter and extra-state array whose path and shape match is
-copied; the optimizer, step and data position start fresh. Objectives whose extra state was not
-found (a momentum encoder warm-started from an MLM run) re-initialise it from the loaded weights,
-so a momentum copy starts equal to the loaded encoder, as it would at a fresh start.
+copied, after the source's encoder is moved to this run's layout where the two differ only in
+vocabulary padding or scan_layers (convert_params); the optimizer, step and data position start
+fresh. Objectives whose extra state was not found (a momentum encoder warm-started from an MLM
+run) re-initialise it from the loaded weights, so a momentum copy starts equal to the loaded
+encoder, as it would at a fresh start.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pathlib
 
@@ -18,6 +21,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from xlm_jax.models.encoder import LAYOUT_FIELDS, convert_params
+from xlm_jax.models.encoder_config import EncoderConfig, with_legacy_defaults
 from xlm_jax.train import mesh as mesh_lib
 
 
@@ -34,15 +39,33 @@ def checkpoint_folder(source: str | pathlib.Path) -> pathlib.Path:
                           "checkpoints/<step>/state); train that stage first or fix the path")
 
 
-def read_state(source) -> tuple[dict, int]:
-  """The latest saved state of `source` as host numpy arrays, and its step."""
+def _latest_step_dir(source) -> tuple[pathlib.Path, int]:
   folder = checkpoint_folder(source)
   if folder.name.isdigit() and (folder / "state").is_dir():
-    step_dir, step = folder, int(folder.name)
-  else:
-    # Digit-only names skip Orbax's unfinished saves (<step>.orbax-checkpoint-tmp-*).
-    step = max(int(p.name) for p in folder.iterdir() if p.name.isdigit())
-    step_dir = folder / str(step)
+    return folder, int(folder.name)
+  # Digit-only names skip Orbax's unfinished saves (<step>.orbax-checkpoint-tmp-*).
+  step = max(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+  return folder / str(step), step
+
+
+def read_model_config(source) -> EncoderConfig | None:
+  """The encoder config that `source`'s latest checkpoint recorded in its meta (fields it
+  predates at their legacy values), or None when there is none to read."""
+  step_dir, _ = _latest_step_dir(source)
+  if not (step_dir / "meta").is_dir():
+    return None
+  try:
+    meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "meta")
+    return EncoderConfig.from_dict(with_legacy_defaults(meta["model"]))
+  except Exception as err:  # Orbax's errors, or a meta from another version: match by shape
+    logging.warning("init_from %s: its model config cannot be read (%s); parameters are "
+                    "matched by name and shape only", source, err)
+    return None
+
+
+def read_state(source) -> tuple[dict, int]:
+  """The latest saved state of `source` as host numpy arrays, and its step."""
+  step_dir, step = _latest_step_dir(source)
   checkpointer = ocp.StandardCheckpointer()
   metadata = checkpointer.metadata(step_dir / "state")
   tree = getattr(metadata, "item_metadata", metadata)
@@ -79,18 +102,85 @@ def merge_matching(target, source) -> tuple[dict, list[str], list[str]]:
   return flax.traverse_util.unflatten_dict(merged), copied, kept
 
 
+def in_this_layout(tree, source: EncoderConfig | None, target: EncoderConfig | None):
+  """`tree` (saved params or extra state) with each model part in it moved to `target`'s layout.
+
+  A model part is a dict holding the Model's "encoder" (with "lm_head" in the params; alone in
+  a momentum copy such as EMMA-X's key tower). Runs whose encoders differ only in
+  LAYOUT_FIELDS (vocab_multiple, scan_layers) then share every array, where matching by path
+  and shape alone would leave the layers or the vocabulary tables at their initialisation.
+  Fields that change no array (dropout, dtype) may differ too; anything else, or a part that
+  is not a copy of this model, is left as it is for merge_matching.
+  """
+  if (not isinstance(tree, dict) or source is None or target is None
+      or source.vocab_size != target.vocab_size
+      or all(getattr(source, f) == getattr(target, f) for f in LAYOUT_FIELDS)):
+    return tree
+  if "encoder" not in tree:
+    return {key: in_this_layout(value, source, target) for key, value in tree.items()}
+  # This run's config in the source's layout: convert_params then checks the arrays' shapes.
+  laid_out_as_source = dataclasses.replace(
+      target, **{f: getattr(source, f) for f in LAYOUT_FIELDS})
+  part = {key: tree[key] for key in ("encoder", "lm_head") if key in tree}
+  try:
+    return {**tree, **convert_params(part, laid_out_as_source, target)}
+  except ValueError:
+    return tree
+
+
+# init_from=hf:PATH: a Hugging Face XLM-R folder (export/hf.py) instead of a workdir.
+HF_PREFIX = "hf:"
+
+
+def hf_folder(init_from) -> pathlib.Path | None:
+  """The Hugging Face folder named by `init_from` ("hf:PATH"), or None for a workdir source."""
+  if init_from and str(init_from).startswith(HF_PREFIX):
+    return pathlib.Path(str(init_from)[len(HF_PREFIX):]).expanduser().absolute()
+  return None
+
+
+def read_source(source) -> tuple[dict, int, EncoderConfig | None]:
+  """(saved {"params", "extra"} as host arrays, its step, its encoder config) of `source`: a
+  workdir's latest checkpoint, or a Hugging Face folder converted on the fly (step 0)."""
+  folder = hf_folder(source)
+  if folder is not None:
+    from xlm_jax.export import hf
+    params, config, _, _ = hf.read_hf_folder(folder)
+    return {"params": params, "extra": {}}, 0, config
+  saved, step = read_state(source)
+  return saved, step, read_model_config(source)
+
+
+def _model_config(bound) -> EncoderConfig | None:
+  """The encoder config of this run (every objective holds the same model)."""
+  for entry in bound.values():
+    return entry.context.model.config
+  return None
+
+
 def warm_start(state, shardings, bound, seed: int, source):
   """`state` with the matching params and extra state of `source`'s latest checkpoint.
 
   Returns (new state, info). `bound` (name -> BoundObjective) rebuilds extra state the source
   lacks; `shardings` places the merged state back on the mesh.
   """
-  saved, step = read_state(source)
+  saved, step, source_config = read_source(source)
+  # Another padding of the vocabulary or another scan layout: the same weights, moved.
+  layouts = source_config, _model_config(bound)
+  saved = {"params": in_this_layout(dict(saved.get("params", {})), *layouts),
+           "extra": in_this_layout(dict(saved.get("extra", {})), *layouts)}
   host = mesh_lib.host_copy(state)  # a collective on multi-host runs: every host calls it
   params, copied, kept = merge_matching(dict(host.params), dict(saved.get("params", {})))
   if not copied:
     raise ValueError(f"init_from {source}: no parameter matches this model by name and shape; "
                      "is it a checkpoint of the same architecture?")
+  # A pretrained model must supply the whole encoder and MLM head; only the objectives' own
+  # heads (under params/heads) may start fresh.
+  missing = [path for path in kept if not path.startswith("heads/")]
+  if hf_folder(source) is not None and missing:
+    raise ValueError(f"init_from {source}: {len(missing)} encoder arrays found no match in the "
+                     f"pretrained model (first: {missing[0]}); its architecture differs from "
+                     "this run's model")
   extra, found = dict(host.extra), set()
   for name, value in dict(host.extra).items():
     saved_extra = dict(saved.get("extra", {})).get(name)

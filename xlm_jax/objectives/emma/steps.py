@@ -188,7 +188,8 @@ def m_objective(ctx: ObjectiveContext, params, extra, cands: Candidates, dropout
     temperatures = losses.rank_temperatures(n, cfg["temperature_high"], cfg["temperature_low"])
     cts, rank_metrics = losses.rince_loss(sims, labels, valid, temperatures)
   mlm, mlm_metrics = weighted_cross_entropy(logits, cands.pairs.masked.labels,
-                                            cands.pairs.masked.weights, cfg["label_smoothing"])
+                                            cands.pairs.masked.weights, cfg["label_smoothing"],
+                                            ctx.model.config.vocab_size)
   loss = cts + cfg["mlm_weight"] * mlm
   aux = dict(rank_metrics, similarities=jax.lax.stop_gradient(sims),
              queries=jax.lax.stop_gradient(queries),
