@@ -26,6 +26,7 @@ import flax.linen as nn
 import flax.serialization
 import jax
 import jax.numpy as jnp
+import msgpack
 import numpy as np
 
 from xlm_jax.atomic_files import check_replaceable, write_directory_atomically
@@ -189,11 +190,70 @@ def export_model(export_dir, params, encoder_config: dict, tokenizer_bytes: byte
     raise ValueError(f"export_model: extra_metadata must be JSON-serializable: {err}") from err
   # Atomic: an interrupted export leaves the previous one (or nothing), never a mix of files.
   write_directory_atomically(export_dir, {
-      PARAMS_FILE: flax.serialization.msgpack_serialize(host_params),
+      PARAMS_FILE: functools.partial(write_params_msgpack, host_params),
       CONFIG_FILE: config_json.encode("utf-8"),
       **tokenizer_files(tokenizer),
   }, markers=EXPORT_MARKERS, what="xlm-jax export")
   return export_dir
+
+
+def write_params_msgpack(params: dict, f) -> None:
+  """Writes flax.serialization.msgpack_serialize(params) to `f`, one array at a time.
+
+  The same bytes (a msgpack map per dict, keys sorted as msgpack_serialize's tree_map leaves
+  them; arrays chunked above flax's MAX_CHUNK_SIZE as flax chunks them; each array as flax's
+  ndarray extension), but an array's data goes from its own memory straight to the file: flax
+  would hold three copies of the largest array (tobytes, its packed tuple, the packed file), a
+  2.3 GiB peak for XLM-R base's embedding table. tests/test_hf.py compares the bytes.
+  """
+  packer = msgpack.Packer(use_bin_type=True, strict_types=True)
+
+  def write(node, sort: bool) -> None:
+    if isinstance(node, dict):
+      f.write(packer.pack_map_header(len(node)))
+      for key, value in (sorted(node.items()) if sort else node.items()):
+        f.write(packer.pack(key))
+        write(value, sort)
+    elif isinstance(node, (np.ndarray, jax.Array, np.generic)):
+      array = np.asarray(node)
+      chunked = flax.serialization._chunk_array_leaves_in_place(array)
+      if isinstance(chunked, dict):  # built in flax's own key order: kept as it is
+        write(chunked, False)
+      else:
+        _write_ndarray(f, packer, array, np.isscalar(node) or isinstance(node, np.generic))
+    else:
+      f.write(packer.pack(node))
+  write(params, True)
+
+
+def _write_ndarray(f, packer, array: np.ndarray, scalar: bool) -> None:
+  """flax's ndarray msgpack extension: ext(type, packb((shape, dtype name, C-order bytes)))."""
+  if array.dtype.hasobject or array.dtype.isalignedstruct:
+    raise ValueError("object and structured dtypes cannot be exported")
+  data = np.ascontiguousarray(array)  # a copy only for a non-contiguous view
+  size = data.nbytes
+  # packb((shape, name, b"")) ends in an empty bin (c4 00): swap in the real bin header.
+  prefix = msgpack.packb((tuple(data.shape), data.dtype.name, b""), use_bin_type=True)[:-2]
+  if size < 2**8:
+    bin_header = bytes([0xc4, size])
+  elif size < 2**16:
+    bin_header = b"\xc5" + size.to_bytes(2, "big")
+  else:
+    bin_header = b"\xc6" + size.to_bytes(4, "big")
+  length = len(prefix) + len(bin_header) + size
+  kind = int(flax.serialization._MsgpackExtType.npscalar if scalar
+             else flax.serialization._MsgpackExtType.ndarray)
+  fixed = {1: 0xd4, 2: 0xd5, 4: 0xd6, 8: 0xd7, 16: 0xd8}
+  if length in fixed:
+    ext_header = bytes([fixed[length], kind])
+  elif length < 2**8:
+    ext_header = bytes([0xc7, length, kind])
+  elif length < 2**16:
+    ext_header = b"\xc8" + length.to_bytes(2, "big") + bytes([kind])
+  else:
+    ext_header = b"\xc9" + length.to_bytes(4, "big") + bytes([kind])
+  f.write(ext_header + prefix + bin_header)
+  f.write(memoryview(data.reshape(-1)).cast("B"))
 
 
 @functools.partial(jax.jit, static_argnames=("model", "pooling", "layer"))
@@ -449,6 +509,14 @@ def _language_parts(config: EncoderConfig) -> str:
 
 def load_pretrained(path) -> Pretrained:
   """Loads an export folder written by export_model."""
+  pretrained = read_export(path)
+  # Placed on the device once here, not again on every forward call.
+  return pretrained._replace(params=jax.device_put(pretrained.params))
+
+
+def read_export(path) -> Pretrained:
+  """An export folder as Pretrained with host (numpy) params: what converters read, without a
+  device copy."""
   path = pathlib.Path(path).expanduser()
   if not path.is_dir():
     raise FileNotFoundError(f"export folder {path} does not exist; create one with "
@@ -487,5 +555,4 @@ def load_pretrained(path) -> Pretrained:
   _check_params_match(params, model.config, what=f"{path / PARAMS_FILE}: the parameters",
                       config_name=str(path / CONFIG_FILE))
   tokenizer = read_tokenizer_files(path)
-  # Placed on the device once here, not again on every forward call.
-  return Pretrained(model, jax.device_put(params), tokenizer, config)
+  return Pretrained(model, params, tokenizer, config)

@@ -359,53 +359,98 @@ _IGNORED = (("roberta.pooler.", "the pooler of XLMRobertaModel; the masked LM ha
             ("lm_head.decoder.bias", "the same tensor as lm_head.bias"))
 
 
-class _WeightFile:
-  """Tensor-by-tensor access to model.safetensors (lazy) or pytorch_model.bin (torch.load)."""
+# safetensors dtype -> numpy dtype; bfloat16 through ml_dtypes (a jax dependency).
+_SAFETENSORS_DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "BF16": "bfloat16"}
 
-  def __init__(self, folder: pathlib.Path):
-    self.path = folder / SAFETENSORS_FILE
-    self._torch = None
-    if self.path.is_file():
-      from safetensors import SafetensorError, safe_open
+
+class _SafetensorsFile:
+  """Tensor-by-tensor reader of a .safetensors file with plain reads, not a memory map.
+
+  safetensors' own safe_open maps the file, and every page read stays in the process's
+  resident memory until it is closed: a conversion would hold the file once more beside the
+  converted params. Format: 8-byte little-endian header length, a JSON header (name -> dtype,
+  shape, [begin, end) offsets into the data after the header), then the data.
+  """
+
+  def __init__(self, path: pathlib.Path):
+    self.path = path
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+      head = f.read(8)
+      length = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+      if not 0 < length <= size - 8:
+        raise ConversionError(f"{path} is not a safetensors file or is cut short (header length "
+                              f"{length}, file size {size}); download or save it again")
       try:
-        self._file = safe_open(str(self.path), framework="numpy")
-      except (SafetensorError, OSError, ValueError) as err:
-        raise ConversionError(f"{self.path} cannot be read ({err}); the file is damaged or cut "
-                              "short: download or save it again") from err
-      self.names = list(self._file.keys())
-      return
-    self.path = folder / TORCH_FILE
-    if not self.path.is_file():
-      raise ConversionError(f"{folder} has neither {SAFETENSORS_FILE} nor {TORCH_FILE}; save the "
-                            "model with save_pretrained (sharded checkpoints: merge them first)")
+        header = json.loads(f.read(length))
+      except (ValueError, UnicodeDecodeError) as err:
+        raise ConversionError(f"{path}: its safetensors header is not valid JSON ({err}); the "
+                              "file is damaged") from err
+    self._data_start = 8 + length
+    header.pop("__metadata__", None)
+    self._entries = header
+    end = max((e["data_offsets"][1] for e in header.values()), default=0)
+    if self._data_start + end > size:
+      raise ConversionError(f"{path} is cut short: its header describes {self._data_start + end} "
+                            f"bytes, the file has {size}; download or save it again")
+    self.names = list(header)
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    return tuple(self._entries[name]["shape"])
+
+  def get(self, name: str) -> np.ndarray:
+    entry = self._entries[name]
+    dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
+    if dtype is None:
+      raise ConversionError(f"{self.path}: tensor {name!r} has dtype {entry['dtype']}; only "
+                            f"{sorted(_SAFETENSORS_DTYPES)} weights can be converted")
+    if dtype == "bfloat16":
+      import ml_dtypes
+      dtype = ml_dtypes.bfloat16
+    begin, end = entry["data_offsets"]
+    out = np.empty(self.shape(name), dtype)
+    if out.nbytes != end - begin:
+      raise ConversionError(f"{self.path}: tensor {name!r} has {end - begin} bytes for shape "
+                            f"{self.shape(name)} {entry['dtype']}; the file is damaged")
+    with open(self.path, "rb") as f:
+      f.seek(self._data_start + begin)
+      if f.readinto(memoryview(out.reshape(-1)).cast("B")) != out.nbytes:
+        raise ConversionError(f"{self.path}: tensor {name!r} is cut short")
+    return out.astype(np.float32, copy=False)
+
+
+class _TorchFile:
+  """pytorch_model.bin through torch.load(weights_only=True): a pickle of tensors only."""
+
+  def __init__(self, path: pathlib.Path):
+    self.path = path
     try:
       import torch
     except ImportError as err:
-      raise ConversionError(f"{self.path} is a PyTorch file: reading it needs torch (pip install "
+      raise ConversionError(f"{path} is a PyTorch file: reading it needs torch (pip install "
                             "-e \".[hf]\"), or save the model as model.safetensors") from err
     try:
       # weights_only: a pickle that is not plain tensors is refused, never executed.
-      self._torch = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+      self._tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError ...
-      raise ConversionError(f"{self.path} cannot be read with torch.load(weights_only=True) "
+      raise ConversionError(f"{path} cannot be read with torch.load(weights_only=True) "
                             f"({type(err).__name__}: {err})") from err
-    self.names = list(self._torch)
-
-  def get(self, name: str) -> np.ndarray:
-    if self._torch is not None:
-      return self._torch[name].detach().float().numpy()
-    from safetensors import SafetensorError
-    try:
-      array = self._file.get_tensor(name)
-    except (SafetensorError, OSError, ValueError, TypeError) as err:
-      raise ConversionError(f"{self.path}: tensor {name!r} cannot be read ({err}); the file is "
-                            "damaged or cut short") from err
-    return np.asarray(array, np.float32)
+    self.names = list(self._tensors)
 
   def shape(self, name: str) -> tuple[int, ...]:
-    if self._torch is not None:
-      return tuple(self._torch[name].shape)
-    return tuple(self._file.get_slice(name).get_shape())
+    return tuple(self._tensors[name].shape)
+
+  def get(self, name: str) -> np.ndarray:
+    return self._tensors[name].detach().float().numpy()
+
+
+def _weight_file(folder: pathlib.Path):
+  if (folder / SAFETENSORS_FILE).is_file():
+    return _SafetensorsFile(folder / SAFETENSORS_FILE)
+  if (folder / TORCH_FILE).is_file():
+    return _TorchFile(folder / TORCH_FILE)
+  raise ConversionError(f"{folder} has neither {SAFETENSORS_FILE} nor {TORCH_FILE}; save the "
+                        "model with save_pretrained (sharded checkpoints: merge them first)")
 
 
 def read_hf_tokenizer(folder) -> tuple[EncoderConfig, Tokenizer, dict]:
@@ -439,7 +484,7 @@ def read_hf_folder(folder) -> tuple[dict, EncoderConfig, Tokenizer, dict]:
   folder = pathlib.Path(folder).expanduser().absolute()
   config, tokenizer, raw = read_hf_tokenizer(folder)
   mask_id = raw.get(MASK_ID_FIELD)
-  weights = _WeightFile(folder)
+  weights = _weight_file(folder)
   names = set(weights.names)
   # Checkpoints saved from XLMRobertaModel have no "roberta." prefix and no MLM head.
   if not any(n.startswith("lm_head.") for n in names):
@@ -603,12 +648,10 @@ def _key(path: tuple[str, ...]) -> str:
 
 def convert_to_hf(export_dir, hf_dir) -> pathlib.Path:
   """`xlm-jax convert --from xlm-jax`: an xlm-jax export folder -> a Hugging Face folder."""
-  from xlm_jax.export.export import load_pretrained
+  from xlm_jax.export.export import read_export
   hf_dir = check_hf_dir(hf_dir)
-  pretrained = load_pretrained(export_dir)
-  import jax
-  params = jax.device_get(pretrained.params)
-  return write_hf_folder(hf_dir, params, pretrained.model.config, pretrained.tokenizer,
+  pretrained = read_export(export_dir)  # host arrays: no device copy of a large model
+  return write_hf_folder(hf_dir, pretrained.params, pretrained.model.config, pretrained.tokenizer,
                          {"xlm_jax_source": str(pathlib.Path(export_dir).absolute())})
 
 
