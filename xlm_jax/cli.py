@@ -228,6 +228,13 @@ def _eval_model(args, overrides) -> int:
   if is_tfidf and (args.tasks or "all") == "all":
     skipped = {t.name: f"the {suite.TFIDF} baseline has no {t.name} analogue"
                for t in suite.TASKS.values() if not t.tfidf}
+  elif not is_tfidf:
+    unfit = suite.not_applicable(tasks, pretrained.model.config)
+    if unfit and (args.tasks or "all") != "all":
+      name, reason = next(iter(unfit.items()))
+      raise ValueError(f"task {name!r} does not run on {args.model}: {reason}")
+    # Under "all" such a task is listed as not run, and the others run.
+    skipped, tasks = unfit, [t for t in tasks if t.name not in unfit]
   data = EvalData(corpus=corpus, tokenizer=None if pretrained is None else pretrained.tokenizer,
                   languages=languages, seed=config.seed, alpha=config.data.alpha,
                   model_config=None if pretrained is None else pretrained.model.config,

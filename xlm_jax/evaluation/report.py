@@ -2,13 +2,47 @@
 from __future__ import annotations
 
 import json
+import math
 import pathlib
+
+from xlm_jax.atomic_files import write_directory_atomically
 
 
 def _fmt(value) -> str:
   if isinstance(value, float):
+    if not math.isfinite(value):
+      return str(value)  # "inf" (a mining threshold that keeps nothing), "nan"
     return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
   return str(value)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+  """A Markdown table of `rows` under `header`; numbers as _fmt writes them, "|" escaped."""
+  def cell(value) -> str:
+    return _fmt(value).replace("|", "\\|").replace("\n", " ")
+  lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def _finite(value):
+  """`value` with every non-finite float written as a string ("inf", "-inf", "nan"): strict JSON
+  has no Infinity or NaN, and a reader then still sees which it was."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return str(value)
+  if isinstance(value, dict):
+    return {str(k): _finite(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_finite(v) for v in value]
+  if hasattr(value, "item") and getattr(value, "shape", None) == ():
+    return _finite(value.item())  # numpy scalars
+  return value
+
+
+def strict_json(document) -> str:
+  """`document` as strict JSON (allow_nan=False): non-finite floats become strings, anything
+  else JSON cannot hold becomes its str()."""
+  return json.dumps(_finite(document), indent=2, default=str, allow_nan=False, ensure_ascii=False)
 
 
 def table(rows: list[tuple[str, object]], title: str = "") -> str:
@@ -47,9 +81,9 @@ def run_summary_rows(summary: dict) -> list[tuple[str, object]]:
 
 def write_eval_report(directory: pathlib.Path, results: dict, meta: dict) -> pathlib.Path:
   """Writes results.json (numbers + config + data manifest) and results.md; returns the folder."""
-  directory.mkdir(parents=True, exist_ok=True)
-  (directory / "results.json").write_text(json.dumps({"results": results, **meta}, indent=2,
-                                                     default=str))
   rows = sorted((k, v) for k, v in results.items())
-  (directory / "results.md").write_text(table(rows, title="evaluation") + "\n")
+  # One folder written atomically: a reader never sees a results.json without its results.md.
+  write_directory_atomically(pathlib.Path(directory), {
+      "results.json": strict_json({"results": results, **meta}).encode("utf-8"),
+      "results.md": (table(rows, title="evaluation") + "\n").encode("utf-8")})
   return directory

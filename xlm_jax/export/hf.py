@@ -26,8 +26,9 @@ sentencepiece.bpe.model. Every trap the conversion must get right is handled in 
 - The pooler (`roberta.pooler.*`) belongs to XLMRobertaModel, not the masked LM: it is left out
   with a logged message and listed in the export's metadata, never dropped silently.
 
-Weights are streamed tensor by tensor (safetensors' lazy reader, and a safetensors writer here
-that writes each tensor as it is converted), so a conversion holds about one copy of the model.
+Weights are streamed tensor by tensor (a safetensors reader with plain reads and a writer that
+writes each tensor as it is converted; the `safetensors` package is the reference the tests
+check both against), so a conversion holds about one copy of the model.
 """
 from __future__ import annotations
 
@@ -599,7 +600,7 @@ def check_hf_dir(hf_dir) -> pathlib.Path:
   """The absolute output folder if write_hf_folder may write it (absent, empty, or an earlier
   Hugging Face folder written by xlm-jax); anything else is refused before any work."""
   hf_dir = pathlib.Path(hf_dir).expanduser().absolute()
-  check_replaceable(hf_dir, HF_MARKERS, "Hugging Face model folder")
+  check_replaceable(hf_dir, HF_MARKERS, "export in Hugging Face format")
   return hf_dir
 
 
@@ -637,7 +638,7 @@ def write_hf_folder(hf_dir, params, config: EncoderConfig, tokenizer,
                                              extra_config), indent=2, sort_keys=True).encode(),
            **_tokenizer_files(spm_bytes, tokenizer, config.max_positions)}
   write_directory_atomically(hf_dir, files, markers=HF_MARKERS,
-                             what="Hugging Face model folder")
+                             what="export in Hugging Face format")
   return hf_dir
 
 
