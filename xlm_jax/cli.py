@@ -148,47 +148,19 @@ def _suite_config(args, overrides, tasks):
 def _load_eval_model(path: str):
   """(kind, name, Pretrained or None, info) of `--model PATH`, the kind told by the files."""
   import pathlib
-  import xlm_jax
   from xlm_jax.evaluation import suite
-  from xlm_jax.export import hf
-  from xlm_jax.export.export import EXPORT_MARKERS
-  from xlm_jax.train import checkpoint as ckpt_lib
-  from xlm_jax.train import workdir as workdir_lib
   if path == suite.TFIDF:
     return suite.TFIDF, suite.TFIDF, None, {"kind": suite.TFIDF, "path": "", "name": suite.TFIDF}
+  from xlm_jax.train.workdir_jobs import load_model
   folder = pathlib.Path(path).expanduser()
-  kinds = ("an xlm-jax export (a folder with config.json and params.msgpack, from `xlm-jax "
-           "export`), a workdir (a folder with config.json and checkpoints/, from `xlm-jax "
-           "train`: its latest checkpoint is read), a Hugging Face XLM-R folder (config.json "
-           "naming a model_type, with its weights and sentencepiece.bpe.model), or "
-           f"{suite.TFIDF!r} (the character n-gram baseline)")
-  if not folder.is_dir():
-    what = "is a file" if folder.exists() else "does not exist"
-    raise ValueError(f"--model {path} {what}; --model takes {kinds}")
+  kind, pretrained, extra = load_model(
+      folder, other_kinds=f"{suite.TFIDF!r} (the character n-gram baseline)")
   name = folder.resolve().name
-  if hf.is_hf_folder(folder):
-    kind, pretrained, extra = "huggingface", xlm_jax.load_pretrained(folder), {}
-  elif all((folder / marker).is_file() for marker in EXPORT_MARKERS):
-    kind, pretrained = "xlm-jax export", xlm_jax.load_pretrained(folder)
-    extra = {"export_metadata": pretrained.config.get("metadata", {})}
-    # `<workdir>/export` is the usual place: "export" alone would not say whose.
-    if name in ("export", "export_hf"):
-      name = f"{folder.resolve().parent.name}-{name}"
-  elif (folder / workdir_lib.CONFIG_FILE).is_file() and (folder / ckpt_lib.CHECKPOINT_DIR).is_dir():
-    from xlm_jax.export.export import Pretrained
-    from xlm_jax.train.trainer import model_params
-    from xlm_jax.train.workdir_jobs import restore_workdir
-    restored = restore_workdir(folder)
-    languages = restored.meta.get("languages", list(restored.config.data.languages))
-    kind = "workdir"
-    pretrained = Pretrained(restored.model, model_params(restored.params), restored.tokenizer,
-                            {"languages": list(languages)})
-    extra = {"step": restored.step}
-    name = f"{name}-step{restored.step}"
-  else:
-    held = ", ".join(sorted(p.name for p in folder.iterdir())[:6]) or "nothing"
-    raise ValueError(f"--model {path} is not a model of a known kind (it holds {held}); --model "
-                     f"takes {kinds}")
+  # `<workdir>/export` is the usual place: "export" alone would not say whose.
+  if kind == "xlm-jax export" and name in ("export", "export_hf"):
+    name = f"{folder.resolve().parent.name}-{name}"
+  elif kind == "workdir":
+    name = f"{name}-step{extra['step']}"
   info = {"kind": kind, "path": str(folder.resolve()), "name": name,
           "config": pretrained.model.config.to_dict(),
           "languages": list(pretrained.config.get("languages", [])), **extra}

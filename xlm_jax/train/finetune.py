@@ -209,26 +209,10 @@ def make_config(task: str, overrides: Sequence[str] = (),
 
 
 def load_encoder(path):
-  """`Pretrained(model, params, tokenizer, config)` of `path`."""
-  from xlm_jax.export.export import Pretrained
-  path = pathlib.Path(path).expanduser()
-  config_file = path / workdir_lib.CONFIG_FILE
-  if (path / ckpt_lib.CHECKPOINT_DIR).is_dir() and config_file.is_file():
-    try:
-      raw = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-      raw = {}
-    if isinstance(raw, dict) and "task" in raw:
-      raise ValueError(f"--model {path} is an xlm-jax finetune workdir, not a pretrained encoder; "
-                       "pass an export, a Hugging Face folder or a pretraining workdir")
-    from xlm_jax.train.trainer import model_params
-    from xlm_jax.train.workdir_jobs import restore_workdir
-    restored = restore_workdir(path)
-    return Pretrained(restored.model, model_params(restored.params), restored.tokenizer,
-                      {"languages": list(restored.config.data.languages),
-                       "metadata": {"workdir": str(path), "step": restored.step}})
-  import xlm_jax
-  return xlm_jax.load_pretrained(path)
+  """`Pretrained(model, params, tokenizer, config)` of `path` (workdir_jobs.load_model: an
+  export, a Hugging Face folder or a pretraining workdir)."""
+  from xlm_jax.train.workdir_jobs import load_model
+  return load_model(path)[1]
 
 
 def model_languages(pretrained) -> list[str]:

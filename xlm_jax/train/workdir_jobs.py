@@ -137,3 +137,53 @@ def export_workdir(workdir, out=None, export_format: str = "xlm-jax") -> tuple[R
                 meta.get("languages", list(config.data.languages)), restored.step,
                 meta.get("corpus_packages", []))
   return restored, path
+
+
+# What `--model PATH` may name (xlm-jax eval --model, xlm-jax finetune --model), and how each
+# kind is told apart: by the files in the folder.
+MODEL_KINDS = ("an xlm-jax export (a folder with config.json and params.msgpack, from `xlm-jax "
+               "export`), a workdir (a folder with config.json and checkpoints/, from `xlm-jax "
+               "train`: its latest checkpoint is read), or a Hugging Face XLM-R folder "
+               "(config.json naming a model_type, with its weights and sentencepiece.bpe.model)")
+
+
+def load_model(path, flag: str = "--model", other_kinds: str = ""):
+  """(kind, Pretrained, extra info) of a model folder: the one reader of every kind.
+
+  other_kinds: what else the caller's flag accepts, added to the list in error messages.
+
+  kind is "huggingface", "xlm-jax export" or "workdir" (the latest checkpoint's encoder and MLM
+  head, without the objectives' heads); anything else is a ValueError listing the kinds.
+  """
+  import json
+  import xlm_jax
+  from xlm_jax.export import hf
+  from xlm_jax.export.export import EXPORT_MARKERS, Pretrained
+  folder = pathlib.Path(path).expanduser()
+  kinds = MODEL_KINDS + (f", or {other_kinds}" if other_kinds else "")
+  if not folder.is_dir():
+    what = "is a file" if folder.exists() else "does not exist"
+    raise ValueError(f"{flag} {path} {what}; {flag} takes {kinds}")
+  if hf.is_hf_folder(folder):
+    return "huggingface", xlm_jax.load_pretrained(folder), {}
+  if all((folder / marker).is_file() for marker in EXPORT_MARKERS):
+    pretrained = xlm_jax.load_pretrained(folder)
+    return "xlm-jax export", pretrained, {"export_metadata": pretrained.config.get("metadata", {})}
+  config_file = folder / workdir_lib.CONFIG_FILE
+  if config_file.is_file() and (folder / ckpt_lib.CHECKPOINT_DIR).is_dir():
+    try:
+      raw = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+      raw = {}
+    if isinstance(raw, dict) and "task" in raw:  # finetune.py writes its config with a task
+      raise ValueError(f"{flag} {path} is an xlm-jax finetune workdir, not a pretrained encoder; "
+                       f"{flag} takes {kinds}")
+    restored = restore_workdir(folder)
+    languages = restored.meta.get("languages", list(restored.config.data.languages))
+    pretrained = Pretrained(restored.model, model_params(restored.params), restored.tokenizer,
+                            {"languages": list(languages),
+                             "metadata": {"workdir": str(folder), "step": restored.step}})
+    return "workdir", pretrained, {"step": restored.step}
+  held = ", ".join(sorted(p.name for p in folder.iterdir())[:6]) or "nothing"
+  raise ValueError(f"{flag} {path} is not a model of a known kind (it holds {held}); {flag} "
+                   f"takes {kinds}")
