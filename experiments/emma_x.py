@@ -19,6 +19,12 @@ key encoder, key queue sharded over the data axis, rank means, classifier). `mon
 monolingual sentences per step into the candidates; `queue=<n>` sets the key queue (default:
 1024, or one step's keys rounded up to a multiple of 1024 at big batches). Sizes: tiny | small (CPU) | base | large.
 The geometry evaluator (invariance, canonical form, isotropy) runs after every stage.
+
+The paper starts the ctl stage from XLM-R: `xlmr=PATH` (a local Hugging Face xlm-roberta-base or
+-large folder) sets init_from=hf:PATH, taking the architecture, weights and tokenizer from it:
+
+    xlm-jax train --config experiments/emma_x.py:ctl,size=base,xlmr=$HOME/models/xlm-roberta-base \
+      --workdir workdirs/emma_ctl
 """
 from xlm_jax import presets
 from xlm_jax.config import default_config
@@ -27,13 +33,15 @@ STAGES = ("ctl", "gmm", "itr")
 
 
 def get_config(arg=None):
-  args = presets.parse_arg(arg, size="tiny", variant="itr", mono=0, queue=0)
+  args = presets.parse_arg(arg, size="tiny", variant="itr", mono=0, queue=0, xlmr="")
   stage = args["variant"]
   if stage not in STAGES:
     raise ValueError(f"experiments/emma_x.py: unknown stage {stage!r}; known: {STAGES}")
   c = default_config()
   presets.apply_size(c, args["size"])
   c.data.corpus = "debian8"
+  if args["xlmr"]:
+    c.init_from = f"hf:{args['xlmr']}"
   c.data.pair_seq_len = c.data.seq_len // 2  # same token slots per step as MLM
   # Each step enqueues both sides of every pair plus the monolingual candidates, so the queue
   # must hold at least that many keys (config validation refuses less). queue=0 (the default)

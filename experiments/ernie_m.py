@@ -10,6 +10,13 @@ BTMLM generates pseudo target tokens for monolingual sentences in one non-autore
 (no gradient) and then predicts masked x from x and them. BTMLM's placeholders carry the target
 language through language embeddings, so the model has them. Variants: a size, stage1 / stage2
 (one stage per run, for warm starts), single_pass.
+
+The paper continues from XLM-R rather than training from scratch: `xlmr=PATH` (a local Hugging
+Face xlm-roberta-base or -large folder) sets init_from=hf:PATH, which takes the architecture,
+weights and tokenizer from it; the language embeddings BTMLM's placeholders need start at zero:
+
+    xlm-jax train --config experiments/ernie_m.py:base,xlmr=$HOME/models/xlm-roberta-base \
+      --workdir workdirs/ernie_m_base
 """
 from xlm_jax import presets
 from xlm_jax.config import default_config
@@ -18,10 +25,12 @@ STAGE1 = ("mlm", "tlm", "camlm")
 
 
 def get_config(arg=None):
-  args = presets.parse_arg(arg, size="tiny", variant="both")
+  args = presets.parse_arg(arg, size="tiny", variant="both", xlmr="")
   c = default_config()
   presets.apply_size(c, args["size"])
   c.data.corpus = "debian8"
+  if args["xlmr"]:
+    c.init_from = f"hf:{args['xlmr']}"
   c.model.num_languages = len(c.data.languages)
   # BTMLM appends ceil(rho * n) placeholders to a sentence of n tokens (rho = 1 by default):
   # sentences of at most half a row leave room for all of them.

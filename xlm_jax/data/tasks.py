@@ -132,7 +132,9 @@ def carve_dev(split: TaskSplit, seed: int, fraction: float, unit_of=None) -> tup
 # =============================================================================================
 
 
-def _read_jsonl(path: pathlib.Path, fields: Sequence[str]) -> list[dict]:
+def read_classification_rows(path: pathlib.Path, fields: Sequence[str]) -> list[dict]:
+  """Rows of the corpus's classification JSONL, each checked for the string `fields` (errors name
+  file and line). Fine-tuning and the frozen classification evaluator both read them here."""
   rows = []
   with open(path, encoding="utf-8") as f:
     for number, line in enumerate(f, 1):
@@ -161,8 +163,8 @@ def corpus_task(corpus_dir, seed: int = 0, dev_fraction: float = 0.1) -> TaskDat
       raise FileNotFoundError(
           f"{path} not found: corpus {corpus_dir} has no classification task. The debian8 recipe "
           f"builds it: `xlm-jax data build --recipe debian8 --corpus-dir {corpus_dir}`")
-  train_rows = _read_jsonl(paths["train"], ("id", "label", "text"))
-  test_rows = _read_jsonl(paths["test"], ("id", "label", "lang", "text"))
+  train_rows = read_classification_rows(paths["train"], ("id", "label", "text"))
+  test_rows = read_classification_rows(paths["test"], ("id", "label", "lang", "text"))
   labels = tuple(sorted({row["label"] for row in train_rows}))
   if len(labels) < 2:
     raise ValueError(f"{paths['train']} has {len(labels)} label(s); classification needs two. "

@@ -23,13 +23,13 @@ Corpora without the task (gettext8) skip the evaluator with a logged reason.
 """
 from __future__ import annotations
 
-import json
 import logging
 import pathlib
 
 import numpy as np
 import scipy.sparse
 
+from xlm_jax.data.tasks import read_classification_rows
 from xlm_jax.evaluation import metrics
 from xlm_jax.evaluation.retrieval import CharNgramTfidf, encode_options
 from xlm_jax.registry import EVALUATORS
@@ -41,26 +41,6 @@ STD_FLOOR = 1e-6
 
 def task_dir(corpus_dir) -> pathlib.Path:
   return pathlib.Path(corpus_dir) / "eval" / "classification"
-
-
-def read_rows(path: pathlib.Path, fields) -> list[dict]:
-  """Rows of a classification JSONL file, each checked for `fields` (errors name file and line)."""
-  rows = []
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{number}: not valid JSON ({err}); rebuild the corpus with "
-                         "`xlm-jax data build --recipe debian8 --force`") from err
-      missing = [k for k in fields if not isinstance(row.get(k), str)]
-      if missing:
-        raise ValueError(f"{path}:{number}: no text field(s) {missing}; rebuild the corpus with "
-                         "`xlm-jax data build --recipe debian8 --force`")
-      rows.append(row)
-  return rows
 
 
 def task_sets(train_rows, test_rows, languages, train_items: int, test_items: int, seed: int) -> dict:
@@ -125,8 +105,8 @@ class Classify:
                   "builds it: `xlm-jax data build --recipe debian8`)")
         logging.warning("classify: skipped: %s", reason)
         return {"skipped": reason}
-    sets = task_sets(read_rows(train_path, ("label", "text")),
-                     read_rows(test_path, ("label", "lang", "text")), list(data.languages),
+    sets = task_sets(read_classification_rows(train_path, ("label", "text")),
+                     read_classification_rows(test_path, ("label", "lang", "text")), list(data.languages),
                      cfg.classify_train_items, cfg.classify_test_items, data.seed)
     if len(sets["labels"]) < 2 or "en" not in sets["test"]:
       reason = (f"{folder} has {len(sets['labels'])} module label(s) in train.jsonl and "

@@ -49,6 +49,7 @@ from xlm_jax.models.task_heads import TaskModel
 from xlm_jax.objectives.base import Objective, ObjectiveContext, weighted_cross_entropy
 from xlm_jax.train import checkpoint as ckpt_lib
 from xlm_jax.train import mesh as mesh_lib
+from xlm_jax.train import state as state_lib
 from xlm_jax.train import metrics as metrics_lib
 from xlm_jax.train import workdir as workdir_lib
 from xlm_jax.train.optimizer import OPTIMIZERS, SCHEDULES, make_optimizer
@@ -361,10 +362,7 @@ def create_state(model: TaskModel, tx, encoder_params, mesh, rules, seed: int,
   (host arrays). `state` is {"train": TrainState, "best": params}; None without `initialize`."""
   init = _init_fn(model, tx, bool(model.config.num_languages))
   rng = jax.random.PRNGKey(seed)
-  boxed = jax.eval_shape(init, rng)
-  shardings = mesh_lib.shardings_from_boxed(boxed, mesh, rules)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          nn.meta.unbox(boxed), shardings)
+  shardings, abstract = state_lib.sharded_layout(init, rng, mesh, rules)
   if not initialize:
     return None, shardings, abstract
   state = jax.jit(init, out_shardings=shardings)(rng, encoder_params)

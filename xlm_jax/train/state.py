@@ -67,6 +67,16 @@ def _init_fn(model: nn.Module, tx: optax.GradientTransformation, objectives: Map
   return init
 
 
+def sharded_layout(init, rng, mesh, rules):
+  """(shardings, abstract state) of `init(rng)`, traced abstractly (no memory): shapes and
+  logical-axis boxes, from which each array's mesh sharding is derived."""
+  boxed = jax.eval_shape(init, rng)
+  shardings = mesh_lib.shardings_from_boxed(boxed, mesh, rules)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          nn.meta.unbox(boxed), shardings)
+  return shardings, abstract
+
+
 def create_train_state(model, tx, objectives, seq_len: int, mesh, rules, seed: int,
                        initialize: bool = True):
   """Initialises the state directly sharded over the mesh (never materialised on one device).
@@ -77,11 +87,7 @@ def create_train_state(model, tx, objectives, seq_len: int, mesh, rules, seed: i
   """
   init = _init_fn(model, tx, objectives, seq_len)
   rng = jax.random.PRNGKey(seed)
-  # Abstract trace (no memory): shapes and logical-axis boxes, from which shardings are derived.
-  boxed = jax.eval_shape(init, rng)
-  shardings = mesh_lib.shardings_from_boxed(boxed, mesh, rules)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          nn.meta.unbox(boxed), shardings)
+  shardings, abstract = sharded_layout(init, rng, mesh, rules)
   if not initialize:
     return None, shardings, abstract
   # With out_shardings every device creates only its own shards: no device holds the full state.

@@ -135,11 +135,13 @@ def model_config(config, tokenizer: Tokenizer) -> EncoderConfig:
     if changed:
       logging.info("init_from %s sets model fields %s", config.init_from, changed)
     fields.update({f: getattr(architecture, f) for f in hf.ARCHITECTURE_FIELDS})
-    parts = [k for k in ("num_languages", "separate_embeddings", "separate_layers") if fields[k]]
+    # Language embeddings (XLM, ERNIE-M's placeholders) are added to XLM-R's input and start at
+    # zero (warm_start): per-language copies of XLM-R's own tables or layers would not.
+    parts = [k for k in ("separate_embeddings", "separate_layers") if fields[k]]
     if parts:
-      raise ValueError(f"init_from={config.init_from!r}: XLM-R has no language-specific parts, so "
-                       f"model.{parts[0]}={fields[parts[0]]!r} would start untrained beside it; "
-                       "set it to 0/False, or train those variants from scratch")
+      raise ValueError(f"init_from={config.init_from!r}: XLM-R has no language-specific copies, "
+                       f"so model.{parts[0]}={fields[parts[0]]!r} would replace its shared "
+                       "weights with untrained ones; set it to False/0, or train from scratch")
     needed = batch_kinds.effective_vocab_size(tokenizer, tuple(config.data.languages))
     if needed > fields["vocab_size"]:
       raise ValueError(f"init_from={config.init_from!r}: data.languages "

@@ -130,6 +130,7 @@ def in_this_layout(tree, source: EncoderConfig | None, target: EncoderConfig | N
 
 # init_from=hf:PATH: a Hugging Face XLM-R folder (export/hf.py) instead of a workdir.
 HF_PREFIX = "hf:"
+_LANGUAGE_EMBEDDINGS = "encoder/embeddings/language_embeddings/embedding"
 
 
 def hf_folder(init_from) -> pathlib.Path | None:
@@ -139,13 +140,20 @@ def hf_folder(init_from) -> pathlib.Path | None:
   return None
 
 
-def read_source(source) -> tuple[dict, int, EncoderConfig | None]:
+def read_source(source, target: EncoderConfig | None = None
+                ) -> tuple[dict, int, EncoderConfig | None]:
   """(saved {"params", "extra"} as host arrays, its step, its encoder config) of `source`: a
-  workdir's latest checkpoint, or a Hugging Face folder converted on the fly (step 0)."""
+  workdir's latest checkpoint, or a Hugging Face folder converted on the fly (step 0), laid out
+  as `target` pads its vocabulary and scans its layers."""
   folder = hf_folder(source)
   if folder is not None:
     from xlm_jax.export import hf
     params, config, _, _ = hf.read_hf_folder(folder)
+    if target is not None:
+      # Moved here, not by in_this_layout: the run may add parts XLM-R lacks (language
+      # embeddings), which that conversion between two copies of one model refuses.
+      laid_out = dataclasses.replace(config, **{f: getattr(target, f) for f in LAYOUT_FIELDS})
+      config, params = laid_out, convert_params(params, config, laid_out)
     return {"params": params, "extra": {}}, 0, config
   saved, step = read_state(source)
   return saved, step, read_model_config(source)
@@ -164,7 +172,7 @@ def warm_start(state, shardings, bound, seed: int, source):
   Returns (new state, info). `bound` (name -> BoundObjective) rebuilds extra state the source
   lacks; `shardings` places the merged state back on the mesh.
   """
-  saved, step, source_config = read_source(source)
+  saved, step, source_config = read_source(source, _model_config(bound))
   # Another padding of the vocabulary or another scan layout: the same weights, moved.
   layouts = source_config, _model_config(bound)
   saved = {"params": in_this_layout(dict(saved.get("params", {})), *layouts),
@@ -174,13 +182,19 @@ def warm_start(state, shardings, bound, seed: int, source):
   if not copied:
     raise ValueError(f"init_from {source}: no parameter matches this model by name and shape; "
                      "is it a checkpoint of the same architecture?")
-  # A pretrained model must supply the whole encoder and MLM head; only the objectives' own
-  # heads (under params/heads) may start fresh.
-  missing = [path for path in kept if not path.startswith("heads/")]
-  if hf_folder(source) is not None and missing:
-    raise ValueError(f"init_from {source}: {len(missing)} encoder arrays found no match in the "
-                     f"pretrained model (first: {missing[0]}); its architecture differs from "
-                     "this run's model")
+  if hf_folder(source) is not None:
+    # A pretrained model must supply the whole encoder and MLM head; only the objectives' own
+    # heads (under params/heads) and language embeddings (XLM-R has none) start fresh.
+    missing = [path for path in kept
+               if not path.startswith("heads/") and path != _LANGUAGE_EMBEDDINGS]
+    if missing:
+      raise ValueError(f"init_from {source}: {len(missing)} encoder arrays found no match in the "
+                       f"pretrained model (first: {missing[0]}); its architecture differs from "
+                       "this run's model")
+    if _LANGUAGE_EMBEDDINGS in kept:
+      # Zero: added to every input, so the first step computes XLM-R's own function exactly.
+      table = params["encoder"]["embeddings"]["language_embeddings"]
+      table["embedding"] = np.zeros_like(table["embedding"])
   extra, found = dict(host.extra), set()
   for name, value in dict(host.extra).items():
     saved_extra = dict(saved.get("extra", {})).get(name)
