@@ -316,6 +316,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_export, eval_corpus, smal
   assert not out.exists()
 
 
+@pytest.mark.slow  # trains a workdir first: `-m slow`
 def test_plot_and_suite_on_a_trained_workdir(small_corpus, eval_corpus, tmp_path, capsys):
   workdir = tmp_path / "w"
   # Two logged steps; the training run's own evaluation is the held-out loss alone (quicker).

@@ -131,6 +131,7 @@ def test_the_head_loss_falls_and_dev_selection_keeps_the_best_epoch(uninterrupte
   assert "| de | 24 |" in (workdir / ft.RESULTS_MD).read_text()
 
 
+@pytest.mark.slow  # two more fine-tuning runs of the command: `-m slow`
 def test_resume_of_the_command_equals_no_interruption(uninterrupted, toy_model, toy_folder,
                                                       tmp_path, capsys):
   reference_dir, reference = uninterrupted

@@ -393,6 +393,9 @@ def _run_overrides(corpus_dir, folder, **extra):
   return [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in fields.items()]
 
 
+# Two 50-step runs: minutes on 2 cores, so `-m slow`. The default suite still checks the warm start
+# from a Hugging Face folder (test_init_from_hf_with_language_embeddings_starts_at_xlmr).
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", ["ems.py", "emma_x.py:ctl"])
 def test_init_from_hf_trains_from_the_converted_model(small_corpus, tmp_path, monkeypatch, xlmr_spm,
                                                       experiment):

@@ -238,5 +238,9 @@ def test_eval_and_export_match_one_host(runs):
   def params(workdir):
     return flax.serialization.msgpack_restore((workdir / "export" / "params.msgpack").read_bytes())
   _assert_trees_close(params(runs["multi"]), params(runs["single"]), "exported params")
-  _assert_trees_close(params(runs["multi"]), _state(runs["multi"], 4)["params"],
-                      "export vs checkpoint")
+  # The export has no vocabulary padding (vocab_multiple 1): compare the checkpoint's real rows.
+  exported = params(runs["multi"])
+  checkpoint = jax.tree.map(lambda a, b: np.asarray(a)[tuple(slice(0, n) for n in np.shape(b))],
+                            {k: v for k, v in _state(runs["multi"], 4)["params"].items()
+                             if k in exported}, exported)
+  _assert_trees_close(exported, checkpoint, "export vs checkpoint")

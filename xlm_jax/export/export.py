@@ -253,7 +253,8 @@ def _write_ndarray(f, packer, array: np.ndarray, scalar: bool) -> None:
   else:
     ext_header = b"\xc9" + length.to_bytes(4, "big") + bytes([kind])
   f.write(ext_header + prefix + bin_header)
-  f.write(memoryview(data.reshape(-1)).cast("B"))
+  # Viewed as bytes: custom dtypes (ml_dtypes' bfloat16) have no buffer format of their own.
+  f.write(memoryview(data.reshape(-1).view(np.uint8)))
 
 
 @functools.partial(jax.jit, static_argnames=("model", "pooling", "layer"))
