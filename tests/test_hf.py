@@ -126,8 +126,8 @@ def test_logits_match_transformers(tmp_path, xlmr_spm, texts, name):
   assert np.asarray(logits)[..., config.vocab_size:].max() < want.min() - 1e3
 
 
-def _tensors(path):
-  with safe_open(str(path / hf.SAFETENSORS_FILE), framework="numpy") as f:
+def _tensors(folder, name=hf.SAFETENSORS_FILE):
+  with safe_open(str(folder / name), framework="numpy") as f:
     return {name: f.get_tensor(name) for name in f.keys()}
 
 
@@ -499,68 +499,7 @@ def test_safetensors_reader_matches_the_library(tmp_path):
   with open(tmp_path / "ours.safetensors", "wb") as f:
     hf._safetensors_writer([(n, v.shape, lambda v=v: v.astype(np.float32))
                             for n, v in tensors.items()], {"format": "pt"})(f)
-  back = _tensors_of(tmp_path / "ours.safetensors")
+  back = _tensors(tmp_path, "ours.safetensors")
   for name, value in tensors.items():
     assert np.array_equal(back[name], value.astype(np.float32)), name
 
-
-def _tensors_of(path):
-  with safe_open(str(path), framework="numpy") as f:
-    return {name: f.get_tensor(name) for name in f.keys()}
-
-
-def test_workdir_exports_to_hf_format(small_corpus, tmp_path):
-  from test_train import tiny_config
-  from xlm_jax.train import trainer
-  trainer.train_and_evaluate(tiny_config(small_corpus.dir, **{"train.total_steps": 2}),
-                             tmp_path / "work")
-  assert cli.main(["export", "--workdir", str(tmp_path / "work"), "--format", "hf"]) == 0
-  folder = tmp_path / "work" / "export_hf"
-  model, info = transformers.XLMRobertaForMaskedLM.from_pretrained(folder, output_loading_info=True)
-  assert not info["missing_keys"] and not info["unexpected_keys"], info
-  tokenizer = transformers.XLMRobertaTokenizer.from_pretrained(folder)
-  batch = tokenizer(["Datei nicht gefunden", "File not found at all"], padding=True,
-                    return_tensors="pt")
-  with torch.no_grad():
-    want = model.eval()(**batch).logits.numpy()
-  ours = hf.load_hf(folder)  # back through the converter: the trained checkpoint's ids again
-  assert ours.tokenizer.mask_id == 4 != tokenizer.mask_token_id
-  order = hf._vocab_order(ours.tokenizer.vocab_size, ours.tokenizer.mask_id)  # HF id -> ours
-  got = ours.mlm_logits(order[batch["input_ids"].numpy()], batch["attention_mask"].numpy())
-  np.testing.assert_allclose(got[..., order], want, atol=1e-4, rtol=0)
-
-
-def test_init_from_hf_with_language_embeddings_starts_at_xlmr(small_corpus, tmp_path, xlmr_spm):
-  """ERNIE-M's BTMLM needs language embeddings XLM-R lacks: they start at zero, so the warm-started
-  encoder computes the converted XLM-R's function exactly."""
-  from xlm_jax import config as config_lib
-  from xlm_jax.train import mesh as mesh_lib
-  from xlm_jax.train import trainer
-  from xlm_jax.train import warm_start as warm_start_lib
-  from xlm_jax.train.optimizer import make_optimizer
-  from xlm_jax.train.state import create_train_state
-  shape = SHAPES["2l_4h"]
-  make_hf_folder(tmp_path / "hf", xlmr_spm(shape[0]), shape, seed=2)
-  repo = pathlib.Path(__file__).resolve().parents[1]
-  config = config_lib.load_config(str(repo / "experiments" / f"ernie_m.py:xlmr={tmp_path / 'hf'}"),
-                                  _run_overrides(small_corpus.dir, tmp_path / "hf"))
-  assert config.model.num_languages == len(config.data.languages)
-  corpus = trainer.open_corpus(config)
-  tokenizer = trainer.open_tokenizer(config, corpus)
-  mcfg = trainer.model_config(config, tokenizer)
-  model = Model(mcfg)
-  mesh = mesh_lib.make_mesh(config.mesh)
-  bound = trainer.bind_objectives(config, model, tokenizer,
-                                  trainer.load_objective_resources(config, corpus, tokenizer))
-  tx, _ = make_optimizer(config.optimizer, config.train.total_steps)
-  state, shardings, _ = create_train_state(model, tx, bound, config.data.seq_len, mesh,
-                                           mesh_lib.logical_rules(config.mesh), config.seed)
-  state, _ = warm_start_lib.warm_start(state, shardings, bound, config.seed, config.init_from)
-  params = jax.device_get(trainer.model_params(state.params))
-  assert not params["encoder"]["embeddings"]["language_embeddings"]["embedding"].any()
-  ids = np.asarray(tokenizer.encode(["Datei nicht gefunden"]), np.int32)
-  ids = np.concatenate([[[0]], ids, [[2]]], axis=1)
-  ours = model.apply({"params": params}, ids, lang_ids=np.ones_like(ids))
-  xlmr = hf.load_hf(tmp_path / "hf")
-  want = xlmr.model.apply({"params": xlmr.params}, ids)
-  np.testing.assert_allclose(np.asarray(ours), np.asarray(want), atol=1e-5, rtol=0)

@@ -38,7 +38,7 @@ import logging
 import math
 import pathlib
 import struct
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 from sentencepiece import sentencepiece_model_pb2
@@ -655,7 +655,3 @@ def convert_to_hf(export_dir, hf_dir) -> pathlib.Path:
   return write_hf_folder(hf_dir, pretrained.params, pretrained.model.config, pretrained.tokenizer,
                          {"xlm_jax_source": str(pathlib.Path(export_dir).absolute())})
 
-
-def iter_tensor_names(config: EncoderConfig) -> Iterator[str]:
-  """The Hugging Face tensor names of `config`'s model, in file order."""
-  return (t.hf_name for t in _tensors(config))
