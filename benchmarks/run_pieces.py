@@ -15,7 +15,7 @@ import dataclasses
 from typing import Any
 
 from xlm_jax.models.encoder import Model
-from xlm_jax.train import mesh as mesh_lib
+from xlm_jax import mesh as mesh_lib
 from xlm_jax.train import trainer
 from xlm_jax.train.optimizer import make_optimizer
 from xlm_jax.train.state import create_train_state

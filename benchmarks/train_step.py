@@ -37,7 +37,7 @@ from xlm_jax.models.encoder import EncoderConfig, Model, count_params, flops_per
 from xlm_jax.objectives.base import ObjectiveContext
 from xlm_jax.objectives.masking import max_predictions
 from xlm_jax.registry import OBJECTIVES
-from xlm_jax.train import mesh as mesh_lib
+from xlm_jax import mesh as mesh_lib
 from xlm_jax.train.optimizer import make_optimizer
 from xlm_jax.train.state import create_train_state
 from xlm_jax.train.step import BoundObjective, make_train_step

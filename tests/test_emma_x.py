@@ -16,7 +16,7 @@ from xlm_jax.objectives.emma import classifier as gmm
 from xlm_jax.objectives.emma import losses, steps
 from xlm_jax.objectives.emma import queue as queue_lib
 from xlm_jax.registry import OBJECTIVES
-from xlm_jax.train import mesh as mesh_lib
+from xlm_jax import mesh as mesh_lib
 from xlm_jax.train.checkpoint import Checkpointer
 from xlm_jax.train.state import TrainState
 from xlm_jax.train.step import BoundObjective

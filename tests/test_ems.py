@@ -15,7 +15,7 @@ from xlm_jax.models.encoder import EncoderConfig, Model
 from xlm_jax.objectives import ems
 from xlm_jax.objectives.base import ObjectiveContext
 from xlm_jax.registry import OBJECTIVES
-from xlm_jax.train import mesh as mesh_lib
+from xlm_jax import mesh as mesh_lib
 
 PAD, SPECIALS, VOCAB, LANGUAGES = 1, (0, 1, 2, 3, 4), 40, ("en", "de", "fr")
 # A small vocabulary, so sentences repeat tokens and the two XTR targets differ.

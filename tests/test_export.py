@@ -113,6 +113,30 @@ def test_encode_equals_direct_computation(exported, tokenizer_bytes):
   assert encoder.encode([]).shape == (0, 16)
 
 
+@pytest.mark.parametrize("mesh_shape", [(1, 8, 1), (2, 2, 2)])
+def test_sharded_encode_equals_one_device(exported, mesh_shape):
+  """load_pretrained(mesh=) lays the params out as training does (FSDP: no device holds a whole
+  weight) and encode splits its rows over the batch axes: the vectors are the one-device ones."""
+  from jax.sharding import NamedSharding
+  from xlm_jax.mesh import MESH_AXES
+  target, config, _ = exported
+  mesh = jax.make_mesh(mesh_shape, MESH_AXES, devices=jax.devices()[:8])
+  sharded = load_pretrained(target, mesh=mesh)
+  embedding = sharded.params["encoder"]["embeddings"]["word_embeddings"]["embedding"]
+  assert isinstance(embedding.sharding, NamedSharding)
+  # Every device holds 1/fsdp of the hidden dimension (and 1/tensor of the vocabulary rows).
+  rows, width = embedding.addressable_shards[0].data.shape
+  assert width == config.hidden_size // mesh_shape[1]
+  assert rows == embedding.shape[0] // mesh_shape[2]
+  one_device = load_pretrained(target)
+  for kwargs in ({}, {"pooling": "cls"}, {"pooling": "layer", "layer": 1}):
+    # batch_size 3 becomes a multiple of the data-parallel size; the filler rows are dropped.
+    np.testing.assert_allclose(sharded.encode(TEXTS, batch_size=3, **kwargs),
+                               one_device.encode(TEXTS, batch_size=3, **kwargs), atol=2e-5)
+  with pytest.raises(ValueError, match="not xlm-jax's"):
+    one_device.shard(jax.make_mesh((8,), ("batch",), devices=jax.devices()[:8]))
+
+
 def test_encode_argument_errors(exported):
   encoder = load_pretrained(exported[0])
   with pytest.raises(ValueError, match="pooling"):

@@ -400,7 +400,7 @@ def _run_overrides(corpus_dir, folder, **extra):
 def test_init_from_hf_trains_from_the_converted_model(small_corpus, tmp_path, monkeypatch, xlmr_spm,
                                                       experiment):
   from xlm_jax import config as config_lib
-  from xlm_jax.train import mesh as mesh_lib
+  from xlm_jax import mesh as mesh_lib
   from xlm_jax.train import trainer
   from xlm_jax.train import warm_start as warm_start_lib
   from xlm_jax.train.optimizer import make_optimizer

@@ -19,7 +19,7 @@ import sentencepiece as spm
 from xlm_jax import config as config_lib
 from xlm_jax.export import export_model, load_pretrained
 from xlm_jax.models.encoder import EncoderConfig, Model, convert_params, flops_per_token
-from xlm_jax.train import mesh as mesh_lib
+from xlm_jax import mesh as mesh_lib
 
 PAD = 1
 TINY = EncoderConfig(vocab_size=40, hidden_size=16, num_layers=2, num_heads=2, mlp_dim=32,

@@ -15,7 +15,7 @@ from xlm_jax.data.dictionary import save_dictionary
 from xlm_jax import config as config_lib
 from xlm_jax.data.corpus import Corpus
 from xlm_jax.models.encoder import EncoderConfig, Model
-from xlm_jax.train import mesh as mesh_lib
+from xlm_jax import mesh as mesh_lib
 from xlm_jax.train.optimizer import make_optimizer
 from xlm_jax.train.state import create_train_state
 from xlm_jax.train import trainer

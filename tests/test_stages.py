@@ -13,7 +13,7 @@ from xlm_jax import presets
 from xlm_jax.data.corpus import Corpus
 from xlm_jax.export.export import load_pretrained
 from xlm_jax.models.encoder import Model
-from xlm_jax.train import mesh as mesh_lib
+from xlm_jax import mesh as mesh_lib
 from xlm_jax.train import trainer, warm_start
 from xlm_jax.train.optimizer import make_optimizer
 from xlm_jax.train.state import create_train_state

@@ -26,7 +26,7 @@ from xlm_jax.objectives.base import ObjectiveContext
 from xlm_jax.objectives.masking import masking_config
 from xlm_jax.registry import OBJECTIVES
 from xlm_jax.train import checkpoint as ckpt_lib
-from xlm_jax.train import mesh as mesh_lib
+from xlm_jax import mesh as mesh_lib
 from xlm_jax.train import warm_start
 from xlm_jax.train.optimizer import make_optimizer
 from xlm_jax.train.state import create_train_state

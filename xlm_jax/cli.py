@@ -114,7 +114,7 @@ def cmd_eval(args, overrides) -> int:
 
 
 # `xlm-jax eval --model`: the config fields it reads; any other override is refused.
-_SUITE_FIELDS = ("data.corpus", "data.corpus_dir", "data.languages", "seed", "eval.")
+_SUITE_FIELDS = ("data.corpus", "data.corpus_dir", "data.languages", "seed", "eval.", "mesh.")
 # The corpus of `--model` runs: the one with every task's sets (BLI dictionaries, the
 # classification task, multi-way retrieval items), whatever corpus the model was trained on.
 SUITE_CORPUS = "debian8"
@@ -126,7 +126,7 @@ def _suite_config(args, overrides, tasks):
   outside = [o for o in overrides if not o.split("=", 1)[0].startswith(_SUITE_FIELDS)]
   if outside:
     raise ValueError(f"--config.{outside[0]} does not apply to `xlm-jax eval --model`; it reads "
-                     "data.corpus, data.corpus_dir, data.languages, seed and eval.*")
+                     "data.corpus, data.corpus_dir, data.languages, seed, eval.* and mesh.*")
   config = config_lib.default_config()
   config.data.corpus = SUITE_CORPUS
   # The pivot check of the config (every language is paired with English) reads the evaluators.
@@ -174,6 +174,7 @@ def _eval_model(args, overrides) -> int:
   from xlm_jax.data.corpus import Corpus, build_command, resolve_corpus_dir
   from xlm_jax.evaluation import report, suite
   from xlm_jax.evaluation.base import EvalData
+  from xlm_jax import mesh as mesh_lib
   # Every check that reads no model comes first: a typo costs no model load.
   is_tfidf = args.model == suite.TFIDF
   tasks = suite.parse_tasks(args.tasks or "all", tfidf=is_tfidf)
@@ -195,6 +196,12 @@ def _eval_model(args, overrides) -> int:
     model = suite.tfidf_eval_model(corpus, languages)
     info["config"] = vars(model.config)
   else:
+    # Sharded as training shards (config.mesh, default: all devices on the data axis); a model
+    # too big for one chip takes --config.mesh.fsdp=-1 --config.mesh.data=1.
+    mesh = mesh_lib.make_mesh(config.mesh)
+    if mesh.size > 1:
+      pretrained = pretrained.shard(mesh, mesh_lib.logical_rules(config.mesh))
+      info["mesh"] = dict(mesh.shape)
     model = suite.encoder_eval_model(pretrained)
   skipped = {}
   if is_tfidf and (args.tasks or "all") == "all":

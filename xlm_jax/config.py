@@ -26,25 +26,10 @@ from xlm_jax.models.encoder import EncoderConfig
 from xlm_jax.models.encoder_config import check_fields as check_encoder_fields
 from xlm_jax.models.encoder_config import describe_range, in_range
 from xlm_jax.registry import OBJECTIVES
-from xlm_jax.train.mesh import INITIALIZE_MODES
+from xlm_jax.mesh import DEFAULT_RULES, INITIALIZE_MODES
 from xlm_jax.train.optimizer import OPTIMIZERS, SCHEDULES
 
 DEFAULT_LANGUAGES = ("en", "de", "fr", "es", "it", "ru", "ja", "zh")
-
-# Logical parameter/activation axes -> mesh axes. FSDP shards the embedding dimension of every
-# weight; tensor parallelism shards heads, MLP and vocabulary. Batch uses both data and fsdp.
-DEFAULT_RULES = (
-    ("batch", ("data", "fsdp")),
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv", None),
-    ("positions", None),
-    ("languages", None),
-    ("layers", None),
-    ("length", None),
-)
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -28,13 +28,15 @@ import jax
 import jax.numpy as jnp
 import msgpack
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
 
 from xlm_jax.atomic_files import check_replaceable, write_directory_atomically
 from xlm_jax.data.tokenizer import (MASK_PIECE, SPM_FILE, TAGGED_DIR, Tokenizer, encode_texts,
                                     has_tokenizer_files, read_tokenizer_files, tokenizer_files)
-from xlm_jax.models.encoder import (EncoderConfig, Model, convert_params, param_shapes,
-                                    shapes_by_path)
+from xlm_jax.models.encoder import (EncoderConfig, Model, abstract_params, convert_params,
+                                    param_shapes, shapes_by_path)
 from xlm_jax.models.encoder_config import with_legacy_defaults
+from xlm_jax import mesh as mesh_lib
 
 FORMAT_VERSION = 1
 PARAMS_FILE = "params.msgpack"
@@ -329,17 +331,71 @@ def _checked_texts(texts, method: str) -> list[str]:
   return texts
 
 
+def param_shardings(config: EncoderConfig, mesh: Mesh, rules=mesh_lib.DEFAULT_RULES):
+  """NamedShardings of the params `config` builds, laid out over `mesh` as training lays them out:
+  each parameter's logical axis names mapped to mesh axes by `rules` (the config's mesh.rules)."""
+  return mesh_lib.shardings_from_boxed(abstract_params(config), mesh, rules)
+
+
+def params_mesh(params) -> Mesh | None:
+  """The mesh `params` are sharded over, or None when they sit on one device (or on the host)."""
+  sharding = getattr(next(iter(jax.tree.leaves(params)), None), "sharding", None)
+  if isinstance(sharding, NamedSharding) and sharding.mesh.size > 1:
+    return sharding.mesh
+  return None
+
+
+def _device_batch(arrays, mesh: Mesh | None):
+  """Host batch arrays (rows first; None passes through) on the devices.
+
+  With a mesh, rows are split over its batch axes (data, fsdp) as training splits them, so each
+  device encodes its own rows against its shards of the params. Every process holds the whole
+  host batch here (it encodes the same texts), so each device's rows are cut from it directly,
+  on one host or many. Without a mesh: an explicit transfer to the default device, so this also
+  runs under jax.transfer_guard("disallow").
+  """
+  if mesh is None:
+    return jax.device_put(arrays)
+  sharding = mesh_lib.batch_sharding(mesh)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_callback(x.shape, sharding, lambda index: x[index]), arrays)
+
+
 def _power_of_two(n: int, low: int, high: int) -> int:
   """The power of two >= n, within [low, high]: padded shapes, so few of them are compiled."""
   return min(high, max(low, 1 << (max(n, 1) - 1).bit_length()))
 
 
 class Pretrained(NamedTuple):
-  """A loaded encoder: `model, params, tokenizer, config = load_pretrained(path)`."""
+  """A loaded encoder: `model, params, tokenizer, config = load_pretrained(path)`.
+
+  Params on one device encode on that device. Params sharded over a mesh (`shard(mesh)`, or
+  `load_pretrained(path, mesh=mesh)`, or a restored workdir) make encode split its batches over
+  the same mesh, so a model too big for one chip is evaluated the way it was trained.
+  """
   model: Model
   params: Any
   tokenizer: Tokenizer
   config: dict  # the export's config.json (or {} for an in-training encoder)
+
+  def shard(self, mesh: Mesh, rules=None) -> "Pretrained":
+    """This encoder with its params laid out over `mesh` by the sharding `rules` (None: the
+    training default, mesh.rules of the config).
+
+    From host (numpy) params each device receives only its shards: the whole tree is never
+    placed on one device.
+    """
+    if tuple(mesh.axis_names) != mesh_lib.MESH_AXES:
+      raise ValueError(f"shard: the mesh has axes {mesh.axis_names}, not xlm-jax's "
+                       f"{mesh_lib.MESH_AXES}; make one with jax.make_mesh(shape, "
+                       f"{mesh_lib.MESH_AXES})")
+    # Auto axes, as training's meshes have: XLA propagates the params' shardings through the
+    # forward pass (jax.make_mesh's Explicit axes would ask for an out_sharding at every gather).
+    mesh = Mesh(mesh.devices, mesh.axis_names,
+                axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
+    rules = mesh_lib.DEFAULT_RULES if rules is None else rules
+    shardings = param_shardings(self.model.config, mesh, rules)
+    return self._replace(params=jax.device_put(self.params, shardings))
 
   def encode(self, texts: Sequence[str], lang: str | None = None, pooling: str = "mean",
              layer: int = -1, batch_size: int = 64, max_len: int | None = None) -> np.ndarray:
@@ -371,6 +427,12 @@ class Pretrained(NamedTuple):
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     lang_index = self._language_index(lang)
 
+    mesh = params_mesh(self.params)
+    if mesh is not None:
+      # Every device of the batch axes gets the same number of rows.
+      shards = mesh_lib.data_parallel_size(mesh)
+      batch_size = -(-batch_size // shards) * shards
+
     tok = self.tokenizer
     rows = [[tok.bos_id] + ids[:max_len - 2] + [tok.eos_id]
             for ids in encode_texts(tok, list(texts), lang)]
@@ -383,11 +445,10 @@ class Pretrained(NamedTuple):
       for i, row in enumerate(chunk):
         ids[i, :len(row)] = row
       lang_ids = np.full_like(ids, lang_index) if c.num_languages else None
-      # Explicit transfers both ways, so this also runs under jax.transfer_guard("disallow").
-      ids, lang_ids = jax.device_put((ids, lang_ids))
+      ids, lang_ids = _device_batch((ids, lang_ids), mesh)
       pooled = _pooled_forward(self.model, self.params, ids, lang_ids, pooling, layer)
-      # [:len(chunk)] drops the filler rows of the last batch.
-      vectors.append(jax.device_get(pooled)[:len(chunk)])
+      # host_copy gathers rows held by other hosts; [:len(chunk)] drops the filler rows.
+      vectors.append(np.asarray(mesh_lib.host_copy(pooled))[:len(chunk)])
     if not vectors:
       return np.zeros((0, c.hidden_size), np.float32)
     return np.concatenate(vectors)
@@ -508,9 +569,12 @@ def _language_parts(config: EncoderConfig) -> str:
   return f" and language-specific parts ({', '.join(parts)})" if parts else ""
 
 
-def load_pretrained(path) -> Pretrained:
-  """Loads an export folder written by export_model."""
+def load_pretrained(path, mesh: Mesh | None = None, rules=None) -> Pretrained:
+  """Loads an export folder written by export_model: onto the default device, or with `mesh`
+  sharded over it by `rules` (Pretrained.shard; each device receives only its shards)."""
   pretrained = read_export(path)
+  if mesh is not None:
+    return pretrained.shard(mesh, rules)
   # Placed on the device once here, not again on every forward call.
   return pretrained._replace(params=jax.device_put(pretrained.params))
 

@@ -545,14 +545,18 @@ def convert_from_hf(folder, export_dir) -> pathlib.Path:
                       extra_metadata={"converted_from": {"format": "huggingface", **info}})
 
 
-def load_hf(folder):
-  """A Hugging Face XLM-R folder as `Pretrained` (converted in memory; nothing is written)."""
+def load_hf(folder, mesh=None, rules=None):
+  """A Hugging Face XLM-R folder as `Pretrained` (converted in memory; nothing is written), on
+  the default device or sharded over `mesh` (Pretrained.shard)."""
   import jax
   from xlm_jax.export.export import Pretrained
   from xlm_jax.models.encoder import Model
   params, config, tokenizer, info = read_hf_folder(folder)
-  return Pretrained(Model(config), jax.device_put(params), tokenizer,
+  host = Pretrained(Model(config), params, tokenizer,
                     {"languages": [], "metadata": {"converted_from": info}})
+  if mesh is not None:
+    return host.shard(mesh, rules)
+  return host._replace(params=jax.device_put(params))
 
 
 def is_hf_folder(folder) -> bool:

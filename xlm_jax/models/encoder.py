@@ -425,16 +425,22 @@ def flops_per_token(config: EncoderConfig, seq_len: int, num_predictions_per_tok
   return 3.0 * (layers + head)
 
 
+def abstract_params(config: EncoderConfig):
+  """The parameter tree `config` builds as ShapeDtypeStructs, still boxed with their logical axis
+  names (nn.Partitioned), traced abstractly: no memory, no FLOPs."""
+  # lang_ids passed too so configs with languages trace; no parameter shape depends on [1, 2].
+  ids = jnp.zeros((1, 2), jnp.int32)
+  abstract = jax.eval_shape(lambda: Model(config).init(jax.random.key(0), ids, lang_ids=ids))
+  return abstract["params"]
+
+
 def param_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
-  """Path -> shape of every parameter `config` builds, traced abstractly (no memory, no FLOPs).
+  """Path -> shape of every parameter `config` builds.
 
   The one answer to "which arrays does this config mean": resume compares a checkpoint's model
   with the configured one through it, and export compares the params it writes.
   """
-  # lang_ids passed too so configs with languages trace; no parameter shape depends on [1, 2].
-  ids = jnp.zeros((1, 2), jnp.int32)
-  abstract = jax.eval_shape(lambda: Model(config).init(jax.random.key(0), ids, lang_ids=ids))
-  return shapes_by_path(nn.meta.unbox(abstract)["params"])
+  return shapes_by_path(nn.meta.unbox(abstract_params(config)))
 
 
 def shapes_by_path(tree) -> dict[str, tuple[int, ...]]:

@@ -48,7 +48,7 @@ from xlm_jax.models.encoder_config import EncoderConfig, describe_range, in_rang
 from xlm_jax.models.task_heads import TaskModel
 from xlm_jax.objectives.base import Objective, ObjectiveContext, weighted_cross_entropy
 from xlm_jax.train import checkpoint as ckpt_lib
-from xlm_jax.train import mesh as mesh_lib
+from xlm_jax import mesh as mesh_lib
 from xlm_jax.train import state as state_lib
 from xlm_jax.train import metrics as metrics_lib
 from xlm_jax.train import workdir as workdir_lib

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from xlm_jax.objectives.base import Objective
-from xlm_jax.train import mesh as mesh_lib
+from xlm_jax import mesh as mesh_lib
 
 
 @flax.struct.dataclass

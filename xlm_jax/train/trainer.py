@@ -38,7 +38,7 @@ from xlm_jax.models.encoder import EncoderConfig, Model, flops_per_token
 from xlm_jax.objectives.base import ObjectiveContext, predictions_per_token
 from xlm_jax.registry import OBJECTIVES
 from xlm_jax.train import checkpoint as ckpt_lib
-from xlm_jax.train import mesh as mesh_lib
+from xlm_jax import mesh as mesh_lib
 from xlm_jax.train import metrics as metrics_lib
 from xlm_jax.train import warm_start as warm_start_lib
 from xlm_jax.train import workdir as workdir_lib

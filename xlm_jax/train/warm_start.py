@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 
 from xlm_jax.models.encoder import LAYOUT_FIELDS, convert_params
 from xlm_jax.models.encoder_config import EncoderConfig, with_legacy_defaults
-from xlm_jax.train import mesh as mesh_lib
+from xlm_jax import mesh as mesh_lib
 
 
 def checkpoint_folder(source: str | pathlib.Path) -> pathlib.Path:

@@ -2,6 +2,8 @@
 
 Sharding is data in the config: `config.mesh` gives the (data, fsdp, tensor) sizes and the rules
 that map the model's logical axis names to mesh axes. Nothing in the model names a mesh axis.
+It sits beside config.py, below every layer that places arrays: training, fine-tuning,
+evaluation and export all shard the same way through it.
 """
 from __future__ import annotations
 
@@ -15,6 +17,21 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # batch rows are split over both data-like axes
+
+# Logical parameter/activation axes -> mesh axes. FSDP shards the embedding dimension of every
+# weight; tensor parallelism shards heads, MLP and vocabulary. Batch uses both data and fsdp.
+DEFAULT_RULES = (
+    ("batch", BATCH_AXES),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("positions", None),
+    ("languages", None),
+    ("layers", None),
+    ("length", None),
+)
 
 
 # distributed.initialize: "auto" (from the environment), "yes" (always), "no" (single process).
