@@ -48,7 +48,7 @@ CASES = {
                                              "model.separate_layers": 2}),
     "ems (xtr + cl)": ({"ems": {}}, {}),
     "emma_x ctl (m_step)": ({"emma_x": {"stage": "ctl", "queue_size": 1024}}, {}),
-    "emma_x itr (e_step + m_step)": ({"emma_x": {"stage": "itr", "queue_size": 1024}}, {}),
+    "emma_x itr (joint em_step)": ({"emma_x": {"stage": "itr", "queue_size": 1024}}, {}),
 }
 
 

@@ -1,4 +1,9 @@
-"""EMMA-X: losses against naive NumPy, what each step may change, queue, checkpoint round trip."""
+"""EMMA-X: losses against naive NumPy, what each step may change, queue, checkpoint round trip.
+
+The step tests here run the switches' non-reference side (`EARLIER`: separate e_step and m_step,
+the classifier under its own Adam in extra state); tests/test_emma_reference.py checks the
+reference side (the defaults) against NumPy versions of the reference code's formulas.
+"""
 import dataclasses
 
 import flax
@@ -90,15 +95,16 @@ def test_rince_equals_naive_numpy():
   labels[0, :] = np.where(is_translation[0], 3, 0)     # a row with no rank-1/2 positive
   valid = ~is_self
   temperatures = losses.rank_temperatures(4, 0.1, 0.05)
-  got, metrics = jax.jit(losses.rince_loss, static_argnums=3)(sims, labels, valid, temperatures)
+  rince = jax.jit(losses.rince_loss, static_argnums=(3, 4))
+  got, metrics = rince(sims, labels, valid, temperatures, "with_positive")
   assert float(got) == pytest.approx(naive_rince(sims, labels, valid, temperatures), rel=1e-5)
   assert float(metrics["rank3_rows"]) == 2 * num_pairs
   # A rank without any positive contributes 0 (and no NaN, also in the gradient).
   no_rank1 = np.where(labels == 1, 0, labels)
-  got, metrics = losses.rince_loss(sims, no_rank1, valid, temperatures)
+  got, metrics = losses.rince_loss(sims, no_rank1, valid, temperatures, "with_positive")
   assert float(metrics["rank1_loss"]) == 0.0 and float(metrics["rank1_rows"]) == 0.0
   assert float(got) == pytest.approx(naive_rince(sims, no_rank1, valid, temperatures), rel=1e-5)
-  grad = jax.grad(lambda s: losses.rince_loss(s, no_rank1, valid, temperatures)[0])(sims)
+  grad = jax.grad(lambda s: losses.rince_loss(s, no_rank1, valid, temperatures, "all")[0])(sims)
   assert np.all(np.isfinite(np.asarray(grad)))
   assert np.all(np.asarray(grad)[is_self] == 0.0)      # self cells never enter the loss
 
@@ -198,12 +204,15 @@ def test_enqueue_and_pointer_wrap_around():
 # ----------------------------------------------------------------------------- the steps
 
 VOCAB, PAIRS, QUEUE = 40, 3, 16
+# The switches' other side (this codebase's earlier choices; the defaults are the reference's).
+EARLIER = dict(gmm_interpolation="translation", rince_rows="with_positive",
+               em_update="alternating", classifier_optimizer="own_adam", classifier_init="scaled")
 
 
 def _context(stage="itr", **overrides):
   model = Model(EncoderConfig(vocab_size=VOCAB, hidden_size=16, num_layers=1, num_heads=2,
                               mlp_dim=32, max_positions=24))
-  cfg = dict(emma_x.default_config(), stage=stage, queue_size=QUEUE, **overrides)
+  cfg = dict(emma_x.default_config(), stage=stage, queue_size=QUEUE, **{**EARLIER, **overrides})
   return ObjectiveContext(model=model, config=cfg, vocab_size=VOCAB, mask_id=4, pad_id=1,
                           special_ids=(0, 1, 2, 3, 4), languages=("en", "de"), name="emma_x")
 
@@ -356,7 +365,7 @@ def test_ctl_stage_is_infonce_plus_mlm_and_eval_loss_has_no_side_effects(setup):
     loss, metrics, new_extra = emma_x.emma_x_loss(params, batch, rng, eval_ctx)
     cands = steps.encode_candidates(eval_ctx, extra, {"parallel_pairs": batch},
                                     steps.StepRngs(*jax.random.split(rng, 5)), False)
-    _, aux = steps.m_objective(eval_ctx, params, extra, cands,
+    _, aux = steps.m_objective(eval_ctx, params, None, cands,
                                steps.StepRngs(*jax.random.split(rng, 5)).query_dropout,
                                "ctl", False)
     return loss, metrics, new_extra, aux["similarities"], cands.is_self, cands.is_translation

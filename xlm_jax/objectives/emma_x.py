@@ -6,7 +6,10 @@ objective hands the trainer its own steps (`make_steps`), chosen by `stage`:
 
   ctl  [m_step]           InfoNCE (tau 0.05) + MLM, encoder only       (warm-up 1)
   gmm  [e_step]           classifier on interpolated pairs, encoders frozen (warm-up 2)
-  itr  [e_step, m_step]   classifier from encoder ranks, then encoder from classifier ranks
+  itr  [em_step]          em_update="joint" (default, the reference): one update of encoder and
+                          classifier, both parts from the state before the step
+       [e_step, m_step]   em_update="alternating": classifier from encoder ranks, then encoder
+                          from the updated classifier's ranks
 
 Each stage warm-starts from the previous stage's checkpoint. State (TrainState.extra["emma_x"],
 checkpointed with the rest):
@@ -15,8 +18,14 @@ checkpointed with the rest):
   rank_means, rank_mean_weight  [N] EMA of the mean similarity per rank, and its total weight
   classifier            {"means" [N, d], "log_variances" [N, d], "prior_logits" [N]}
   classifier_opt_state  the classifier's own optax (Adam) state, as a flat dict of arrays
-The query tower's sentence head is a trainable head: params["heads"]["emma_x"].
-See xlm_jax/objectives/emma/ for the pieces.
+(the last two only with classifier_optimizer="own_adam").
+The query tower's sentence head is a trainable head: params["heads"]["emma_x"] = {"pooler",
+"projection"}, plus "classifier" (the GMM above) with classifier_optimizer="encoder" in the gmm
+and itr stages. See xlm_jax/objectives/emma/ for the pieces.
+
+Departures from the reference code (guopingiie/EMMA-X) are switches whose default is the
+reference's behaviour (see `default_config`); every stage of one run must use the same
+classifier_optimizer, or the classifier is not carried from gmm to itr (it is matched by path).
 """
 from __future__ import annotations
 
@@ -28,6 +37,7 @@ import jax.numpy as jnp
 
 from xlm_jax.objectives.base import Objective, ObjectiveContext
 from xlm_jax.objectives.emma import classifier as gmm
+from xlm_jax.objectives.emma import losses
 from xlm_jax.objectives.emma import steps as steps_lib
 from xlm_jax.objectives.emma import towers
 from xlm_jax.objectives.masking import max_predictions
@@ -35,6 +45,14 @@ from xlm_jax.registry import OBJECTIVES
 
 NAME = "emma_x"   # the registry key, and this module's name (the registry imports it by key)
 STAGES = ("ctl", "gmm", "itr")
+# String fields and their values; the first of each is the reference code's behaviour.
+SWITCHES = {
+    "gmm_interpolation": ("query", "translation"),
+    "rince_rows": losses.RINCE_ROWS,
+    "em_update": ("joint", "alternating"),
+    "classifier_optimizer": ("encoder", "own_adam"),
+    "classifier_init": gmm.CLASSIFIER_INITS,
+}
 
 
 def default_config() -> dict:
@@ -50,7 +68,29 @@ def default_config() -> dict:
       temperature_low=0.05,            # ... linearly down to rank N-1
       ctl_temperature=0.05,            # InfoNCE tau of the ctl warm-up
       classifier_label_smoothing=0.3,  # eps of the classifier's cross-entropy
-      classifier_learning_rate=5e-3,   # Adam on the GMM parameters (own optimizer, constant)
+      classifier_learning_rate=5e-3,   # own Adam on the GMM (classifier_optimizer="own_adam")
+      # Switches between the reference code (default) and this codebase's earlier choices.
+      # gmm warm-up pairs: "query" = lam q_i + (1 - lam) F_j (the reference's EMMA_GMM, the class
+      # its stage 2 runs); "translation" = lam t_i + (1 - lam) F_j with t_i the query of row i's
+      # translation (the reference's itr class defines it but never calls it): synthetic
+      # neighbours of the translation rather than of the sentence itself.
+      gmm_interpolation="query",
+      # RINCE's mean over rows per rank: "all" rows (reference criterion.py); "with_positive":
+      # only rows with a positive of that rank, so rare middle ranks weigh as much as rank N-1.
+      rince_rows="all",
+      # itr update: "joint" = one optimizer step on L_cts + L_gmm + L_mlm, the M-part's targets
+      # from the classifier before the step (reference train.py); "alternating" = e_step, then
+      # m_step with the updated classifier (textbook EM order; needs "own_adam").
+      em_update="joint",
+      # What trains the GMM: "encoder" = the trainer's optimizer and schedule, as a head in
+      # params (reference: mu, lg_sigma2, pi are model parameters under its AdamW); "own_adam" =
+      # its own Adam at a constant classifier_learning_rate, state in extra (needed by the
+      # alternating update, whose two steps would otherwise share one optimizer state).
+      classifier_optimizer="encoder",
+      # GMM start: "reference" = means, log-variances ~ N(0, 1), prior logits 1; "scaled" =
+      # means ~ N(0, 1/d), log-variances ~ log(1/d) + N(0, 1), near the data (|q - F| <= 2);
+      # see classifier.init_classifier for why.
+      classifier_init="reference",
       mlm_weight=1.0,
       mask_rate=0.15,
       mask_token_rate=0.8,
@@ -75,6 +115,15 @@ def check_config(cfg) -> None:
   for field in ("temperature_high", "temperature_low", "ctl_temperature"):
     if cfg[field] <= 0:
       raise ValueError(f"objectives.emma_x.{field} must be > 0, got {cfg[field]}")
+  for field, choices in SWITCHES.items():
+    if cfg[field] not in choices:
+      raise ValueError(f"objectives.emma_x.{field} must be one of {choices}, got {cfg[field]!r}")
+  if cfg["em_update"] == "alternating" and cfg["classifier_optimizer"] != "own_adam":
+    raise ValueError("objectives.emma_x.em_update='alternating' needs classifier_optimizer="
+                     "'own_adam': its e_step and m_step are two updates per iteration, and "
+                     "through the encoder's optimizer they would count its steps (and advance "
+                     "its schedule) twice; set classifier_optimizer='own_adam' or "
+                     "em_update='joint'")
 
 
 def _named(ctx: ObjectiveContext) -> ObjectiveContext:
@@ -84,14 +133,22 @@ def _named(ctx: ObjectiveContext) -> ObjectiveContext:
 
 
 def init_params(rng, ctx: ObjectiveContext):
-  """The query tower's sentence head (pooler + projection), boxed with logical axis names."""
+  """The query tower's sentence head (pooler + projection), boxed with logical axis names, and
+  with classifier_optimizer="encoder" (gmm, itr) the GMM classifier beside it (replicated)."""
+  check_config(ctx.config)
   hidden = ctx.model.config.hidden_size
-  return towers.sentence_head(ctx).init(rng, jnp.zeros((1, hidden), jnp.float32))["params"]
+  head = dict(towers.sentence_head(ctx).init(rng, jnp.zeros((1, hidden), jnp.float32))["params"])
+  if steps_lib.classifier_in_params(ctx.config):
+    # Folded, not split: the sentence head keeps the init it has without the classifier.
+    head["classifier"] = gmm.init_classifier(jax.random.fold_in(rng, 1), ctx.config["num_ranks"],
+                                             hidden, ctx.config["classifier_init"])
+  return head
 
 
 def init_extra_state(rng, params, ctx: ObjectiveContext) -> dict:
-  """Key tower copied from the query tower, a random unit-vector queue, zero rank means and a
-  fresh classifier. `params` is the full tree with params["heads"][name] already in it."""
+  """Key tower copied from the query tower, a random unit-vector queue, zero rank means and,
+  with classifier_optimizer="own_adam", a fresh classifier and its Adam state. `params` is the
+  full tree with params["heads"][name] already in it."""
   ctx = _named(ctx)
   cfg = ctx.config
   if "heads" not in params or ctx.name not in params["heads"]:
@@ -100,23 +157,28 @@ def init_extra_state(rng, params, ctx: ObjectiveContext) -> dict:
                      "init_params first and add its result to the params")
   k_queue, k_classifier = jax.random.split(rng)
   hidden = ctx.model.config.hidden_size
-  # A real copy: the key tower must not share buffers with the (donated) query tower.
-  key_params = jax.tree.map(jnp.copy, {"encoder": params["encoder"],
-                                       "head": params["heads"][ctx.name]})
+  # A real copy: the key tower must not share buffers with the (donated) query tower. It copies
+  # the sentence head only, never a classifier kept beside it.
+  key_params = jax.tree.map(jnp.copy, {
+      "encoder": params["encoder"],
+      "head": towers.sentence_head_params(params["heads"][ctx.name])})
   queue = jax.random.normal(k_queue, (cfg["queue_size"], hidden), jnp.float32)
   queue = queue / jnp.linalg.norm(queue, axis=-1, keepdims=True)
-  classifier = gmm.init_classifier(k_classifier, cfg["num_ranks"], hidden)
-  return {
+  extra = {
       "key_params": key_params,
       # Rows over the data-parallel axes: at K = 65k x d = 1024 the queue is not replicated.
       "queue": nn.LogicallyPartitioned(queue, ("batch", None)),
       "queue_pointer": jnp.zeros((), jnp.int32),
       "rank_means": jnp.zeros((cfg["num_ranks"],), jnp.float32),
       "rank_mean_weight": jnp.zeros((cfg["num_ranks"],), jnp.float32),
-      "classifier": classifier,
-      "classifier_opt_state": gmm.pack_optimizer_state(gmm.classifier_optimizer(
-          cfg["classifier_learning_rate"]).init(classifier)),
   }
+  if cfg["classifier_optimizer"] == "own_adam":
+    classifier = gmm.init_classifier(k_classifier, cfg["num_ranks"], hidden,
+                                     cfg["classifier_init"])
+    extra["classifier"] = classifier
+    extra["classifier_opt_state"] = gmm.pack_optimizer_state(gmm.classifier_optimizer(
+        cfg["classifier_learning_rate"]).init(classifier))
+  return extra
 
 
 def emma_x_loss(params, batch, rng, ctx: ObjectiveContext):
@@ -133,13 +195,14 @@ def emma_x_loss(params, batch, rng, ctx: ObjectiveContext):
   stage = ctx.config["stage"]
   rngs = steps_lib.StepRngs(*jax.random.split(rng, 5))
   cands = steps_lib.encode_candidates(ctx, extra, {"parallel_pairs": batch}, rngs, ctx.train)
-  loss, aux = steps_lib.m_objective(ctx, params, extra, cands, rngs.query_dropout,
+  classifier = steps_lib.classifier_of(ctx, params, extra)
+  loss, aux = steps_lib.m_objective(ctx, params, classifier, cands, rngs.query_dropout,
                                     "itr" if stage == "gmm" else stage, ctx.train)
   metrics = {k: aux[k] for k in ("contrastive_loss", "mlm_loss", "mlm_accuracy")}
   metrics["accuracy"] = aux["translation_accuracy"]
   metrics["weight"] = jnp.asarray(2 * cands.pairs.num_pairs, jnp.float32)
   if stage != "ctl":
-    gmm_loss, gmm_aux = steps_lib.e_objective(ctx, extra["classifier"], aux["queries"], cands,
+    gmm_loss, gmm_aux = steps_lib.e_objective(ctx, classifier, aux["queries"], cands,
                                               steps_lib.current_rank_means(ctx, extra), stage,
                                               rngs.interpolation)
     metrics.update(gmm_loss=gmm_loss, gmm_accuracy=gmm_aux["gmm_accuracy"])
@@ -155,16 +218,21 @@ def extra_batch_kinds(cfg) -> tuple[str, ...]:
 
 
 def make_steps(bound, tx, schedule):
-  """[("e_step", fn)] for gmm, [("m_step", fn)] for ctl, both (in that order) for itr.
+  """[("e_step", fn)] for gmm, [("m_step", fn)] for ctl; for itr [("em_step", fn)] (joint) or
+  [("e_step", fn), ("m_step", fn)] (alternating).
 
   Each fn(state, batches) -> (state, metrics) is pure; the trainer jits each separately with the
-  state donated and runs them in order every iteration. The last one advances state.step.
+  state donated and runs them in order every iteration. The last one advances state.step. The
+  joint em_step is built from the same E-part and M-part functions (steps.e_gradients,
+  steps.m_gradients) as the separate steps.
   """
   ctx = dataclasses.replace(_named(bound.context), train=True)
   stage = ctx.config["stage"]
+  if stage == "itr" and ctx.config["em_update"] == "joint":
+    return [("em_step", steps_lib.make_em_step(ctx, tx, schedule))]
   out = []
   if stage in ("gmm", "itr"):
-    out.append(("e_step", steps_lib.make_e_step(ctx, stage)))
+    out.append(("e_step", steps_lib.make_e_step(ctx, stage, tx)))
   if stage in ("ctl", "itr"):
     out.append(("m_step", steps_lib.make_m_step(ctx, stage, tx, schedule)))
   return out

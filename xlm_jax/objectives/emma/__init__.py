@@ -5,5 +5,5 @@ xlm_jax/objectives/emma_x.py.
   losses.py      rank temperatures, encoder-side ranks, the rank-wise InfoNCE (RINCE)
   queue.py       key queue, momentum key encoder, EMA of the per-rank mean similarities
   towers.py      the sentence head z and the query / key encoder forward passes
-  steps.py       the pure e_step / m_step functions over the explicit TrainState
+  steps.py       the pure e_step / m_step / em_step functions over the explicit TrainState
 """

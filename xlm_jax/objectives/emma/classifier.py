@@ -23,25 +23,33 @@ import optax
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def init_classifier(rng: jax.Array, num_ranks: int, dim: int) -> dict:
-  """Means ~ N(0, 1/d), log-variances ~ log(1/d) + N(0, 1), equal priors.
+CLASSIFIER_INITS = ("reference", "scaled")
 
-  D = q - F of unit vectors has norm <= 2, i.e. about 1/sqrt(d) per dimension. The reference
-  code draws means and log-variances from N(0, 1), which puts every component ~sqrt(d) away
-  from all data; on synthetic interpolation pairs (d = 128) that classifier stayed at chance for
-  200 Adam steps at lr 1e-3..1e-2, while this scaled start reached 36-40% (lr 5e-3..1e-2).
+
+def init_classifier(rng: jax.Array, num_ranks: int, dim: int, init: str = "reference") -> dict:
+  """The GMM's means [N, d], log-variances [N, d] and prior logits [N].
+
+  "reference" (guopingiie/EMMA-X model.py): means and log-variances ~ N(0, 1), prior logits 1.
+  "scaled": means ~ N(0, 1/d), log-variances ~ log(1/d) + N(0, 1). D = q - F of unit vectors
+  has norm <= 2, about 1/sqrt(d) per dimension, so the reference start puts every component
+  ~sqrt(d) away from all data; with its own constant-lr Adam (classifier_optimizer="own_adam")
+  that classifier stayed at chance for 200 steps at lr 1e-3..1e-2 on synthetic interpolation
+  pairs (d = 128), while this scaled start reached 36-40% (lr 5e-3..1e-2).
   """
+  if init not in CLASSIFIER_INITS:
+    raise ValueError(f"classifier init must be one of {CLASSIFIER_INITS}, got {init!r}")
   k_means, k_vars = jax.random.split(rng)
-  return {
-      "means": jax.random.normal(k_means, (num_ranks, dim), jnp.float32) / math.sqrt(dim),
-      "log_variances": (jax.random.normal(k_vars, (num_ranks, dim), jnp.float32)
-                        - math.log(dim)),
-      "prior_logits": jnp.ones((num_ranks,), jnp.float32),
-  }
+  means = jax.random.normal(k_means, (num_ranks, dim), jnp.float32)
+  log_variances = jax.random.normal(k_vars, (num_ranks, dim), jnp.float32)
+  if init == "scaled":
+    means, log_variances = means / math.sqrt(dim), log_variances - math.log(dim)
+  return {"means": means, "log_variances": log_variances,
+          "prior_logits": jnp.ones((num_ranks,), jnp.float32)}
 
 
 def classifier_optimizer(learning_rate: float) -> optax.GradientTransformation:
-  """The classifier's own optimizer (the encoder's optimizer never sees the classifier)."""
+  """The classifier's own optimizer with classifier_optimizer="own_adam" (then the encoder's
+  optimizer never sees the classifier)."""
   return optax.adam(learning_rate)
 
 
@@ -75,7 +83,7 @@ def unpack_optimizer_state(tx: optax.GradientTransformation, params, packed: dic
 class Interpolation(NamedTuple):
   """D_ij = q_i - (lam_ij * partner_i + (1 - lam_ij) * F_j), the `gmm` warm-up's synthetic pairs."""
   lam: jax.Array        # [Q, M] in [0, 1]
-  partner: jax.Array    # [Q, d], the query of row i's translation
+  partner: jax.Array    # [Q, d]: q_i itself (reference) or the query of row i's translation
 
 
 def _dot(a, b):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+RINCE_ROWS = ("all", "with_positive")
 # Masked logits use a large finite value, not -inf: a row or rank without cells then gives a
 # finite (and discarded) value instead of inf - inf = NaN in the forward or backward pass.
 _MASKED = -1e9
@@ -40,16 +41,26 @@ def encoder_ranks(similarities: jax.Array, rank_means: jax.Array) -> jax.Array:
 
 
 def rince_loss(similarities: jax.Array, labels: jax.Array, valid: jax.Array,
-               temperatures: tuple[float, ...]) -> tuple[jax.Array, dict[str, jax.Array]]:
+               temperatures: tuple[float, ...], rows: str = "all"
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Rank-wise InfoNCE, summed over ranks i = 1 .. N-1:
 
       L_i = mean_rows -log( mean_{j: y_j = i} e^{S_j/tau_i} / sum_{j: y_j <= i} e^{S_j/tau_i} )
 
   over the cells with `valid` (the self cell is excluded by the caller). A row without a
-  positive of rank i has no term for i, and the mean runs over the rows that have one; a rank
-  with no positive in the whole batch contributes 0 (the reference implementation skips it).
+  positive of rank i has no term for i; what the mean divides by is `rows`:
+    "all" (guopingiie/EMMA-X criterion.py: `-log(mean_prob_pos + 1e-7).mean()` over every row):
+        the sum over the rows with a positive, divided by all rows. The reference's rows without
+        a positive add the constant -log(1e-7) (no gradient); it is left out here, so the loss
+        reads 0 when nothing is to be learned, and the gradient is the reference's.
+    "with_positive": divided by the rows that have a positive of rank i, so every rank weighs
+        alike however rare its positives (ranks 1..N-2 are rare early on); rescales them against
+        "all" by rows / rows-with-positive.
+  A rank with no positive in the whole batch contributes 0 (the reference skips it).
   Returns the loss and per-rank metrics ("rank{i}_loss", "rank{i}_rows").
   """
+  if rows not in RINCE_ROWS:
+    raise ValueError(f"emma_x.rince_rows must be one of {RINCE_ROWS}, got {rows!r}")
   sims = similarities.astype(jnp.float32)
   metrics = {}
   total = jnp.zeros((), jnp.float32)
@@ -63,11 +74,12 @@ def rince_loss(similarities: jax.Array, labels: jax.Array, valid: jax.Array,
                      - jnp.log(jnp.maximum(count, 1).astype(jnp.float32)))
     log_denominator = jax.nn.logsumexp(jnp.where(pool, logits, _MASKED), axis=-1)
     per_row = jnp.where(has_positive, log_denominator - log_numerator, 0.0)
-    rows = jnp.sum(has_positive)
-    rank_loss = jnp.sum(per_row) / jnp.maximum(rows, 1).astype(jnp.float32)
+    with_positive = jnp.sum(has_positive)
+    divisor = with_positive if rows == "with_positive" else per_row.shape[0]
+    rank_loss = jnp.sum(per_row) / jnp.maximum(divisor, 1).astype(jnp.float32)
     total = total + rank_loss
     metrics[f"rank{i}_loss"] = rank_loss
-    metrics[f"rank{i}_rows"] = rows.astype(jnp.float32)
+    metrics[f"rank{i}_rows"] = with_positive.astype(jnp.float32)
   return total, metrics
 
 

@@ -35,6 +35,12 @@ class SentenceHead(nn.Module):
     return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
 
 
+def sentence_head_params(head_params) -> dict:
+  """The sentence head's own parameters of params["heads"][name], without the GMM classifier that
+  classifier_optimizer="encoder" keeps beside them (the key tower copies only these)."""
+  return {k: v for k, v in head_params.items() if k != "classifier"}
+
+
 def sentence_head(ctx: ObjectiveContext) -> SentenceHead:
   c = ctx.model.config
   return SentenceHead(c.hidden_size, c.initializer_range)
@@ -99,7 +105,8 @@ def query_forward(ctx: ObjectiveContext, params, inputs: PairInputs, rng, train:
   hidden = ctx.model.apply({"params": params}, ids,
                            lang_ids=_row_lang_ids(ctx, ids, inputs.row_langs),
                            deterministic=not train, rngs={"dropout": rng}, method=Model.encode)
-  z = sentence_head(ctx).apply({"params": ctx.head_params(params)}, hidden[:, 0])
+  z = sentence_head(ctx).apply({"params": sentence_head_params(ctx.head_params(params))},
+                              hidden[:, 0])
   rows = jnp.arange(ids.shape[0])[:, None]
   # Gather before the vocabulary projection: logits only where a label exists.
   logits = ctx.model.apply({"params": params}, hidden[rows, inputs.masked.positions],
