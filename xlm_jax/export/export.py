@@ -30,13 +30,13 @@ import msgpack
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
+from xlm_jax import mesh as mesh_lib
 from xlm_jax.atomic_files import check_replaceable, write_directory_atomically
 from xlm_jax.data.tokenizer import (MASK_PIECE, SPM_FILE, TAGGED_DIR, Tokenizer, encode_texts,
                                     has_tokenizer_files, read_tokenizer_files, tokenizer_files)
 from xlm_jax.models.encoder import (EncoderConfig, Model, abstract_params, convert_params,
                                     param_shapes, shapes_by_path)
 from xlm_jax.models.encoder_config import with_legacy_defaults
-from xlm_jax import mesh as mesh_lib
 
 FORMAT_VERSION = 1
 PARAMS_FILE = "params.msgpack"
