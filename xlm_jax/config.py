@@ -28,6 +28,7 @@ from xlm_jax.models.encoder_config import describe_range, in_range
 from xlm_jax.registry import OBJECTIVES
 from xlm_jax.mesh import DEFAULT_RULES, INITIALIZE_MODES
 from xlm_jax.train.optimizer import OPTIMIZERS, SCHEDULES
+from xlm_jax.train.step import NONFINITE_MODES
 
 DEFAULT_LANGUAGES = ("en", "de", "fr", "es", "it", "ru", "ja", "zh")
 
@@ -96,6 +97,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.async_checkpointing = True
   c.train.progress_bar = True
   c.train.max_wall_seconds = 0.0      # 0 = no limit; else stop (and checkpoint) after this long
+  # A step whose loss or gradient is NaN or inf is never applied (params, optimizer state and
+  # extra state stay as they were; the step counter moves on with the data). "skip": count it
+  # (train/nonfinite_skipped) and go on, but stop when more than max_consecutive_nonfinite come
+  # in a row; "stop": stop at the first. Stopping saves nothing after the bad step and exits
+  # non-zero (status 2) naming the step and the objective.
+  c.train.nonfinite = "skip"          # "skip" | "stop"
+  c.train.max_consecutive_nonfinite = 10
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                    # -1: whatever devices remain
@@ -294,6 +302,7 @@ _CHOICES = {
     "objective_mixing": ("sum", "alternate"),   # read by trainer.plan_stages
     "optimizer.name": OPTIMIZERS,
     "optimizer.schedule": SCHEDULES,
+    "train.nonfinite": NONFINITE_MODES,
     "distributed.initialize": INITIALIZE_MODES,
     "eval.pooling": POOLINGS,
 }
@@ -328,6 +337,7 @@ _RANGES = {
     "train.checkpoint_every": (1, None, True, None),
     "train.keep_checkpoints": (1, None, True, None),
     "train.max_wall_seconds": (0.0, None, True, None),  # 0 = no limit
+    "train.max_consecutive_nonfinite": (1, None, True, None),
     "distributed.num_processes": (0, None, True, None),
     "distributed.process_id": (-1, None, True, None),
     "eval.retrieval_items": (1, None, True, None),

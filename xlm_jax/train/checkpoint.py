@@ -3,10 +3,24 @@
 Orbax writes each step into a temporary folder and renames it when complete, so a crash or a
 preemption never leaves a half-written checkpoint that a resume would pick up. Saving is
 asynchronous: the train loop continues while the arrays are written.
+
+Damage after the fact (a deleted file, an array file cut short, a metadata file overwritten) is
+caught at restore. Once orbax has committed a step, the size of every file a restore reads, and
+the sha256 of each small one (metadata, manifests), go to `FILES_MANIFEST` in the step's folder;
+`check_files` compares them, naming the file and what changed. A step without that record (the
+run died right after the commit) is checked by restoring it. A damaged step raises
+`DamagedCheckpoint`; the trainer then resumes from the newest intact step and moves the damaged
+ones to `DAMAGED_DIR` (`set_aside`), so `keep_checkpoints` rotation never counts them and never
+deletes an intact step for their sake. Orbax itself deletes old steps only after a new one is
+committed, so the newest intact checkpoint always survives rotation.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import pathlib
+import shutil
 from typing import Any
 
 import grain
@@ -17,6 +31,37 @@ from xlm_jax.models.encoder_config import EncoderConfig, with_legacy_defaults
 
 
 CHECKPOINT_DIR = "checkpoints"
+# Beside CHECKPOINT_DIR: steps found damaged at resume, moved out of the rotation.
+DAMAGED_DIR = "checkpoints_damaged"
+# In each committed step's folder: {relative path: {"bytes": n[, "sha256": hex]}}.
+FILES_MANIFEST = "xlm_jax_files.json"
+# Files up to this size are hashed as well as measured: metadata, tree manifests, small arrays.
+_HASHED_BYTES = 1 << 20
+
+
+class DamagedCheckpoint(ValueError):
+  """A checkpoint step that cannot be restored. `problem` says which file or item, and how."""
+
+  def __init__(self, step: int, folder: pathlib.Path, problem: str, message: str):
+    super().__init__(message)
+    self.step, self.folder, self.problem = step, folder, problem
+
+
+def _file_record(path: pathlib.Path) -> dict:
+  size = path.stat().st_size
+  record = {"bytes": size}
+  if size <= _HASHED_BYTES:
+    record["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+  return record
+
+
+def _item_files(folder: pathlib.Path):
+  """The files a restore reads: everything inside the step's item folders (state/, meta/,
+  data_*/), not orbax's step-level bookkeeping files."""
+  for item in sorted(p for p in folder.iterdir() if p.is_dir()):
+    for path in sorted(item.rglob("*")):
+      if path.is_file():
+        yield path
 
 
 class Checkpointer:
@@ -25,37 +70,140 @@ class Checkpointer:
   def __init__(self, workdir: str | pathlib.Path, keep: int = 3, async_save: bool = True,
                data_kinds: tuple[str, ...] = ("mono",)):
     self.directory = pathlib.Path(workdir).absolute() / CHECKPOINT_DIR
+    self.async_save = async_save
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
     handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
     # One grain item per batch kind: each iterator's position is restored independently.
     handlers.update({f"data_{kind}": grain.checkpoint.CheckpointHandler() for kind in data_kinds})
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+    self._unrecorded: list[int] = []   # saved, but their FILES_MANIFEST not yet written
+    self.damaged: list[DamagedCheckpoint] = []  # met by `newest_intact`, for `set_aside`
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def save(self, step: int, state: Any, data_iters: dict, meta: dict, force: bool = False) -> bool:
     """Saves asynchronously; `data_iters` maps batch kind -> grain iterator."""
+    # Orbax waits for the previous save before starting this one anyway: once it is committed,
+    # record its files (a few stat calls, and hashes of small files).
+    self._record_finished()
     args = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
     for kind, it in (data_iters or {}).items():
       args[f"data_{kind}"] = grain.checkpoint.CheckpointSave(it)
-    return self.manager.save(step, args=ocp.args.Composite(**args), force=force)
+    saved = self.manager.save(step, args=ocp.args.Composite(**args), force=force)
+    if saved:
+      self._unrecorded.append(step)
+      if not self.async_save:
+        self._record_finished()
+    return saved
 
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
-  def _unreadable(self, step: int, what: str, err: Exception) -> ValueError:
-    """A one-paragraph error for a checkpoint that cannot be read, naming the step and the way
-    back to the previous one (Orbax/TensorStore errors run to a hundred lines)."""
+  # ------------------------------------------------------------------ integrity
+
+  def _record_finished(self) -> None:
+    """Writes FILES_MANIFEST for every step saved and since committed (process 0 only: hosts
+    share the folder, and orbax commits a step once every host has written its part)."""
+    if not self._unrecorded:
+      return
+    self.manager.wait_until_finished()  # raises if a save failed: nothing false is recorded
+    steps, self._unrecorded = self._unrecorded, []
+    import jax  # local: the rest of this module needs no device
+    if jax.process_index() != 0:
+      return
+    from xlm_jax.atomic_files import write_json_atomically
+    for step in steps:
+      folder = self.directory / str(step)
+      if step not in self.manager.all_steps() or not folder.is_dir():
+        continue  # rotated away already
+      files = {str(p.relative_to(folder)): _file_record(p) for p in _item_files(folder)}
+      write_json_atomically(folder / FILES_MANIFEST, {"step": step, "files": files})
+
+  def check_files(self, step: int) -> None:
+    """Raises DamagedCheckpoint if a file recorded when `step` was committed is missing, has
+    another size, or (small files) other bytes. A step without a record passes: restoring it
+    is then the check."""
+    folder = self.directory / str(step)
+    manifest = folder / FILES_MANIFEST
+    if not manifest.is_file():
+      return
+    try:
+      files = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+      raise self.damaged_error(step, f"its file list {FILES_MANIFEST} is unreadable "
+                                f"({type(err).__name__})") from err
+    problems = []
+    for name, record in files.items():
+      path = folder / name
+      if not path.is_file():
+        problems.append(f"{name} is missing")
+        continue
+      size = path.stat().st_size
+      if size != record["bytes"]:
+        how = "cut short" if size < record["bytes"] else "grown"
+        problems.append(f"{name} is {size} bytes, {record['bytes']} when written ({how})")
+      elif "sha256" in record and _file_record(path).get("sha256") != record["sha256"]:
+        problems.append(f"{name} has other content than when written (sha256 differs)")
+    if problems:
+      more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+      raise self.damaged_error(step, "; ".join(problems[:3]) + more)
+
+  def newest_intact(self, below: int | None = None) -> tuple[int, dict]:
+    """(step, meta) of the newest step (below `below`) whose files match their record and
+    whose metadata reads; (0, {}) if there is none. Damaged steps met on the way are logged and
+    added to `self.damaged`. Restoring the arrays (`restore`) may still find a step damaged."""
+    for step in reversed(self.all_steps()):
+      if below is not None and step >= below:
+        continue
+      try:
+        self.check_files(step)
+        return step, self.read_meta(step)
+      except DamagedCheckpoint as err:
+        self.note_damaged(err)
+    return 0, {}
+
+  def note_damaged(self, err: DamagedCheckpoint) -> None:
+    logging.warning("%s", err)
+    self.damaged.append(err)
+
+  def set_aside(self, step: int) -> pathlib.Path:
+    """Moves a damaged step out of the rotation, to DAMAGED_DIR/<step> (never deleted: it may
+    hold what a user wants back). Returns where it went."""
+    import jax
+    target = self.directory.parent / DAMAGED_DIR / str(step)
+    suffix = 1
+    while target.exists():  # the same step damaged again in a later resume
+      target, suffix = self.directory.parent / DAMAGED_DIR / f"{step}-{suffix}", suffix + 1
+    sync = lambda name: None  # noqa: E731
+    if jax.process_count() > 1:  # every host picks the name before host 0 moves the folder
+      from jax.experimental import multihost_utils
+      sync = multihost_utils.sync_global_devices
+    sync(f"set aside checkpoint {step}: named")
+    if jax.process_index() == 0:
+      target.parent.mkdir(parents=True, exist_ok=True)
+      shutil.move(str(self.directory / str(step)), str(target))
+    sync(f"set aside checkpoint {step}: moved")
+    self.manager.reload()  # forget the step: saving it again must not collide
+    return target
+
+  def damaged_error(self, step: int, problem: str) -> DamagedCheckpoint:
+    """The one-paragraph error for a damaged step: the folder, what is wrong, the way back."""
     folder = self.directory / str(step)
     earlier = [s for s in self.all_steps() if s < step]
+    back = (f"`xlm-jax train` on this workdir moves it to {self.directory.parent / DAMAGED_DIR}/ "
+            f"to resume from step {earlier[-1]}" if earlier
+            else "No earlier checkpoint is left: use a fresh --workdir")
+    return DamagedCheckpoint(step, folder, problem,
+                             f"checkpoint step {step} ({folder}) is damaged: {problem}. {back}.")
+
+  def _unreadable(self, step: int, what: str, err: Exception) -> DamagedCheckpoint:
+    """`damaged_error` for an item orbax could not read (its errors run to a hundred lines)."""
     first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-    back = (f"Move it aside (`mv {folder} {folder}.damaged`) to resume from step {earlier[-1]}"
-            if earlier else "No earlier checkpoint is left: use a fresh --workdir")
-    return ValueError(f"checkpoint step {step} ({folder}): its {what} cannot be read "
-                      f"({type(err).__name__}: {first_line}). It is damaged or incomplete, or was "
-                      f"written for another model. {back}.")
+    return self.damaged_error(step, f"its {what} cannot be read ({type(err).__name__}: "
+                                    f"{first_line}); it is incomplete or cut short, or was "
+                                    "written for another model")
 
   def read_meta(self, step: int) -> dict:
     # The meta item alone: callers check the model's shape here before restoring any array.
@@ -76,19 +224,27 @@ class Checkpointer:
     """Restores the state (with the shardings in `abstract_state`) and the given iterators."""
     # The target shardings decide placement: each device reads only its shards, and a checkpoint
     # saved on another mesh is laid out for this one.
-    args = {"state": ocp.args.StandardRestore(abstract_state)}
-    for kind, it in (data_iters or {}).items():
-      args[f"data_{kind}"] = grain.checkpoint.CheckpointRestore(it)
+    self.check_files(step)
+    # One item at a time, so that an error names the item (folder) that could not be read.
     try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(**args))
-    except Exception as err:  # TensorStore, Orbax and grain raise many types here
-      raise self._unreadable(step, "state or data-iterator position", err) from err
-    return restored["state"]
+      state = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state)))["state"]
+    except Exception as err:  # TensorStore and Orbax raise many types here
+      raise self._unreadable(step, "state (state/)", err) from err
+    for kind, it in (data_iters or {}).items():
+      try:
+        self.manager.restore(step, args=ocp.args.Composite(
+            **{f"data_{kind}": grain.checkpoint.CheckpointRestore(it)}))
+      except Exception as err:
+        raise self._unreadable(step, f"{kind!r} data-iterator position (data_{kind}/)",
+                               err) from err
+    return state
 
   def restore_params(self, step: int, device=None) -> tuple[Any, Any]:
     """(params, extra) of a step as arrays on one device: what evaluation and export need,
     without the optimizer moments (two more copies of the params) or the data position."""
     import jax  # local: the rest of this module needs no device
+    self.check_files(step)
     folder = self.directory / str(step) / "state"
     device = device or jax.local_devices()[0]
     checkpointer = ocp.PyTreeCheckpointer()
@@ -113,9 +269,10 @@ class Checkpointer:
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
+    self._record_finished()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    self.wait()
     self.manager.close()
 
 

@@ -15,7 +15,9 @@ from xlm_jax import mesh as mesh_lib
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array            # int32 scalar: number of optimizer updates done
+  # int32 scalar: steps taken, i.e. batches drawn. A non-finite step that was skipped
+  # (step.skip_nonfinite) counts, though its update was not applied.
+  step: jax.Array
   params: Any
   opt_state: Any
   rng: jax.Array             # uint32[2] raw key; the per-step key is fold_in(rng, step)

@@ -44,7 +44,8 @@ from xlm_jax.train import warm_start as warm_start_lib
 from xlm_jax.train import workdir as workdir_lib
 from xlm_jax.train.optimizer import make_optimizer
 from xlm_jax.train.state import create_train_state
-from xlm_jax.train.step import BoundObjective, make_eval_step, make_train_step
+from xlm_jax.train.step import (BoundObjective, is_nonfinite_key, make_eval_step,
+                                make_train_step, skip_nonfinite)
 
 # Held-out batches are masked with this fixed key (offset from the run's seed), so held-out
 # numbers are comparable across steps and runs.
@@ -275,7 +276,8 @@ def jit_update_steps(bound, tx, schedule, shardings, mesh, grad_accum_steps: int
 
   A plain group is one `make_train_step` (gradient of the summed losses); an objective with its
   own `make_steps` (EMMA-X's E-step, M-step) gives several, each jitted on its own. The state is
-  donated: parameters and optimizer moments are updated in place.
+  donated: parameters and optimizer moments are updated in place. Each drops an update with a
+  non-finite loss or gradient inside the step (`step.skip_nonfinite`).
   """
   leading = 1 if grad_accum_steps > 1 else 0
   kinds = sorted({kind for b in bound.values() for kind in b.kinds})
@@ -289,16 +291,20 @@ def jit_update_steps(bound, tx, schedule, shardings, mesh, grad_accum_steps: int
     fns = [fn for _, fn in first.objective.make_steps(first, tx, schedule)]
   else:
     fns = [make_train_step(dict(bound), tx, schedule, grad_accum_steps)]
-  return [jax.jit(fn, donate_argnums=0, in_shardings=in_shardings, out_shardings=out_shardings)
-          for fn in fns]
+  return [jax.jit(skip_nonfinite(fn), donate_argnums=0, in_shardings=in_shardings,
+                  out_shardings=out_shardings) for fn in fns]
 
 
 def run_group(fns, state, batches):
   """Applies a group's update functions in order; returns the new state and merged metrics."""
-  metrics = {}
+  metrics, skipped = {}, []
   for fn in fns:
     state, step_metrics = fn(state, batches)
+    skipped.append(step_metrics.get("nonfinite_skipped"))
     metrics.update(step_metrics)
+  skipped = [s for s in skipped if s is not None]
+  if len(skipped) > 1:  # one skipped part (EMMA-X's E-step) marks the whole step; stays on device
+    metrics["nonfinite_skipped"] = functools.reduce(jax.numpy.maximum, skipped)
   return state, metrics
 
 
@@ -443,6 +449,66 @@ def _any_host(flag: bool) -> bool:
 
 
 # =============================================================================================
+# Non-finite steps: the jitted step never applies one (step.skip_nonfinite); the host learns
+# of it when it reads metrics anyway (every log step, and before every checkpoint, so a stopped
+# run never saves a state from after the bad step) and decides whether to go on.
+# =============================================================================================
+
+
+class NonFiniteError(ValueError):
+  """The run stopped on non-finite steps (train.nonfinite, train.max_consecutive_nonfinite).
+  A ValueError: the command prints its one-paragraph message and exits with status 2."""
+
+
+def describe_nonfinite(step: int, group, metrics) -> str:
+  """'step 7: loss of objective 'mlm' is not finite (loss=nan, mlm/loss=nan, grad_norm=nan)'."""
+  bad = [k for k in sorted(metrics)
+         if is_nonfinite_key(k) and not np.all(np.isfinite(metrics[k]))]
+  named = [n for n in group if any(k.startswith(f"{n}/") for k in bad)] or list(group)
+  what = "loss" if any(k.endswith("loss") for k in bad) else "gradient"
+  values = ", ".join(f"{k}={float(np.asarray(metrics[k]).max()):g}" for k in bad)
+  return (f"step {step}: {what} of objective{'s' if len(named) > 1 else ''} "
+          f"{', '.join(map(repr, named))} is not finite ({values})")
+
+
+class NonFiniteWatch:
+  """Counts skipped steps from the metrics, in step order, and says when to stop."""
+
+  def __init__(self, mode: str, max_consecutive: int):
+    self.mode, self.max_consecutive = mode, max_consecutive
+    self.total = 0        # steps skipped in this run (this process's part of it)
+    self.consecutive = 0  # non-finite steps in a row, up to the last one seen
+
+  def observe(self, step: int, group, metrics) -> str | None:
+    """Records one step's host metrics; returns why to stop, or None to go on."""
+    if not metrics.get("nonfinite_skipped"):
+      self.consecutive = 0
+      return None
+    self.total += 1
+    self.consecutive += 1
+    what = describe_nonfinite(step, group, metrics)
+    if self.mode == "stop":
+      return f"{what}, and train.nonfinite='stop'"
+    if self.consecutive > self.max_consecutive:
+      return (f"{what}, {self.consecutive} steps in a row (steps "
+              f"{step - self.consecutive + 1}-{step}) while train.max_consecutive_nonfinite is "
+              f"{self.max_consecutive}")
+    logging.warning("%s: the update was skipped (params and optimizer state unchanged)", what)
+    return None
+
+
+def _nonfinite_error(reason: str, checkpointer) -> NonFiniteError:
+  latest = checkpointer.latest_step()
+  kept = (f"the last checkpoint, step {latest} ({checkpointer.directory / str(latest)}), is "
+          "from before it and is kept" if latest else "no checkpoint was written before it")
+  return NonFiniteError(
+      f"non-finite training step, {reason}. The update was not applied and nothing after it was "
+      f"saved: {kept}. A rerun resumes there and meets the same batches with the same keys, so "
+      "change something first: lower optimizer.learning_rate, set optimizer.clip_norm, or "
+      "let it pass with train.nonfinite='skip' (and a larger train.max_consecutive_nonfinite)")
+
+
+# =============================================================================================
 # The story
 # =============================================================================================
 
@@ -485,12 +551,17 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
                                  async_save=config.train.async_checkpointing,
                                  data_kinds=tuple(kinds))
   checkpointer = open_checkpointer() if (workdir / ckpt_lib.CHECKPOINT_DIR).is_dir() else None
-  start_step = (checkpointer.latest_step() or 0) if checkpointer else 0
+  start_step, saved_meta = 0, {}
   try:
+    if checkpointer is not None:
+      # The newest step whose files and metadata are intact. Damaged newer ones are logged now
+      # and set aside only once every check has passed.
+      start_step, saved_meta = checkpointer.newest_intact()
+      if checkpointer.damaged and not start_step:
+        raise _no_intact_checkpoint(checkpointer)
     if start_step:
       # Refuse another model before the state is built: nothing is written on a refusal.
-      saved_model = checkpointer.read_meta(start_step)["model"]
-      ckpt_lib.check_same_model(saved_model, mcfg.to_dict(), checkpointer.directory)
+      ckpt_lib.check_same_model(saved_meta["model"], mcfg.to_dict(), checkpointer.directory)
       if start_step >= total:
         checkpointer.close()
         return _already_trained(workdir, start_step, total)
@@ -501,7 +572,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
 
     # ------------------------------------------------------------------ checkpoint / resume
     if start_step:
-      state = checkpointer.restore(start_step, abstract_state, iterators)
+      state, start_step = _restore_newest(checkpointer, start_step, abstract_state, iterators,
+                                          mcfg)
       logging.info("resumed from %s/%d", checkpointer.directory, start_step)
     elif config.init_from:
       state, _ = warm_start_lib.warm_start(state, shardings, bound, config.seed, config.init_from)
@@ -517,6 +589,12 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
   # Every check has passed: from here on the workdir is written.
   _write_workdir(config, workdir, tokenizer, resources, sets if collected else None)
   checkpointer = checkpointer or open_checkpointer()
+  damaged = []
+  for err in checkpointer.damaged:  # all newer than start_step: out of the rotation
+    moved = checkpointer.set_aside(err.step)
+    damaged.append({"step": err.step, "problem": err.problem, "moved_to": str(moved)})
+    logging.warning("damaged checkpoint step %d moved to %s; training resumes from step %d",
+                    err.step, moved, start_step)
   run_meta = {"model": mcfg.to_dict(), "languages": list(config.data.languages),
           "corpus": str(corpus.dir), "corpus_packages": corpus.manifest.get("packages", []),
           "tokenizer_sha256": (
@@ -541,10 +619,41 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
   throughput = metrics_lib.Throughput(tokens_per_step, flops_per_step, jax.device_count())
   stop = _StopRequest()
   stop.install()
-  history, last_train = [], {}
+  watch = NonFiniteWatch(config.train.nonfinite, config.train.max_consecutive_nonfinite)
+  # Steps' metrics stay on device until a log or checkpoint step reads them: (step, group,
+  # metrics) not yet read, then host metrics not yet logged.
+  unread, window, last_train = [], [], {}
   started = time.time()
   bar = tqdm.tqdm(total=total, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
                   disable=not (config.train.progress_bar and jax.process_index() == 0))
+
+  def log_train(step: int) -> None:
+    nonlocal window, last_train
+    # Skipped steps' losses are NaN: the means are over applied steps; skips are counted.
+    last_train = metrics_lib.mean_metrics([m for m in window if not m.get("nonfinite_skipped")])
+    last_train["nonfinite_skipped"] = float(sum(m.get("nonfinite_skipped", 0.0) for m in window))
+    last_train.update(throughput.measure())
+    window = []
+    writer.write(step, last_train, prefix="train/")
+    if "loss" in last_train:
+      bar.set_postfix(loss=f"{last_train['loss']:.3f}",
+                      tok_s=f"{last_train.get('tokens_per_second', 0):.0f}")
+
+  def read_metrics(step: int) -> None:
+    """Brings the unread steps' metrics to the host, in step order; on a reason to stop, logs
+    what was trained and raises. Called before every save: nothing after a bad step is saved."""
+    nonlocal unread
+    if not unread:
+      return
+    host, reason = jax.device_get([m for _, _, m in unread]), None
+    for (at, group, _), metrics in zip(unread, host):
+      window.append(metrics)
+      reason = reason or watch.observe(at, group, metrics)
+    unread = []
+    if reason:
+      log_train(step)
+      raise _nonfinite_error(reason, checkpointer)
+
   step, preempted, stopped_early = start_step, False, False
   try:
     while step < total:
@@ -559,15 +668,11 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
         state, metrics = run_group(compiled[group], state, batches)
       step += 1
       throughput.tick()
-      history.append(metrics)
+      unread.append((step, group, metrics))
       bar.update(1)
       if step % config.train.log_every == 0 or step == total:
-        last_train = metrics_lib.mean_metrics(jax.device_get(history))
-        last_train.update(throughput.measure())
-        history = []
-        writer.write(step, last_train, prefix="train/")
-        bar.set_postfix(loss=f"{last_train['loss']:.3f}",
-                        tok_s=f"{last_train.get('tokens_per_second', 0):.0f}")
+        read_metrics(step)
+        log_train(step)
       if config.train.eval_every and step % config.train.eval_every == 0 and step < total:
         if "mlm" in evaluators:  # the cheap periodic evaluation: held-out objective losses
           writer.write(step, evaluate(state, ("mlm",)), prefix="eval/")
@@ -576,17 +681,20 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
           time.time() - started > config.train.max_wall_seconds)
       if stop.should_stop(step):
         preempted = True
+        read_metrics(step)
         checkpointer.save(step, state, iterators, {"step": step, **run_meta}, force=True)
         logging.warning("preempted at step %d: checkpoint saved, rerun to resume", step)
         break
       if out_of_time:
         # A time budget ends training early but still evaluates and exports what was trained.
         stopped_early = True
+        read_metrics(step)
         checkpointer.save(step, state, iterators, {"step": step, **run_meta}, force=True)
         logging.warning("train.max_wall_seconds reached at step %d of %d: evaluating now; "
                         "rerun with a larger budget to continue", step, total)
         break
       if step % config.train.checkpoint_every == 0 or step == total:
+        read_metrics(step)
         checkpointer.save(step, state, iterators, {"step": step, **run_meta})
   finally:
     bar.close()
@@ -595,7 +703,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
 
   summary = {"workdir": str(workdir), "start_step": start_step, "step": step,
              "total_steps": total, "train_seconds": time.time() - started,
-             "preempted": preempted, "stopped_early": stopped_early, "train": last_train}
+             "preempted": preempted, "stopped_early": stopped_early, "train": last_train,
+             "nonfinite_skipped": watch.total, "damaged_checkpoints": damaged}
   if not preempted:
     # ---------------------------------------------------------------- evaluate and export
     summary["eval"] = evaluate(state)
@@ -614,6 +723,33 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
   if jax.process_index() == 0 and not preempted:  # hosts share the workdir: one writes
     write_json_atomically(workdir / workdir_lib.SUMMARY_FILE, summary)
   return summary
+
+
+def _restore_newest(checkpointer, step: int, abstract_state, iterators, mcfg):
+  """(state, step) restored from `step` or, where its arrays turn out damaged, from the newest
+  intact step before it. Hosts agree on each outcome: one host's failed read fails all."""
+  while True:
+    failure, state = None, None
+    try:
+      state = checkpointer.restore(step, abstract_state, iterators)
+    except ckpt_lib.DamagedCheckpoint as err:
+      failure = err
+    if not _any_host(failure is not None):
+      return state, step
+    checkpointer.note_damaged(failure or checkpointer.damaged_error(
+        step, "another host could not restore its part"))
+    step, meta = checkpointer.newest_intact(below=step)
+    if not step:
+      raise _no_intact_checkpoint(checkpointer)
+    ckpt_lib.check_same_model(meta["model"], mcfg.to_dict(), checkpointer.directory)
+
+
+def _no_intact_checkpoint(checkpointer) -> ValueError:
+  listed = "; ".join(f"step {err.step}: {err.problem}" for err in checkpointer.damaged)
+  return ValueError(
+      f"no checkpoint in {checkpointer.directory} can be restored ({listed}). Nothing was "
+      f"changed. To start over, move {checkpointer.directory} aside or use a fresh --workdir "
+      "(training in place would let keep_checkpoints rotation delete the damaged steps)")
 
 
 def _write_workdir(config, workdir, tokenizer, resources, sets=None) -> None:
