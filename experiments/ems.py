@@ -7,10 +7,41 @@
 
 L = L_XTR + 2 L_CL. The XTR head predicts the bag of y's tokens from x's mean-pooled vector and
 y's language (KL both directions); the contrastive loss is a symmetric InfoNCE over a 128-d
-projection at tau 0.1, with negatives gathered over all data-parallel devices
-(`global_negatives`). Ablations: xtr_only, cl_only, no_lang_emb, tied_decoder (and the model's
-layer count). Sizes: tiny (CPU), lightweight (2 layers, d=1024), paper (6 layers, d=1024), with
-the paper's optimiser (AMSGrad, lr 3e-4, cosine with 10k warm-up).
+projection at tau 0.1. Ablations: xtr_only, cl_only, no_lang_emb, tied_decoder (and the model's
+layer count). Sizes: tiny (CPU; negatives gathered over all devices, `global_negatives`),
+lightweight (2 layers, d=1024) and paper (6 layers, d=1024), which follow the reference code
+(Mao-KU/EMS: config.py's models `maki49` and `maki57`, whose architecture, batch and temperature
+inference/config.py gives for the released `EMS` model; main.py; modeling/model_v2.py;
+preprocessing/dataset.py):
+
+- in-batch negatives of one GPU: 152 pairs, 384 for the 2-layer `maki62` (`train_batch_size` is per
+  GPU under DDP; the similarity matrix is computed per process, never gathered), whatever our device
+  count (`negatives_group_size`, global_negatives off); the global batch is that x gpus (gpus=<n>);
+- torch.optim.Adam(lr 3e-4, weight_decay 1e-5, amsgrad=True) with betas (0.9, 0.999), eps 1e-8 and no
+  clipping: weight_decay is torch's *coupled* L2 (added to the gradient before Adam, on every
+  parameter), so it is `objectives.ems.l2_weight` here and optimizer.weight_decay is 0;
+- swish in the encoder's FFN (`ffn_act`) and in the XTR head (`hiddent_act`); LayerNorm eps 1e-12;
+- no `<s>`/`</s>`: the encoder reads the SentencePiece ids of a side only and the mean pools over them
+  (`sentence_specials` off); at most 120 of them (`max_seq_len`), so pair_seq_len is 122 with specials;
+- dropout 0.1 on embeddings, attention and hidden states, 0.1 on the XTR head's language embedding
+  (`emb_dropout`), none after its swish (`xtr_dropout` 0) nor in g (`sent_dropout` 0);
+- CosineAnnealingLR over the whole run times a 10k-step linear warm-up (pytorch_warmup).
+
+Remaining differences of `paper` / `lightweight` from the paper and the reference code:
+
+| what | reference | here | why |
+|---|---|---|---|
+| GPUs | not stated in the reference code (batch and log lines are per GPU) | gpus=8 by default: 1216 pairs per step (paper) | the global batch is ours to choose; negatives stay per GPU's share |
+| AMSGrad | torch: max of the raw second moment, bias-corrected after | optax.scale_by_amsgrad: max of the bias-corrected second moment | the optimizer lives in xlm_jax/train/optimizer.py |
+| schedule | cosine(t) x min(1, t / 10k): the cosine starts at step 0 | linear warm-up to the peak, then cosine over the remaining steps | xlm_jax/train/optimizer.py's schedules; they differ only in where the cosine starts |
+| steps | 15 epochs over the sampled pairs (`num_train_epochs`) | train.total_steps of the preset | set --config.train.total_steps for your data |
+| data | 62 languages, pairs of many corpora, lower-cased, 60k SentencePiece BPE | the corpus's pairs and tokenizer | the corpus is ours |
+| one token masked per pair | preprocessing/dataset.py still replaces one random token of one side by `<MASK>` (a left-over of an MLM variant; the XTR target then holds `<MASK>`) | no masking | not stated in the paper |
+| duplicate sentences | kept as negatives | dropped from each other's negatives (`drop_duplicate_negatives`) | multi-way parallel corpora (gettext) repeat sentences; near no-op on the reference's data |
+| initialisation | torch defaults (Linear: Kaiming uniform; Embedding: N(0, 1)) | N(0, 0.02) (model.initializer_range) | the project's one initialiser; not stated in the paper |
+| precision | fp16 autocast with a gradient scaler | the size's dtype (bfloat16 at paper size) | TPU/GPU bfloat16 needs no loss scaling |
+| positions, token types | learned positions from 1, no token-type embedding | learned positions from pad_id + 1, one token type (a constant vector) | the XLM-R encoder's layout |
+| evaluation pooling | the same model without specials | `eval.pooling` over `<s> s </s>` as encoded by the evaluation suite | the suite encodes every model alike |
 """
 from xlm_jax import presets
 from xlm_jax.config import default_config
@@ -26,13 +57,35 @@ PAPER_SIZES = {
     "paper": dict(hidden_size=1024, num_layers=6, num_heads=16, mlp_dim=4096),
     "lightweight": dict(hidden_size=1024, num_layers=2, num_heads=16, mlp_dim=4096),
 }
+# Mao-KU/EMS config.py: train_batch_size (per GPU; maki49/maki50/EMS: 152; maki62, 2 layers: 384).
+REFERENCE_PAIRS_PER_GPU = {"paper": 152, "lightweight": 384}
+REFERENCE_MAX_TOKENS = 120   # config.py max_seq_len: SentencePiece ids per side, no specials
+
+
+def reference_recipe(c, size: str, gpus: int) -> None:
+  """The reference code's model, optimizer and negatives (module docstring)."""
+  c.model.update(PAPER_SIZES[size])
+  c.model.activation = "swish"
+  c.model.layer_norm_eps = 1e-12
+  c.model.dropout_rate = 0.1
+  c.model.attention_dropout_rate = 0.1
+  c.optimizer.name = "amsgrad"
+  c.optimizer.learning_rate = 3e-4
+  c.optimizer.b1, c.optimizer.b2, c.optimizer.eps = 0.9, 0.999, 1e-8
+  c.optimizer.weight_decay = 0.0   # torch's weight_decay is coupled L2: objectives.ems.l2_weight
+  c.optimizer.clip_norm = 0.0
+  c.optimizer.schedule = "cosine"
+  c.optimizer.warmup_steps = 10_000
+  per_gpu = REFERENCE_PAIRS_PER_GPU[size]
+  c.train.batch_size = per_gpu * gpus
+  c.data.pair_seq_len = REFERENCE_MAX_TOKENS + 2   # <s> and </s> are stripped on device
 
 
 def get_config(arg=None):
   words = (arg or "").split(",")
   size = next((w for w in words if w in PAPER_SIZES), None)
   rest = ",".join(w for w in words if w not in PAPER_SIZES)
-  args = presets.parse_arg(rest, size="tiny", variant="xtr_cl", layers=0)
+  args = presets.parse_arg(rest, size="tiny", variant="xtr_cl", layers=0, gpus=8)
   if args["variant"] not in ABLATIONS:
     raise ValueError(f"experiments/ems.py: unknown variant {args['variant']!r}; known: "
                      f"{sorted(ABLATIONS)} and sizes tiny, small, lightweight, paper")
@@ -40,14 +93,12 @@ def get_config(arg=None):
   presets.apply_size(c, "base" if size else args["size"])
   c.data.corpus = "debian8"
   c.data.pair_seq_len = c.data.seq_len // 2  # same 4096 token slots per step as MLM
+  section = dict(weight=1.0, **ABLATIONS[args["variant"]])
   if size:
-    c.model.update(PAPER_SIZES[size])
-    c.optimizer.name = "amsgrad"
-    c.optimizer.learning_rate = 3e-4
-    c.optimizer.schedule = "cosine"
-    c.optimizer.warmup_steps = 10_000
-    c.train.batch_size = 2048  # pairs per step
+    reference_recipe(c, size, args["gpus"])
+    section.update(global_negatives=False, negatives_group_size=REFERENCE_PAIRS_PER_GPU[size],
+                   l2_weight=1e-5, sentence_specials=False, lang_dropout=0.1, xtr_dropout=0.0)
   if args["layers"]:
     c.model.num_layers = args["layers"]
-  presets.set_objectives(c, ems=dict(weight=1.0, **ABLATIONS[args["variant"]]))
+  presets.set_objectives(c, ems=section)
   return c

@@ -273,7 +273,8 @@ def check_swap_statistics(out, plain, batch, tokenizer, variant, p_swap, whole_w
 P_SWAP = 0.4
 
 
-@pytest.fixture(scope="module", params=dict_mlm.VARIANTS)
+# "princeton" changes tails and heads differently (tests/test_paper_fidelity.py checks it slot by slot).
+@pytest.fixture(scope="module", params=("target_swap", "input_swap"))
 def drawer(request, tokenizer, corpus):
   return request.param, make_drawer(context(tokenizer, corpus, variant=request.param, p_swap=P_SWAP))
 

@@ -353,6 +353,20 @@ def test_cli_reports_bad_input_in_one_line(hf_folder, tmp_path, capsys):
   assert "hidden_act 'relu'" in capsys.readouterr().err
 
 
+def test_activation_travels_as_hidden_act(tmp_path, small_corpus):
+  """EMS's swish FFN is written as HF's "silu" and read back as swish; XLM-R's gelu stays gelu."""
+  tokenizer = Tokenizer(small_corpus.tokenizer_path)
+  for ours, theirs in (("swish", "silu"), ("gelu", "gelu")):
+    config = EncoderConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_layers=1,
+                           num_heads=2, mlp_dim=64, max_positions=66, activation=ours)
+    written = hf.hf_config(config, tokenizer, None)
+    assert written["hidden_act"] == theirs
+    folder = tmp_path / ours
+    folder.mkdir()
+    (folder / hf.CONFIG_FILE).write_text(json.dumps(written))
+    assert hf.read_hf_config(folder)[0].activation == ours
+
+
 def test_language_specific_model_is_refused(tmp_path, small_corpus):
   tokenizer = Tokenizer(small_corpus.tokenizer_path)
   config = EncoderConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_layers=1,

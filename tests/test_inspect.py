@@ -102,4 +102,5 @@ def test_derived_language_rows_show_shifted_pieces(small_corpus, tmp_path):
   V = tokenizer.vocab_size
   shifted = [(p, int(i)) for p, i in zip(table["piece"], table["id"]) if int(i) >= V]
   assert shifted and all(p == "T:" + tokenizer.id_to_piece(i - V) for p, i in shifted)
-  assert set(section(parse(text), "parallel (")) == {"en-de"}  # derived languages have no pairs
+  # A derived language pairs with its source language (each sentence beside its derived form).
+  assert set(section(parse(text), "parallel (")) == {"en-de", "en-en_trans"}

@@ -44,7 +44,15 @@ CASES = {
                                           "global_negatives": False}}, {}),
     "mlm_plus_tlm": ({"mlm": {}, "tlm": {}}, {}),
     "emma_x_itr": ({"emma_x": {"stage": "itr", "queue_size": 32}}, {}),
+    # The reference-code switches (tests/test_paper_fidelity.py checks their values).
+    "dict_mlm_princeton": ({"dict_mlm": {"variant": "princeton", "whole_words": False}},
+                           {"num_languages": 3}),
+    "ems_reference": ({"ems": {"lang_dim": 16, "proj_dim": 16, "global_negatives": False,
+                               "negatives_group_size": 2, "sentence_specials": False,
+                               "l2_weight": 1e-3, "lang_dropout": 0.1}}, {}),
 }
+# Cases beyond the default suite's time budget: `pytest -m slow`.
+SLOW_CASES = ("dict_mlm_princeton", "ems_reference")
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +130,8 @@ def _assert_close(a, b, what):
                                atol=ATOL, err_msg=f"{what}{jax.tree_util.keystr(path)}")
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES else c
+                                  for c in sorted(CASES)])
 def test_objective_sharded_equals_single_device(case, corpus_with_dictionaries):
   assert jax.device_count() >= 8, "conftest.py must give 8 CPU devices"
   batches = _batches(case, corpus_with_dictionaries)

@@ -11,7 +11,8 @@ Every batch is a dict of int32 numpy arrays (per host; the trainer assembles the
   segment (XLM-R) and are pad_id on padding; lang_ids index data.languages (0 on padding).
 - parallel: the same four keys for `<s> x </s> </s> y </s>` + padding, segment 1 on `<s> x </s>`
   and 2 on `</s> y </s>`, continuous positions over the pair (TLM resets y's on device), each
-  token's lang_id that of its side. English is one side of every pair, first or second at random.
+  token's lang_id that of its side. English is one side of every pair, first or second at random
+  (a derived language "<lang>_<op>" pairs with its source language instead: en and en_trans).
 - parallel_pairs: x_input_ids, y_input_ids [B, Ls] (`<s> s </s>` + padding; row i of x and of y
   are translations) and x_lang_ids, y_lang_ids [B].
 
@@ -41,6 +42,8 @@ class FirstExamples:
     self._source, self._n = source, min(int(n), len(source))
     # Forwarded, so the pipeline does not feed a derived language's token ids to the tokenizer.
     self.pretokenized = pipeline.is_pretokenized(source)
+    # Likewise for a derived language's pairs, whose foreign side is token ids.
+    self.foreign_pretokenized = bool(getattr(source, "foreign_pretokenized", False))
 
   def __len__(self) -> int:
     return self._n
@@ -93,11 +96,15 @@ def mono_sources(corpus, languages: Sequence[str], split: str, tokenizer=None,
   return _first(sources, max_examples)
 
 
-def parallel_sources(corpus, languages: Sequence[str], split: str,
-                     max_examples: int | None = None) -> dict[str, Any]:
-  """{lang: en-<lang> source} for every language with pairs (`pairs.pair_languages`)."""
+def parallel_sources(corpus, languages: Sequence[str], split: str, max_examples: int | None = None,
+                     tokenizer=None, derive_seed: int | None = None) -> dict[str, Any]:
+  """{lang: en-<lang> source} for every language with pairs (`pairs.pair_languages`); a derived
+  language's pairs are its sentences beside their source sentences (derived first if missing)."""
   sources = {}
   for lang in pairs.pair_languages(languages):
+    if derived.is_derived(lang):
+      sources[lang] = derived.DerivedPairSource(corpus, lang, split, tokenizer, derive_seed)
+      continue
     source = corpus.parallel_source(lang, split)
     # An empty pair source would only fail later, in sampling, without naming the corpus split.
     if len(source) == 0:
@@ -127,7 +134,7 @@ def make_dataset(
   kind: one of BATCH_KINDS. corpus: xlm_jax.data.corpus.Corpus. tokenizer: from
     `tokenizer.load_tokenizer` (joint, union or no_anchors; the pipelines call it with the language).
   languages: data.languages; their order defines lang_ids. Entries "<lang>_<op>" are derived languages
-    (mono and sentences only; parallel kinds leave them out, they have no pairs).
+    (in the parallel kinds each pairs with its source language, when that is listed too).
   seq_len, packing (mono), pair_seq_len (parallel_pairs; default seq_len // 2), sentence_len (sentences;
     default seq_len), alpha (language sampling over this split's sizes), seed, foreign_first_rate
     (parallel kinds: probability the foreign side comes first).
@@ -153,6 +160,6 @@ def make_dataset(
     if kind == "mono":
       return pipeline.make_mono_dataset(sources, tokenizer, packing=packing, **common)
     return sentences.make_sentence_dataset(sources, tokenizer, sentence_len=sentence_len, **common)
-  sources = parallel_sources(corpus, languages, split, max_examples)
+  sources = parallel_sources(corpus, languages, split, max_examples, tokenizer, derive_seed)
   return pairs.make_pair_dataset(kind, sources, tokenizer, pair_seq_len=pair_seq_len,
                                  foreign_first_rate=foreign_first_rate, **common)

@@ -5,7 +5,8 @@ i moved to i + V (a disjoint "script"), "en_trans+inv" also reverses each senten
 the artifact <corpus>/derived/<op>/ (`xlm_jax.data.synthetic`'s format), already token ids, so the
 pipelines read it without a tokenizer call (`DerivedSource.pretokenized`). `derive_language` writes that
 folder; both `xlm-jax data derive` and `ensure_derived` (a missing artifact is derived on first use, seed 0
-unless asked otherwise) call it, so the two make the same folder.
+unless asked otherwise) call it, so the two make the same folder. `DerivedPairSource` puts each source
+sentence beside its derived form again (the parallel batch kinds: TLM on English and derived English).
 
 The artifact folder is named by op only, so one corpus holds one derived language per op; a folder made
 from another source language, another tokenizer or another seed is an error that says how to remake it.
@@ -211,12 +212,10 @@ def ensure_derived(corpus, name: str, tokenizer=None, seed: int | None = None) -
 def num_examples(corpus, name: str, split: str = "train", kind: str = "mono") -> int:
   """Sentences of a language and split, derived ("<lang>_<op>", from derived.json) or not (the manifest).
 
-  Derived languages have monolingual text only: kind "parallel" is 0 for them.
+  A derived language's kind "parallel" counts its pairs with the source language: one per sentence.
   """
   if not is_derived(name):
     return corpus.num_examples(name, split, kind)
-  if kind == "parallel":
-    return 0
   manifest = read_manifest(corpus, name)
   if split == "train":
     return int(manifest["num_sequences"])
@@ -277,3 +276,51 @@ def derived_source(corpus, name: str, split: str, tokenizer=None, seed: int | No
     raise ValueError(f"unknown split {split!r} for derived language {name!r}; use one of {tuple(SPLIT_FILES)}")
   folder = ensure_derived(corpus, name, tokenizer, seed)
   return DerivedSource(folder / SPLIT_FILES[split], name)
+
+
+class DerivedPairSource:
+  """A derived language's sentences beside their source sentences: the pairs that TLM (or EMS) reads.
+
+  Record k is {"en": the source-language text, "xx_ids": int32 ids of its derived form, "lang": name},
+  the "en"/"xx" schema of the corpus's en-<lang> pair sources with the derived side already tokenized
+  (`foreign_pretokenized`), so the pipeline encodes the source side only. "en" names the pivot side
+  of the pair, which is the derived language's source language ("de" for "de_trans").
+
+  The derived training text was shuffled (`synthetic.training_row_order`, by the seed in derived.json);
+  its order is inverted here, so row j of train.jsonl meets source sentence order[j]. The derived test
+  split kept its source order. Both were made from the corpus's text/mono/<split>/<lang>.txt with this
+  tokenizer (checked by `ensure_derived`), so the source side tokenizes to what was derived.
+  """
+  foreign_pretokenized = True
+
+  def __init__(self, corpus, name: str, split: str, tokenizer=None, seed: int | None = None):
+    if split not in SPLIT_FILES:
+      raise ValueError(f"unknown split {split!r} for derived language {name!r}; use one of "
+                       f"{tuple(SPLIT_FILES)}")
+    folder = ensure_derived(corpus, name, tokenizer, seed)
+    manifest = read_manifest(corpus, name)
+    lang = split_derived(name)[0]
+    self._lang = name.encode()
+    self._derived = DerivedSource(folder / SPLIT_FILES[split], name)
+    self._texts = corpus.mono_texts(lang, split)
+    if len(self._texts) != len(self._derived):
+      remake = derive_command(corpus, name, manifest.get("seed", 0))
+      raise ValueError(f"{folder / SPLIT_FILES[split]} has {len(self._derived)} rows but "
+                       f"text/mono/{split}/{lang}.txt has {len(self._texts)} sentences: {name!r} was derived "
+                       f"from other text; remake it with `{remake}`")
+    # Source sentence of each derived row; the test split was not shuffled.
+    self._sources = (synthetic.training_row_order(int(manifest["seed"]), len(self._texts))
+                     if split == "train" else np.arange(len(self._texts)))
+
+  def __len__(self) -> int:
+    return len(self._derived)
+
+  def __getitem__(self, index: int) -> dict:
+    row = self._derived[index]
+    return {"en": self._texts[int(self._sources[index])], "xx_ids": row["ids"], "lang": self._lang}
+
+  def __getitems__(self, keys) -> list[dict]:
+    return [self[int(k)] for k in keys]
+
+  def __repr__(self) -> str:
+    return f"DerivedPairSource({self._derived.path}, {len(self)} pairs)"

@@ -33,6 +33,8 @@ PIVOT_LANGUAGE = "en"
 WORD_BOUNDARY_PIECE = "\u2581"  # SentencePiece's "▁"
 # Unicode name prefixes of scripts written without spaces between words.
 UNSPACED_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "IDEOGRAPHIC", "THAI", "LAO", "KHMER", "MYANMAR")
+# Seed of the objectives' `bilingual_rate` draw: one share of the vocabulary per rate, run after run.
+BILINGUAL_SEED = 0
 
 
 def word_dictionary_path(corpus_dir, lang: str) -> pathlib.Path:
@@ -234,6 +236,24 @@ def load_derived_pairs(corpus, name: str, tokenizer) -> np.ndarray:
   return pairs.astype(np.int32)
 
 
+def bilingual_subset(pairs: np.ndarray, source_vocab_size: int, rate: float, seed: int) -> np.ndarray:
+  """The pairs (i, i + V) of an implicit dictionary whose source id i lies in a fixed random fraction
+  `rate` of the source vocabulary (ALIGN-MLM's `bilingual_rate`).
+
+  The rule of princeton-nlp/align-mlm (RobertaForAlignedMLM.__init__, DataCollatorForDictMLM): permute
+  the V source ids with the seed, keep the first int(V * rate), then drop the special ids among them (the
+  implicit dictionary has no pair for those, nor for overlap ids). `rate` 1 keeps every pair.
+  """
+  if not 0.0 < rate <= 1.0:
+    raise ValueError(f"bilingual_rate must be in (0, 1] (the share of the vocabulary in the dictionary), "
+                     f"got {rate}")
+  pairs = np.asarray(pairs).reshape(-1, 2)
+  if rate >= 1.0:
+    return pairs
+  chosen = np.random.default_rng(seed).permutation(source_vocab_size)[:int(source_vocab_size * rate)]
+  return pairs[np.isin(pairs[:, 0], chosen)]
+
+
 def translation_table(pairs: np.ndarray, num_ids: int, max_translations: int = 0,
                       pair_languages: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
   """(translations, source_languages), both [num_ids, T]: row i lists the translations of id i in both
@@ -284,19 +304,25 @@ class DictionaryArrays:
   sizes: dict                   # name -> number of pairs it gave
 
 
-def load_dictionaries(corpus, names, tokenizer, languages=(), max_translations: int = 0) -> DictionaryArrays:
+def load_dictionaries(corpus, names, tokenizer, languages=(), max_translations: int = 0,
+                      bilingual_rate: float = 1.0,
+                      bilingual_seed: int = BILINGUAL_SEED) -> DictionaryArrays:
   """The token pairs of `names` (word-dictionary languages and derived "<lang>_<op>" languages).
 
   The table has one row per id of the largest vocabulary involved (2 V with a derived language).
   `languages` (the run's) give the language indices of the table's entries: an en-de pair reads its
   first id as English and its second as German; a derived pair reads i in the source language and
-  i + V in the derived one. ValueError if there is no pair at all.
+  i + V in the derived one. A derived language's implicit dictionary keeps the pairs of a fixed random
+  `bilingual_rate` of the vocabulary (`bilingual_subset`, seed `bilingual_seed`); word dictionaries are
+  used whole. ValueError if there is no pair at all.
   """
   index = {lang: i for i, lang in enumerate(languages)}
   parts, part_languages, sizes = [], [], {}
   for name in names:
     if derived.is_derived(name):
-      pairs, source = load_derived_pairs(corpus, name, tokenizer), derived.split_derived(name)[0]
+      pairs = bilingual_subset(load_derived_pairs(corpus, name, tokenizer), tokenizer.vocab_size,
+                               bilingual_rate, bilingual_seed)
+      source = derived.split_derived(name)[0]
     else:
       pairs, source = load_word_pairs(corpus.dir, name, tokenizer.vocab_size), PIVOT_LANGUAGE
     parts.append(pairs)

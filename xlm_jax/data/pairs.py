@@ -1,7 +1,10 @@
 """Parallel-text batches: "parallel" (TLM, CAMLM) and "parallel_pairs" (EMS, EMMA-X siamese).
 
 Sources are the corpus's en-<lang> pairs ({"en", "xx", "lang"} records), one per non-English language of
-data.languages; English is one side of every pair, so "en" must be listed too (for its lang id). Pair
+data.languages; English is one side of every pair, so "en" must be listed too (for its lang id). A derived
+language "<lang>_<op>" (xlm_jax.data.derived) pairs with its source language when that is listed too:
+each sentence beside its derived form ({"en": source text, "xx_ids": derived ids}, `DerivedPairSource`),
+so TLM can read English next to derived English (the XLM baseline of ALIGN-MLM). Pair
 languages are mixed with q_l ∝ p_l^alpha over the parallel sizes. Per pair a seeded draw decides which side
 comes first (x): the foreign one with probability `foreign_first_rate`. A pair with a side that tokenizes to
 nothing is dropped and counted (`pipeline.ExampleCounts`).
@@ -80,30 +83,41 @@ def pair_row(x: Sequence[int], y: Sequence[int], *, x_lang_id: int, y_lang_id: i
           "x_lang_ids": np.int32(x_lang_id), "y_lang_ids": np.int32(y_lang_id)}
 
 
-def pair_texts(records: Sequence[Mapping[str, Any]], lang: str) -> tuple[list[str], list[str]]:
-  """(English texts, foreign texts) of a chunk of {"en", "xx", ...} records."""
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def pair_texts(records: Sequence[Mapping[str, Any]], lang: str) -> tuple[list[str], list]:
+  """(English texts, foreign texts) of a chunk of {"en", "xx", ...} records; a derived language's
+  records hold the foreign side as ids ("xx_ids"), returned as int lists in place of texts."""
   en, xx = [], []
   for record in records:
     try:
-      sides = record["en"], record["xx"]
+      en_side = record["en"]
+      xx_side = [int(i) for i in record["xx_ids"]] if "xx_ids" in record else _text(record["xx"])
     # Name the expected record schema; a bare KeyError would not say which source is wrong.
     except (KeyError, TypeError, IndexError):
       raise ValueError(
         f"parallel source en-{lang}: record {record!r:.80} lacks the field 'en' or 'xx'; parallel sources "
         "must return {'en': bytes|str, 'xx': bytes|str, ...} (rebuild the corpus with `xlm-jax data build`)."
       ) from None
-    en_text, xx_text = (s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in sides)
-    en.append(en_text)
-    xx.append(xx_text)
+    en.append(_text(en_side))
+    xx.append(xx_side)
   return en, xx
 
 
 class PairChunkRows:
-  """Builds the rows of one chunk of en-<lang> pairs: tokenize both sides, draw the order, lay out."""
+  """Builds the rows of one chunk of en-<lang> pairs: tokenize both sides, draw the order, lay out.
+
+  `pivot` is the language of the "en" side: English, or a derived language's source language.
+  `foreign_pretokenized`: the foreign side arrives as ids (a derived language), not as text.
+  """
 
   def __init__(self, *, kind: str, lang: str, lang_id: int, en_id: int, tokenizer: Any, seed: int,
-               foreign_first_rate: float, length: int, counts: pipeline.ExampleCounts):
+               foreign_first_rate: float, length: int, counts: pipeline.ExampleCounts,
+               pivot: str = ENGLISH, foreign_pretokenized: bool = False):
     self._kind, self._lang, self._lang_id, self._en_id = kind, lang, lang_id, en_id
+    self._pivot, self._foreign_pretokenized = pivot, foreign_pretokenized
     self._tokenizer, self._seed, self._rate, self._counts = tokenizer, seed, foreign_first_rate, counts
     tok = tokenizer
     layout = parallel_row if kind == "parallel" else pair_row
@@ -113,8 +127,8 @@ class PairChunkRows:
 
   def __call__(self, chunk_index: int, texts: tuple[list[str], list[str]]) -> list[dict[str, np.ndarray]]:
     en_texts, xx_texts = texts
-    en_ids = encode_texts(self._tokenizer, en_texts, ENGLISH)
-    xx_ids = encode_texts(self._tokenizer, xx_texts, self._lang)
+    en_ids = encode_texts(self._tokenizer, en_texts, self._pivot)
+    xx_ids = xx_texts if self._foreign_pretokenized else encode_texts(self._tokenizer, xx_texts, self._lang)
     # Drawn for every pair, kept or not, so a dropped pair never shifts the others' order.
     # Seeded by the global chunk index, so a restored iterator draws the same side orders again.
     rng = rows_lib.chunk_rng(self._seed, self._kind, self._lang_id, chunk_index)
@@ -126,14 +140,29 @@ class PairChunkRows:
         continue
       x, y = ((xx, self._lang_id), (en, self._en_id)) if swap else ((en, self._en_id), (xx, self._lang_id))
       out.append(self._layout(x[0], y[0], x_lang_id=x[1], y_lang_id=y[1]))
-    self._counts.add(f"en-{self._lang}", len(en_ids), skipped)
+    self._counts.add(f"{self._pivot}-{self._lang}", len(en_ids), skipped)
     return out
 
 
+def pair_sides(languages: Sequence[str]) -> dict[str, str]:
+  """{language with pairs: the language of the pairs' other side}: English for every listed natural
+  language but English, the source language for a derived one ("en_trans" -> "en") whose source is
+  listed too (it needs a language id); a derived language whose source is not listed has no pairs."""
+  from xlm_jax.data.derived import split_derived
+  sides = {}
+  for lang in languages:
+    parts = split_derived(lang)
+    if parts is None:
+      if lang != ENGLISH:
+        sides[lang] = ENGLISH
+    elif parts[0] in languages:
+      sides[lang] = parts[0]
+  return sides
+
+
 def pair_languages(languages: Sequence[str]) -> list[str]:
-  """The languages that have en-<lang> pairs: every listed one but English and derived languages."""
-  from xlm_jax.data.derived import is_derived
-  return [lang for lang in languages if lang != ENGLISH and not is_derived(lang)]
+  """The languages that have pairs (`pair_sides`), in `languages` order."""
+  return list(pair_sides(languages))
 
 
 def make_pair_dataset(
@@ -146,9 +175,10 @@ def make_pair_dataset(
   """Batches of kind "parallel" ([batch_size, seq_len] arrays) or "parallel_pairs" ([batch_size,
   pair_seq_len] token arrays and [batch_size] language ids); layouts in the module docstring.
 
-  sources: {lang: random-access en-<lang> source}, for every `pair_languages(languages)`.
-  languages: data.languages; their order defines lang ids; must include "en". Derived languages have no
-    pairs and are left out of the mix. pair_seq_len: default seq_len // 2 ("parallel_pairs" only).
+  sources: {lang: random-access en-<lang> source}, for every `pair_languages(languages)`; a derived
+    language's source (`derived.DerivedPairSource`) pairs it with its source language.
+  languages: data.languages; their order defines lang ids; must include "en" when a natural language
+    other than English is listed. pair_seq_len: default seq_len // 2 ("parallel_pairs" only).
   foreign_first_rate: probability that the foreign side is x (comes first); 0.5 = random order.
   num_epochs / shuffle / shard_* / read_threads / prefetch: as `pipeline.make_mono_dataset` (a finite
     pass chains the pair languages in `languages` order and pads the last batch with pad rows:
@@ -160,12 +190,14 @@ def make_pair_dataset(
   # Lang ids are positions in `languages`: a repeat would give one language two ids.
   if len(set(languages)) != len(languages):
     raise ValueError(f"pairs: `languages` must not repeat a language, got {list(languages)}.")
-  if ENGLISH not in languages:
+  sides = pair_sides(languages)
+  if ENGLISH not in languages and ENGLISH in sides.values():
     raise ValueError(f"{kind} batches need 'en' in data.languages (English is one side of every pair and "
                      f"needs a language id); got {list(languages)}.")
-  wanted = pair_languages(languages)
+  wanted = list(sides)
   if not wanted:
-    raise ValueError(f"{kind} batches need a non-English language with parallel text in data.languages; "
+    raise ValueError(f"{kind} batches need a non-English language with parallel text in data.languages "
+                     "(or a derived language '<lang>_<op>' beside its source language); "
                      f"got {list(languages)}.")
   pipeline.check_common_args(sources, languages=wanted, batch_size=batch_size, seed=seed,
                              num_epochs=num_epochs)
@@ -186,12 +218,13 @@ def make_pair_dataset(
   shard_index, shard_count = pipeline.default_shard(shard_index, shard_count)
   counts = pipeline.ExampleCounts() if counts is None else counts
   options = rows_lib.read_options(read_threads)
-  en_id = list(languages).index(ENGLISH)
   by_lang = {}
   for lang in wanted:
     lang_id = list(languages).index(lang)
-    build = PairChunkRows(kind=kind, lang=lang, lang_id=lang_id, en_id=en_id, tokenizer=tokenizer, seed=seed,
-                          foreign_first_rate=foreign_first_rate, length=length, counts=counts)
+    build = PairChunkRows(kind=kind, lang=lang, lang_id=lang_id, en_id=list(languages).index(sides[lang]),
+                          tokenizer=tokenizer, seed=seed, foreign_first_rate=foreign_first_rate,
+                          length=length, counts=counts, pivot=sides[lang],
+                          foreign_pretokenized=bool(getattr(sources[lang], "foreign_pretokenized", False)))
     by_lang[lang] = rows_lib.language_rows(
       sources[lang], lang=lang, lang_id=lang_id, build_chunk=build, kind=kind, seed=seed,
       shard_index=shard_index, shard_count=shard_count, num_epochs=num_epochs, shuffle=shuffle,

@@ -215,6 +215,18 @@ class DerivedCorpus:
   manifest: dict
 
 
+def training_row_order(seed: int, num_rows: int) -> np.ndarray:
+  """The source sentence of each derived training row: row j of train.jsonl is sentence order[j].
+
+  The shuffle that keeps the derived text from lining up with its source row by row; the pair
+  pipeline (xlm_jax.data.derived.DerivedPairSource) inverts it to put each sentence beside its
+  derived form again.
+  """
+  # spawn_key (1,) keeps the row shuffle apart from perm's per-sentence streams (spawn_key (0, index)), so
+  # changing the corpus size never changes how a given sentence is permuted.
+  return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,))).permutation(num_rows)
+
+
 def derive_corpus(texts, tokenizer, op: str, seed: int, output_dir=None, overlap=None, eval_texts=None,
                   eval_labels=None, source_language: str = "en") -> DerivedCorpus:
   """Derives a synthetic language from `texts` (source_language, English by default).
@@ -234,10 +246,7 @@ def derive_corpus(texts, tokenizer, op: str, seed: int, output_dir=None, overlap
   special = tokenizer.special_ids
   derived, _ = derive(tokenizer.encode(list(texts)), op, vocab_size, seed, overlap, pieces=pieces,
                       special_ids=special)
-  # spawn_key (1,) keeps the row shuffle apart from perm's per-sentence streams (spawn_key (0, index)), so
-  # changing the corpus size never changes how a given sentence is permuted.
-  shuffle = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
-  derived = [derived[i] for i in shuffle.permutation(len(derived))]
+  derived = [derived[i] for i in training_row_order(seed, len(derived))]
   eval_ids, eval_out_labels = {}, {}
   for name, name_texts in eval_texts.items():
     eval_ids[name], got_labels = derive(tokenizer.encode(list(name_texts)), op, vocab_size, seed, overlap,

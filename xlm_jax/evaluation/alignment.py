@@ -2,7 +2,11 @@
 
 For each set of translation pairs (i, j) of token ids, rows of the (tied) word-embedding table E are
 normalised and a random 90% of the source ids (seed `config.seed`) are queried: a query is a hit when
-its cosine nearest neighbour among the target ids of the set is one of its own translations. The
+its cosine nearest neighbour among the candidates is one of its own translations. A derived language's
+candidates are every row of the other table, E[V:2V] (as the reference code searches: princeton-nlp/
+align-mlm analysis/alignedmlm_paper_analysis/compute_alignment_without_lang_ids.py, `test_mapping`:
+`embeddings[0][validation] @ embeddings[1].T`), so untrained rows (specials, overlap ids) compete too;
+a word dictionary's are the target ids of the set (BLI's convention: the reference has no word sets). The
 Procrustes variant first maps source rows with the orthogonal W learned on a disjoint 5% of the source
 ids (W = U V^T, U S V^T = SVD(X^T Y)); it is reported only where those pairs are at least as many as
 the table's dimensions (fewer leave W arbitrary on the rest of the space). Sets:
@@ -51,14 +55,16 @@ def _normalise(rows: np.ndarray) -> np.ndarray:
   return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
 
-def dictionary_alignment_accuracy(table, pairs, seed: int, procrustes: bool = False) -> float:
-  """% of a seeded 90% of the source ids (pairs[:, 0]) whose cosine nearest neighbour among the target
-  ids (pairs[:, 1]) is one of their translations; optionally after a Procrustes map learned on the
-  pairs of a disjoint 5% of the source ids.
+def dictionary_alignment_accuracy(table, pairs, seed: int, procrustes: bool = False,
+                                  candidates=None) -> float:
+  """% of a seeded 90% of the source ids (pairs[:, 0]) whose cosine nearest neighbour among
+  `candidates` (default: the target ids pairs[:, 1]) is one of their translations; optionally after a
+  Procrustes map learned on the pairs of a disjoint 5% of the source ids.
 
   The one alignment metric of the project: word dictionaries (a source id may have several
-  translations) and a derived language's implicit dictionary (i, i + V), where it is the nearest
-  neighbour of E[i] among E[V:2V] being E[i + V] (Deshpande et al. 2022's metric)."""
+  translations) and a derived language's implicit dictionary (i, i + V) with candidates = every id of
+  [V, 2V), where it is the nearest neighbour of E[i] among all of E[V:2V] being E[i + V] (Deshpande et
+  al. 2022's metric, as their code computes it)."""
   table = _normalise(table)
   pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
   gold = collections.defaultdict(set)
@@ -66,8 +72,8 @@ def dictionary_alignment_accuracy(table, pairs, seed: int, procrustes: bool = Fa
     gold[int(source)].add(int(target))
   # Split over unique source ids, not pairs: a word with many translations counts once.
   eval_ids, train_ids = split_source_ids(np.unique(pairs[:, 0]), seed)
-  # Only the set's own target ids compete, not the whole vocabulary (as in BLI).
-  candidates = np.unique(pairs[:, 1])
+  # By default only the set's own target ids compete, not the whole vocabulary (as in BLI).
+  candidates = np.unique(pairs[:, 1]) if candidates is None else np.unique(np.asarray(candidates, np.int64))
   queries = table[eval_ids]
   if procrustes:
     if len(train_ids) == 0:
@@ -172,10 +178,11 @@ class Alignment:
   def _set_scores(self, table, name: str, pairs, derived_size: int = 0) -> dict:
     """Scores of one set, word dictionary or derived language alike (dictionary_alignment_accuracy).
 
-    derived_size (V of a derived set) is not needed: its pairs (i, i + V) already name the rows."""
-    del derived_size
+    derived_size: V of a derived set, whose candidates are then all rows of the other table, [V, 2V)."""
+    candidates = np.arange(derived_size, 2 * derived_size) if derived_size else None
+
     def score(procrustes: bool) -> float:
-      return dictionary_alignment_accuracy(table, pairs, self.seed, procrustes)
+      return dictionary_alignment_accuracy(table, pairs, self.seed, procrustes, candidates)
 
     num_source_ids = len(np.unique(pairs[:, 0]))
     scores = {f"alignment/{name}/accuracy": float(score(False)),

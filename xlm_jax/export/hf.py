@@ -75,7 +75,12 @@ _CONFIG_FIELDS = {
 # The EncoderConfig fields a pretrained model fixes (shapes and numerics of its weights): a run
 # started from it (init_from=hf:PATH) takes these from the model and the rest from its config.
 ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim",
-                       "max_positions", "pad_id", "type_vocab_size", "layer_norm_eps")
+                       "max_positions", "pad_id", "type_vocab_size", "layer_norm_eps",
+                       "activation")
+# Hugging Face's hidden_act names (transformers' ACT2FN) -> EncoderConfig.activation, and back.
+# "silu" and "swish" are the same function there: x * sigmoid(x).
+_ACTIVATIONS = {"gelu": "gelu", "silu": "swish", "swish": "swish"}
+_HF_ACTIVATION = {"gelu": "gelu", "swish": "silu"}
 # Read from the file when present; these are XLMRobertaConfig's own defaults otherwise.
 _CONFIG_DEFAULTS = {"type_vocab_size": 2, "layer_norm_eps": 1e-12, "hidden_dropout_prob": 0.1,
                     "attention_probs_dropout_prob": 0.1, "initializer_range": 0.02,
@@ -112,9 +117,9 @@ def read_hf_config(folder) -> tuple[EncoderConfig, dict]:
     raise ConversionError(f"{path}: model_type {model_type!r} is not XLM-R ({MODEL_TYPES[0]!r}); "
                           "only XLM-R encoders (XLMRobertaForMaskedLM) can be converted")
   act = raw.get("hidden_act", "gelu")
-  if act != "gelu":
-    raise ConversionError(f"{path}: hidden_act {act!r} is not supported; xlm-jax computes the "
-                          "exact erf GELU that XLM-R's 'gelu' means")
+  if act not in _ACTIVATIONS:
+    raise ConversionError(f"{path}: hidden_act {act!r} is not supported; xlm-jax computes "
+                          f"{sorted(_ACTIVATIONS)} (XLM-R's 'gelu' is the exact erf GELU)")
   position_type = raw.get("position_embedding_type", "absolute")
   if position_type != "absolute":
     raise ConversionError(f"{path}: position_embedding_type {position_type!r} is not supported "
@@ -131,7 +136,8 @@ def read_hf_config(folder) -> tuple[EncoderConfig, dict]:
       raise ConversionError(f"{path}: field {hf_name!r} must be a number, got {value!r}")
     fields[ours] = value
   # Exports and the HF side have exactly vocab_size rows and one layer per name.
-  fields.update(vocab_multiple=1, scan_layers=False, dtype="float32", param_dtype="float32")
+  fields.update(activation=_ACTIVATIONS[act], vocab_multiple=1, scan_layers=False,
+                dtype="float32", param_dtype="float32")
   try:
     config = EncoderConfig.from_dict(fields)
   except ValueError as err:
@@ -145,7 +151,8 @@ def hf_config(config: EncoderConfig, tokenizer: Tokenizer, mask_id: int | None,
   out = {hf_name: getattr(config, ours) for hf_name, ours in _CONFIG_FIELDS.items()}
   out.update({
       "architectures": ["XLMRobertaForMaskedLM"], "model_type": MODEL_TYPES[0],
-      "hidden_act": "gelu", "position_embedding_type": "absolute", "tie_word_embeddings": True,
+      "hidden_act": _HF_ACTIVATION[config.activation], "position_embedding_type": "absolute",
+      "tie_word_embeddings": True,
       "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "dtype": "float32",
   })
   if mask_id is not None:

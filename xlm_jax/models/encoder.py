@@ -213,7 +213,8 @@ class EncoderLayer(nn.Module):
     # Post-LN (LayerNorm after each residual add), as in BERT/XLM-R; pretrained weights assume it.
     hidden = _normalize(c, hidden + attended, lang_ids, "attention_layer_norm")
     ffn = _project(c, hidden, lang_ids, c.mlp_dim, ("embed", "mlp"), ("mlp",), name="intermediate")
-    ffn = nn.gelu(ffn, approximate=False)  # XLM-R uses the exact erf GELU
+    # XLM-R uses the exact erf GELU; EMS's encoder swish (encoder_config.ACTIVATIONS).
+    ffn = nn.swish(ffn) if c.activation == "swish" else nn.gelu(ffn, approximate=False)
     ffn = _project(c, ffn, lang_ids, c.hidden_size, ("mlp", "embed"), ("embed",), name="output")
     ffn = nn.Dropout(c.dropout_rate)(ffn, deterministic=deterministic)
     hidden = _normalize(c, hidden + ffn, lang_ids, "output_layer_norm")

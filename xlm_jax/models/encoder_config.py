@@ -34,7 +34,10 @@ FIELD_RANGES = {
     "layer_norm_eps": (0.0, None, False, None),
     "initializer_range": (0.0, None, True, None),
 }
+# The FFN's activation: "gelu" (exact erf GELU, XLM-R) or "swish" (x * sigmoid(x): EMS's encoder).
+ACTIVATIONS = ("gelu", "swish")
 FIELD_CHOICES = {
+    "activation": ACTIVATIONS,
     "dtype": tuple(DTYPES),
     "param_dtype": tuple(DTYPES),
     "remat_policy": tuple(REMAT_POLICIES),
@@ -103,6 +106,7 @@ class EncoderConfig:
   attention_dropout_rate: float = 0.1
   layer_norm_eps: float = 1e-5
   initializer_range: float = 0.02
+  activation: str = "gelu"        # the FFN's: "gelu" (XLM-R, exact erf) | "swish" (EMS)
   dtype: str = "float32"          # activations / matmuls
   param_dtype: str = "float32"    # stored parameters
   remat_policy: str = "none"      # "none" | "full" | "dots" | "dots_no_batch"

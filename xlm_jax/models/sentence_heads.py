@@ -2,7 +2,7 @@
 
 - `XtrHead`: cross-lingual token reconstruction. From a sentence vector s and a target language
   l it predicts a distribution over the vocabulary (the bag of tokens of s's translation):
-      logits = W_dec · LN(Dropout(swish(W1 [LN(LangEmb[l]) ; s])))
+      logits = W_dec · LN(Dropout(swish(W1 [Dropout(LN(LangEmb[l])) ; s])))
   The decoder is its own [H, V] matrix, or the encoder's word embeddings (`tied_decoder`,
   passed in as a function because they live in the encoder's parameter tree).
 - `ProjectionHead`: g = Linear-ReLU-Linear, the space the contrastive loss compares in.
@@ -33,6 +33,7 @@ class XtrHead(nn.Module):
   use_lang_emb: bool = True
   tied_decoder: bool = False
   dropout_rate: float = 0.0
+  lang_dropout_rate: float = 0.0  # on LN(LangEmb[l]), as the reference's BertLaEmbedding
   layer_norm_eps: float = 1e-5
   initializer_range: float = 0.02
   dtype: Any = jnp.float32
@@ -60,6 +61,7 @@ class XtrHead(nn.Module):
                        param_dtype=self.param_dtype, name="language_embeddings",
                        embedding_init=_partitioned(kernel_init, ("languages", "embed")))
       lang = self._layer_norm("embed", "language_layer_norm")(table(target_lang))
+      lang = nn.Dropout(self.lang_dropout_rate)(lang, deterministic=deterministic)
       features = jnp.concatenate([lang.astype(sentence.dtype), sentence], axis=-1)
     hidden = nn.Dense(self.hidden_dim, dtype=self.dtype, param_dtype=self.param_dtype,
                       name="dense",

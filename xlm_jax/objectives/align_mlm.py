@@ -8,6 +8,14 @@ token pairs of the run's dictionaries (word dictionaries, and a derived language
 does not look at the text batch: every step it covers the whole dictionary, or, with
 `align_pairs_per_step` = k > 0, k pairs drawn uniformly with replacement (an unbiased estimate of the
 full term). No negatives, no projection. L_MLM is the MLM's loss unchanged (mlm_core.masked_lm_loss).
+
+`bilingual_rate` r: a derived language's dictionary holds only the pairs of a fixed random share r of
+the vocabulary, drawn once with a fixed seed (`dictionary.bilingual_subset`), as the
+reference code does (princeton-nlp/align-mlm, modeling_roberta.py RobertaForAlignedMLM: `randperm(V)`,
+first int(V r) ids, specials dropped; the paper's runs use r = 0.25, 0.5 and 1). The default 0.25 is the
+reference's (`bilingual_rate` default in run_alignedmlm_synthetic_transitive.py); r = 1 aligns every id,
+which is what this objective did before the field existed. Word dictionaries are always used whole: the
+reference has none, and their size is already a property of the data.
 """
 from __future__ import annotations
 
@@ -32,13 +40,17 @@ def default_config() -> dict:
       align_weight=10.0,           # lambda
       align_pairs_per_step=0,      # 0 = the whole dictionary every step; k > 0 = k sampled pairs
       dictionary_languages=(),     # () = every run language but English; "en_trans"-style derived too
+      bilingual_rate=0.25,         # share of the vocabulary in a derived language's dictionary (1 = all)
   )
 
 
 def load_pair_resources(config, corpus, tokenizer, languages) -> dict:
   """The dictionary token pairs [N, 2] (numpy) of the configured languages."""
   names = dict_data.dictionary_names(languages, config.get("dictionary_languages", ()))
-  return {"pairs": dict_data.load_dictionaries(corpus, names, tokenizer).pairs}
+  arrays = dict_data.load_dictionaries(
+      corpus, names, tokenizer, bilingual_rate=float(config.get("bilingual_rate", 1.0)),
+      bilingual_seed=dict_data.BILINGUAL_SEED)
+  return {"pairs": arrays.pairs}
 
 
 def word_embedding_table(params, model_config) -> jax.Array:

@@ -21,7 +21,9 @@ def load_dictionary_resources(config, corpus, tokenizer, languages) -> dict:
   """Translation table (with each entry's language) and word-boundary tables (numpy)."""
   names = dict_data.dictionary_names(languages, config.get("dictionary_languages", ()))
   arrays = dict_data.load_dictionaries(corpus, names, tokenizer, languages,
-                                       int(config.get("max_translations", 0)))
+                                       int(config.get("max_translations", 0)),
+                                       bilingual_rate=float(config.get("bilingual_rate", 1.0)),
+                                       bilingual_seed=dict_data.BILINGUAL_SEED)
   starts_word, is_boundary = dict_data.word_boundaries(tokenizer, arrays.translations.shape[0])
   return {"translations": arrays.translations, "source_languages": arrays.source_languages,
           "starts_word": starts_word, "is_boundary": is_boundary}
@@ -64,6 +66,21 @@ def pick_translation(rng: jax.Array, resources, ids: jax.Array,
   slot = jnp.argmax(valid & (jnp.cumsum(valid, axis=-1) == (k + 1)[..., None]), axis=-1)
   choice = jnp.take_along_axis(rows, slot[..., None], axis=-1)[..., 0]
   return jnp.where(count > 0, choice, -1), count > 0
+
+
+def translation_language(resources, translation: jax.Array, original: jax.Array) -> jax.Array:
+  """The language index in which `translation` reads as a translation of `original` (-1 if unknown).
+
+  The entry of the translation's own row that points back to the original carries the language the
+  translation is read in (`source_languages`): for a derived pair (i, i + V) that is the derived
+  language for i + V and the source language for i.
+  """
+  rows = lookup(resources["translations"], translation, -1)          # [..., T]
+  langs = lookup(resources["source_languages"], translation, -1)
+  back = rows == original[..., None]
+  slot = jnp.argmax(back, axis=-1)
+  lang = jnp.take_along_axis(langs, slot[..., None], axis=-1)[..., 0].astype(jnp.int32)
+  return jnp.where(jnp.any(back, axis=-1), lang, -1)
 
 
 def whole_word_positions(input_ids: jax.Array, starts_word, is_boundary) -> jax.Array:

@@ -20,6 +20,21 @@ padding excluded), c_t = count of token t in y, k = number of distinct tokens:
   three times is not favoured), the row's loss is scaled by k/n (sentences with many repeats
   count less), and the minimum is (k/n) log(k/n) <= 0 rather than 0.
 Both are computed by gathering log p at the target tokens: no [B, V] target tensor is built.
+
+Switches that follow the reference code (Mao-KU/EMS) where this code's default differs:
+- `negatives_group_size` n (with global_negatives off; None = each device's rows): negatives only
+  inside blocks of n rows, the reference's in-batch negatives of one GPU (its `train_batch_size`,
+  152 pairs: main.py trains under DDP and modeling/model_v2.py builds the similarity matrix of each
+  process's rows, with no gather), whatever our device count.
+- `sentence_specials` False: the encoder reads each side without `<s>` and `</s>` and the mean pools
+  over the sentence's own tokens (the reference's input is the SentencePiece ids only,
+  preprocessing/dataset.py `convert_sents_to_ids`; BertPooler MEAN over `input_len`).
+- `l2_weight` w: adds (w / 2) sum(p^2) over every parameter to the loss, so its gradient is w p, the
+  *coupled* L2 of torch.optim.Adam(weight_decay=1e-5) that the reference trains with (main.py), on
+  all parameters (biases and LayerNorms too). The objective's `weight` scales it like the rest.
+- `lang_dropout`: dropout on the XTR head's language embedding after its LayerNorm (the reference's
+  BertLaEmbedding applies `emb_dropout`, the encoder's embedding dropout); None (the default) takes
+  the encoder's dropout_rate, as the reference does.
 """
 from __future__ import annotations
 
@@ -28,7 +43,7 @@ import jax.numpy as jnp
 
 from xlm_jax.models.encoder import DTYPES
 from xlm_jax.models.sentence_heads import ProjectionHead, XtrHead
-from xlm_jax.objectives.base import Objective, ObjectiveContext
+from xlm_jax.objectives.base import Objective, ObjectiveContext, merged_config
 from xlm_jax.registry import OBJECTIVES
 
 XTR_TARGETS = ("set", "normalized")
@@ -48,9 +63,13 @@ def default_config() -> dict:
       tied_decoder=False,       # ablation: XTR decoder = the encoder's word embeddings
       lang_dim=128,             # language embedding width (reference la_dim)
       xtr_dropout=0.0,          # dropout after swish in the XTR head (reference xtr_dropout)
+      lang_dropout=None,        # dropout on the head's language embedding; None: model.dropout_rate
       proj_dim=128,             # output width of g
       temperature=0.1,
       global_negatives=True,    # False: negatives only among rows of the same device (original)
+      negatives_group_size=None,  # global_negatives off: None = a device's rows; n = blocks of n rows
+      sentence_specials=True,   # False: encode and pool each side without <s> </s> (reference)
+      l2_weight=0.0,            # coupled L2 (reference: Adam weight_decay 1e-5): + w/2 sum p^2
       # A row that shares a sentence with the query's row (the same English msgid paired with
       # two languages, say) is a translation, not a negative. No-op on duplicate-free batches.
       drop_duplicate_negatives=True,
@@ -66,19 +85,25 @@ def _check_config(cfg) -> None:
                      "enable at least one of them")
   if cfg["temperature"] <= 0:
     raise ValueError(f"objectives.ems.temperature must be > 0, got {cfg['temperature']}")
+  size = cfg["negatives_group_size"]
+  if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+    raise ValueError(f"objectives.ems.negatives_group_size must be None (a device's rows) or a "
+                     f"positive number of rows, got {size!r}")
 
 
 def xtr_head(ctx: ObjectiveContext) -> XtrHead:
   """The XTR head for this model and config."""
-  cfg, model_cfg = ctx.config, ctx.model.config
+  cfg, model_cfg = merged_config(ctx, default_config), ctx.model.config
   width = model_cfg.hidden_size
   if cfg["use_lang_emb"] and not cfg["tied_decoder"]:
     # As the reference code: W1 keeps the width of [lang ; s]. A tied decoder needs the
     # encoder's hidden size instead, to multiply with the word embeddings.
     width += cfg["lang_dim"]
+  lang_dropout = model_cfg.dropout_rate if cfg["lang_dropout"] is None else cfg["lang_dropout"]
   return XtrHead(vocab_size=ctx.vocab_size, hidden_dim=width, num_languages=len(ctx.languages),
                  lang_dim=cfg["lang_dim"], use_lang_emb=cfg["use_lang_emb"],
                  tied_decoder=cfg["tied_decoder"], dropout_rate=cfg["xtr_dropout"],
+                 lang_dropout_rate=lang_dropout,
                  layer_norm_eps=model_cfg.layer_norm_eps,
                  initializer_range=model_cfg.initializer_range,
                  dtype=DTYPES[model_cfg.dtype], param_dtype=DTYPES[model_cfg.param_dtype])
@@ -93,7 +118,7 @@ def projection_head(ctx: ObjectiveContext) -> ProjectionHead:
 
 def init_params(rng, ctx: ObjectiveContext) -> dict:
   """{"xtr": ..., "projection": ...} (only the parts the switches use), logically boxed."""
-  _check_config(ctx.config)
+  _check_config(merged_config(ctx, default_config))
   hidden = ctx.model.config.hidden_size
   sentence = jnp.zeros((1, hidden), DTYPES[ctx.model.config.dtype])
   xtr_rng, proj_rng = jax.random.split(rng)
@@ -190,6 +215,35 @@ def contrastive_loss(z_x: jax.Array, z_y: jax.Array, row_valid: jax.Array, tempe
   return losses / 2, correct / 2
 
 
+def strip_specials(ids: jax.Array, pad_id: int) -> jax.Array:
+  """`<s> tokens </s>` + padding rows -> `tokens` + padding (all-padding rows stay padding).
+
+  The pipeline writes every side as `<s> side </s>` (data/pairs.py pair_row), so the first token
+  and the last real one are the specials, whatever their ids.
+  """
+  length = jnp.sum(ids != pad_id, axis=1, keepdims=True)
+  shifted = jnp.concatenate([ids[:, 1:], jnp.full_like(ids[:, :1], pad_id)], axis=1)
+  return jnp.where(jnp.arange(ids.shape[1])[None, :] < length - 2, shifted, pad_id)
+
+
+def coupled_l2(params) -> jax.Array:
+  """sum p^2 over every parameter (float32): its gradient 2p, halved by the caller's w / 2."""
+  return sum(jnp.sum(jnp.square(p.astype(jnp.float32))) for p in jax.tree.leaves(params))
+
+
+def negative_groups(cfg, batch_size: int, data_parallel_size: int) -> int:
+  """How many blocks of rows the contrastive loss draws negatives within (1 = the whole batch)."""
+  if cfg["global_negatives"]:
+    return 1
+  size = cfg["negatives_group_size"]
+  if size is None:
+    return data_parallel_size
+  if batch_size % size:
+    raise ValueError(f"objectives.ems.negatives_group_size ({size}) must divide the batch of "
+                     f"{batch_size} pairs; make train.batch_size a multiple of it")
+  return batch_size // size
+
+
 def _row_language(lang_ids: jax.Array, length: int) -> jax.Array:
   return jnp.broadcast_to(lang_ids[:, None], (lang_ids.shape[0], length)).astype(jnp.int32)
 
@@ -197,7 +251,7 @@ def _row_language(lang_ids: jax.Array, length: int) -> jax.Array:
 def ems_loss(params, batch, rng, ctx: ObjectiveContext):
   """EMS loss on a "parallel_pairs" batch; metrics xtr_loss, cl_loss, accuracy, weight. No extra
   state."""
-  cfg = ctx.config
+  cfg = merged_config(ctx, default_config)   # a config saved before a field existed gets its default
   _check_config(cfg)
   heads = ctx.head_params(params)
   x_ids, y_ids = batch["x_input_ids"], batch["y_input_ids"]
@@ -209,6 +263,8 @@ def ems_loss(params, batch, rng, ctx: ObjectiveContext):
 
   # Both sides in one encoder call: same weights, no cross-attention (rows are independent).
   ids = jnp.concatenate([x_ids, y_ids], axis=0)
+  if not cfg["sentence_specials"]:
+    ids = strip_specials(ids, ctx.pad_id)
   inputs = {}
   if ctx.model.config.num_languages:
     inputs["lang_ids"] = _row_language(
@@ -241,7 +297,7 @@ def ems_loss(params, batch, rng, ctx: ObjectiveContext):
     xtr = jnp.sum(jnp.where(valid_twice, per_row, 0.0)) / num_valid
     loss += cfg["xtr_weight"] * xtr
     metrics["xtr_loss"] = xtr
-  groups = 1 if cfg["global_negatives"] else ctx.data_parallel_size
+  groups = negative_groups(cfg, batch_size, ctx.data_parallel_size)
   duplicates = shared_sentence(x_ids, y_ids) if cfg["drop_duplicate_negatives"] else None
   if cfg["use_cl"]:
     projection = projection_head(ctx)
@@ -253,6 +309,10 @@ def ems_loss(params, batch, rng, ctx: ObjectiveContext):
   else:
     # XTR only: retrieval accuracy of the sentence vectors themselves (no g was trained).
     _, accuracy = contrastive_loss(s_x, s_y, row_valid, cfg["temperature"], groups, duplicates)
+  if cfg["l2_weight"]:
+    l2 = coupled_l2(params)
+    loss += 0.5 * cfg["l2_weight"] * l2
+    metrics["l2"] = l2
   metrics.update(loss=loss, accuracy=accuracy, weight=jnp.sum(row_valid).astype(jnp.float32))
   return loss, metrics, ctx.extra
 
