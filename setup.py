@@ -9,6 +9,9 @@ _REQUIREMENTS = [
     for line in (_HERE / "requirements.txt").read_text().splitlines()
     if line.split("#")[0].strip()
 ]
+# The `tpu` extra installs libtpu through jax[tpu] at the lowest jax the requirements allow
+# (jax>=X,<Y gives jax[tpu]==X), so jax, jaxlib and libtpu are one matching release.
+_JAX_VERSION = next(r.split(">=")[1].split(",")[0] for r in _REQUIREMENTS if r.startswith("jax>="))
 
 setuptools.setup(
     name="xlm-jax",
@@ -25,7 +28,8 @@ setuptools.setup(
         # Training never needs it. torch is pinned to the version whose CPU build CI installs;
         # any torch >= 2.4 works for a user who installs it another way.
         "hf": ["transformers>=5.0,<6", "torch==2.13.0"],
-        "tpu": [],  # install jax[tpu] matching the pinned jax version; see README
+        # libtpu: the TPU runtime, and the compiler `xlm-jax compile` needs (no TPU needed).
+        "tpu": [f"jax[tpu]=={_JAX_VERSION}"],
     },
     entry_points={"console_scripts": ["xlm-jax=xlm_jax.cli:main"]},
 )

@@ -10,6 +10,8 @@
     xlm-jax finetune --model PATH --task classify|tag [--data corpus|tfds:NAME|DIR]
                    [--tfds-data-dir DIR] [--languages de fr ...] --workdir DIR [--config.f=v ...]
     xlm-jax data   build|stats|inspect|tokenizers|derive [...]
+    xlm-jax compile --config experiments/xlmr_mlm.py:base --topology v5e-256|v5p-128|v4-32|v6e-64
+                   [--config.f=v ...]
 """
 from __future__ import annotations
 
@@ -310,6 +312,21 @@ def cmd_finetune(args, overrides) -> int:
   return 0
 
 
+def cmd_compile(args, overrides) -> int:
+  """`xlm-jax compile`: every jitted step of the run compiled for a TPU slice, with memory per
+  chip, FLOPs and collectives (xlm_jax/train/compile.py). Needs libtpu, not a TPU."""
+  from xlm_jax import config as config_lib
+  from xlm_jax.train import compile as compile_lib
+  topology = compile_lib.parse_topology(args.topology)  # the cheap checks first
+  compile_lib.require_libtpu()
+  compile_lib.prepare_compile_process(topology)
+  config = config_lib.load_config(args.config, overrides)
+  report = compile_lib.compile_run(config, topology, args.config,
+                                   progress=lambda m: print(m, file=sys.stderr, flush=True))
+  print(compile_lib.format_report(report))
+  return compile_lib.exit_status(report)
+
+
 def cmd_data(args, overrides) -> int:
   from data_prep import build
   return build.build_main(args.data_args) or 0
@@ -375,6 +392,12 @@ def main(argv: list[str] | None = None) -> int:
                  "language of the data the model knows)")
   p.add_argument("--workdir", required=True, help="checkpoints, metrics and results.{json,md}; "
                  "rerun to resume")
+  p = sub.add_parser("compile", help="compile every jitted step of an experiment for a TPU slice "
+                     "ahead of time (needs libtpu, not a TPU): memory per chip, FLOPs, "
+                     "collectives, and whether it fits")
+  p.add_argument("--config", required=True, help="experiments/<file>.py[:variant]")
+  p.add_argument("--topology", required=True, help="a Cloud TPU accelerator type (v5e-256, "
+                 "v5p-128, v4-32, v6e-64) or a slice shape (v5e:16x16, v5p:4x4x12)")
   p = sub.add_parser("data", help="build, inspect and derive corpora and tokenizers (`xlm-jax data -h`)",
                      add_help=False)
   p.add_argument("data_args", nargs=argparse.REMAINDER)
@@ -393,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
   if overrides and args.command == "data":
     parser.error("--config.* overrides do not apply to `xlm-jax data`")
   commands = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "data": cmd_data,
-              "convert": cmd_convert, "plot": cmd_plot, "finetune": cmd_finetune}
+              "convert": cmd_convert, "plot": cmd_plot, "finetune": cmd_finetune,
+              "compile": cmd_compile}
   try:
     return commands[args.command](args, overrides)
   except (ValueError, FileNotFoundError) as e:
