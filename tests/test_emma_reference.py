@@ -21,8 +21,10 @@ from xlm_jax.objectives.emma import classifier as gmm
 from xlm_jax.objectives.emma import losses, steps, towers
 from xlm_jax.registry import OBJECTIVES
 from xlm_jax.train.checkpoint import Checkpointer
-from xlm_jax.train.state import TrainState
 from xlm_jax.train.step import BoundObjective
+
+# The tiny EMMA-X state and batches of the module beside this one (same sizes).
+from test_emma_x import _batch as _batches, _init_boxed
 
 FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 N = 4   # relation ranks
@@ -230,32 +232,6 @@ def _context(stage="itr", **overrides):
   cfg = dict(emma_x.default_config(), stage=stage, queue_size=QUEUE, **overrides)
   return ObjectiveContext(model=model, config=cfg, vocab_size=VOCAB, mask_id=4, pad_id=1,
                           special_ids=(0, 1, 2, 3, 4), languages=("en", "de"), name="emma_x")
-
-
-def _init_boxed(ctx, tx, rng):
-  k_model, k_head, k_extra, k_state = jax.random.split(rng, 4)
-  ids = jnp.zeros((1, 8), jnp.int32)
-  params = dict(ctx.model.init({"params": k_model}, ids,
-                               label_positions=jnp.zeros((1, 1), jnp.int32))["params"])
-  params["heads"] = {"emma_x": emma_x.init_params(k_head, ctx)}
-  extra = emma_x.init_extra_state(k_extra, params, ctx)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=tx.init(nn.meta.unbox(params)), rng=k_state,
-                    extra={"emma_x": extra})
-
-
-def _batches(seed=0):
-  rng = np.random.default_rng(seed)
-
-  def rows():
-    ids = np.full((PAIRS, 8), 1, np.int32)
-    for i in range(PAIRS):
-      n = rng.integers(3, 6)
-      ids[i, 0], ids[i, 1:1 + n], ids[i, 1 + n] = 0, rng.integers(5, VOCAB, n), 2
-    return ids
-  return {"parallel_pairs": {"x_input_ids": rows(), "y_input_ids": rows(),
-                             "x_lang_ids": np.zeros(PAIRS, np.int32),
-                             "y_lang_ids": np.ones(PAIRS, np.int32)}}
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from xlm_jax import cli
 from xlm_jax import mesh as mesh_lib
 from xlm_jax.objectives.base import Objective, ObjectiveContext
 from xlm_jax.train import checkpoint as ckpt_lib
+from xlm_jax.train import nonfinite
 from xlm_jax.train import trainer
 from xlm_jax.train.optimizer import make_optimizer
 from xlm_jax.train.state import TrainState, create_train_state
@@ -134,7 +135,7 @@ def _step_metrics(loss=1.0, grad_norm=1.0, **objective_losses):
 
 
 def test_consecutive_nonfinite_steps_stop_the_run_past_the_limit():
-  watch = trainer.NonFiniteWatch("skip", max_consecutive=2)
+  watch = nonfinite.NonFiniteWatch("skip", max_consecutive=2)
   nan = float("nan")
   flags = [False, True, True, False, True, True, True]
   reasons = [watch.observe(step, ("mlm",), _step_metrics(mlm=nan if bad else 1.0,
@@ -148,7 +149,7 @@ def test_consecutive_nonfinite_steps_stop_the_run_past_the_limit():
 
 def test_nonfinite_message_names_the_objective_at_fault():
   nan = float("nan")
-  stop = trainer.NonFiniteWatch("stop", max_consecutive=10)
+  stop = nonfinite.NonFiniteWatch("stop", max_consecutive=10)
   reason = stop.observe(12, ("mlm", "tlm"), _step_metrics(loss=nan, grad_norm=nan, mlm=2.0,
                                                           tlm=nan))
   assert reason.startswith("step 12: loss of objective 'tlm' is not finite")
@@ -199,7 +200,7 @@ def test_consecutive_limit_stops_a_real_run(small_corpus, tmp_path, monkeypatch)
   config = tiny_config(small_corpus.dir, **{
       "train.max_consecutive_nonfinite": 1, "train.checkpoint_every": 2,
       "eval.evaluators": ()})
-  with pytest.raises(trainer.NonFiniteError, match=r"2 steps in a row \(steps 3-4\)"):
+  with pytest.raises(nonfinite.NonFiniteError, match=r"2 steps in a row \(steps 3-4\)"):
     trainer.train_and_evaluate(config, tmp_path / "w")
   assert ckpt_lib.Checkpointer(tmp_path / "w").all_steps() == [2]
 

@@ -28,7 +28,7 @@ from xlm_jax.models.encoder_config import describe_range, in_range
 from xlm_jax.registry import OBJECTIVES
 from xlm_jax.mesh import DEFAULT_RULES, INITIALIZE_MODES
 from xlm_jax.train.optimizer import OPTIMIZERS, SCHEDULES
-from xlm_jax.train.step import NONFINITE_MODES
+from xlm_jax.train.nonfinite import NONFINITE_MODES
 
 DEFAULT_LANGUAGES = ("en", "de", "fr", "es", "it", "ru", "ja", "zh")
 

@@ -16,7 +16,7 @@ from xlm_jax import mesh as mesh_lib
 @flax.struct.dataclass
 class TrainState:
   # int32 scalar: steps taken, i.e. batches drawn. A non-finite step that was skipped
-  # (step.skip_nonfinite) counts, though its update was not applied.
+  # (nonfinite.skip_nonfinite) counts, though its update was not applied.
   step: jax.Array
   params: Any
   opt_state: Any

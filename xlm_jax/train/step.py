@@ -3,8 +3,8 @@
 One train step: for each micro-batch (gradient accumulation, `lax.scan`), sum the weighted
 objective losses, take gradients, then one optimizer update. Objectives read the batch kind
 they declared from `batches[kind]`. The state is donated, so parameters and optimizer moments
-are updated in place in device memory. The trainer wraps every update in `skip_nonfinite`: a
-step whose loss or gradients are NaN or inf leaves the state as it was.
+are updated in place in device memory. The trainer wraps every update in `nonfinite.skip_nonfinite`:
+a step whose loss or gradients are NaN or inf leaves the state as it was.
 """
 from __future__ import annotations
 
@@ -102,47 +102,6 @@ def make_train_step(bound: Mapping[str, BoundObjective], tx: optax.GradientTrans
     return new_state, metrics
 
   return train_step
-
-
-# =============================================================================================
-# Non-finite updates: a NaN or inf loss or gradient is dropped inside the jitted step
-# =============================================================================================
-
-
-# What the train loop does about a skipped step (config train.nonfinite): go on, or stop.
-NONFINITE_MODES = ("skip", "stop")
-
-
-def is_nonfinite_key(key: str) -> bool:
-  """Metrics a non-finite update shows in: the total loss, each objective's losses and the
-  gradient norms (a norm is finite exactly when every gradient entry is)."""
-  return key in ("loss", "grad_norm") or key.endswith(("/loss", "_loss", "grad_norm"))
-
-
-def skip_nonfinite(step_fn):
-  """Wraps `step_fn(state, batches) -> (state, metrics)` so that an update whose loss or
-  gradient norm is NaN or inf leaves the state as it was, and reports it.
-
-  The choice is a `jnp.where` on one all-finite flag, per array, inside the jitted step: no
-  host sync, and XLA fuses it into the update, so the donated buffers are still updated in
-  place. A skipped step keeps params, optimizer state, `rng` and the objectives' extra state bit
-  for bit. Optax's own count stays too (as with `optax.apply_if_finite`): bias correction and the
-  learning rate actually applied lag `step` by the number of skips.
-
-  `state.step` still advances: the step's batch was drawn, and the data position, the per-step
-  key (`fold_in(rng, step)`), the stage and the alternating group all follow `step`. So step N
-  of a checkpoint is always "N batches consumed", and a resumed run draws the same batches and
-  keys as one never interrupted. Metrics gain `nonfinite_skipped` (1.0 or 0.0).
-  """
-  def guarded(state, batches):
-    new_state, metrics = step_fn(state, batches)
-    checked = [jnp.all(jnp.isfinite(v)) for k, v in metrics.items() if is_nonfinite_key(k)]
-    finite = jnp.all(jnp.stack(checked)) if checked else jnp.asarray(True)
-    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                        new_state.replace(step=state.step), state)
-    metrics = dict(metrics, nonfinite_skipped=1.0 - finite.astype(jnp.float32))
-    return kept.replace(step=new_state.step), metrics
-  return guarded
 
 
 def make_eval_step(bound: Mapping[str, BoundObjective]):

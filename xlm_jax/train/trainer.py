@@ -44,8 +44,8 @@ from xlm_jax.train import warm_start as warm_start_lib
 from xlm_jax.train import workdir as workdir_lib
 from xlm_jax.train.optimizer import make_optimizer
 from xlm_jax.train.state import create_train_state
-from xlm_jax.train.step import (BoundObjective, is_nonfinite_key, make_eval_step,
-                                make_train_step, skip_nonfinite)
+from xlm_jax.train.nonfinite import NonFiniteWatch, nonfinite_error, skip_nonfinite
+from xlm_jax.train.step import BoundObjective, make_eval_step, make_train_step
 
 # Held-out batches are masked with this fixed key (offset from the run's seed), so held-out
 # numbers are comparable across steps and runs.
@@ -277,7 +277,7 @@ def jit_update_steps(bound, tx, schedule, shardings, mesh, grad_accum_steps: int
   A plain group is one `make_train_step` (gradient of the summed losses); an objective with its
   own `make_steps` (EMMA-X's E-step, M-step) gives several, each jitted on its own. The state is
   donated: parameters and optimizer moments are updated in place. Each drops an update with a
-  non-finite loss or gradient inside the step (`step.skip_nonfinite`).
+  non-finite loss or gradient inside the step (`nonfinite.skip_nonfinite`).
   """
   leading = 1 if grad_accum_steps > 1 else 0
   kinds = sorted({kind for b in bound.values() for kind in b.kinds})
@@ -449,66 +449,6 @@ def _any_host(flag: bool) -> bool:
 
 
 # =============================================================================================
-# Non-finite steps: the jitted step never applies one (step.skip_nonfinite); the host learns
-# of it when it reads metrics anyway (every log step, and before every checkpoint, so a stopped
-# run never saves a state from after the bad step) and decides whether to go on.
-# =============================================================================================
-
-
-class NonFiniteError(ValueError):
-  """The run stopped on non-finite steps (train.nonfinite, train.max_consecutive_nonfinite).
-  A ValueError: the command prints its one-paragraph message and exits with status 2."""
-
-
-def describe_nonfinite(step: int, group, metrics) -> str:
-  """'step 7: loss of objective 'mlm' is not finite (loss=nan, mlm/loss=nan, grad_norm=nan)'."""
-  bad = [k for k in sorted(metrics)
-         if is_nonfinite_key(k) and not np.all(np.isfinite(metrics[k]))]
-  named = [n for n in group if any(k.startswith(f"{n}/") for k in bad)] or list(group)
-  what = "loss" if any(k.endswith("loss") for k in bad) else "gradient"
-  values = ", ".join(f"{k}={float(np.asarray(metrics[k]).max()):g}" for k in bad)
-  return (f"step {step}: {what} of objective{'s' if len(named) > 1 else ''} "
-          f"{', '.join(map(repr, named))} is not finite ({values})")
-
-
-class NonFiniteWatch:
-  """Counts skipped steps from the metrics, in step order, and says when to stop."""
-
-  def __init__(self, mode: str, max_consecutive: int):
-    self.mode, self.max_consecutive = mode, max_consecutive
-    self.total = 0        # steps skipped in this run (this process's part of it)
-    self.consecutive = 0  # non-finite steps in a row, up to the last one seen
-
-  def observe(self, step: int, group, metrics) -> str | None:
-    """Records one step's host metrics; returns why to stop, or None to go on."""
-    if not metrics.get("nonfinite_skipped"):
-      self.consecutive = 0
-      return None
-    self.total += 1
-    self.consecutive += 1
-    what = describe_nonfinite(step, group, metrics)
-    if self.mode == "stop":
-      return f"{what}, and train.nonfinite='stop'"
-    if self.consecutive > self.max_consecutive:
-      return (f"{what}, {self.consecutive} steps in a row (steps "
-              f"{step - self.consecutive + 1}-{step}) while train.max_consecutive_nonfinite is "
-              f"{self.max_consecutive}")
-    logging.warning("%s: the update was skipped (params and optimizer state unchanged)", what)
-    return None
-
-
-def _nonfinite_error(reason: str, checkpointer) -> NonFiniteError:
-  latest = checkpointer.latest_step()
-  kept = (f"the last checkpoint, step {latest} ({checkpointer.directory / str(latest)}), is "
-          "from before it and is kept" if latest else "no checkpoint was written before it")
-  return NonFiniteError(
-      f"non-finite training step, {reason}. The update was not applied and nothing after it was "
-      f"saved: {kept}. A rerun resumes there and meets the same batches with the same keys, so "
-      "change something first: lower optimizer.learning_rate, set optimizer.clip_norm, or "
-      "let it pass with train.nonfinite='skip' (and a larger train.max_consecutive_nonfinite)")
-
-
-# =============================================================================================
 # The story
 # =============================================================================================
 
@@ -652,7 +592,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     unread = []
     if reason:
       log_train(step)
-      raise _nonfinite_error(reason, checkpointer)
+      raise nonfinite_error(reason, checkpointer)
 
   step, preempted, stopped_early = start_step, False, False
   try:
