@@ -9,7 +9,9 @@ predicts a masked token of x from y only (`camlm_mode`: two_pass, exact; single_
 BTMLM generates pseudo target tokens for monolingual sentences in one non-autoregressive pass
 (no gradient) and then predicts masked x from x and them. BTMLM's placeholders carry the target
 language through language embeddings, so the model has them. Variants: a size, stage1 / stage2
-(one stage per run, for warm starts), single_pass.
+(one stage per run, for warm starts), single_pass, and the rows of the paper's ablation (Table 6,
+without TLM): `mlm` (exp1: MMLM alone), `camlm` (exp3: MMLM + CAMLM, one stage) and `camlm_btmlm`
+(exp4: MMLM + CAMLM, then + BTMLM in the second half), which experiments/repro.py compares.
 
 The paper continues from XLM-R rather than training from scratch: `xlmr=PATH` (a local Hugging
 Face xlm-roberta-base or -large folder) sets init_from=hf:PATH, which takes the architecture,
@@ -36,6 +38,9 @@ from xlm_jax import presets
 from xlm_jax.config import default_config
 
 STAGE1 = ("mlm", "tlm", "camlm")
+# The paper's ablation (Table 6) rows without TLM: variant -> objectives of the run (BTMLM, when
+# there, joins in a second stage: it generates with what stage 1 taught).
+ABLATION = {"mlm": ("mlm",), "camlm": ("mlm", "camlm"), "camlm_btmlm": ("mlm", "camlm", "btmlm")}
 
 
 def get_config(arg=None):
@@ -57,7 +62,16 @@ def get_config(arg=None):
                          btmlm=dict(weight=1.0))
   both = (dict(name="stage1", fraction=0.5, objectives=STAGE1, mixing="sum"),
           dict(name="stage2", fraction=0.5, objectives=STAGE1 + ("btmlm",), mixing="sum"))
-  if args["variant"] in ("both", "single_pass"):
+  ablation = ABLATION.get(args["variant"])
+  if ablation is not None:
+    # Table 6's rows: the same data and steps, TLM left out (exp1, exp3, exp4).
+    presets.set_objectives(c, **{name: c.objectives[name].to_dict() for name in ablation})
+    first = tuple(o for o in ablation if o != "btmlm")
+    c.stages = (dict(name="stage1", fraction=1.0 if first == ablation else 0.5, objectives=first,
+                     mixing="sum"),)
+    if first != ablation:
+      c.stages += (dict(name="stage2", fraction=0.5, objectives=ablation, mixing="sum"),)
+  elif args["variant"] in ("both", "single_pass"):
     c.stages = both
   elif args["variant"] == "stage1":
     c.stages = (dict(both[0], fraction=1.0),)
@@ -65,5 +79,5 @@ def get_config(arg=None):
     c.stages = (dict(both[1], fraction=1.0),)
   else:
     raise ValueError(f"experiments/ernie_m.py: unknown variant {args['variant']!r}; "
-                     "known: both, stage1, stage2, single_pass")
+                     f"known: both, stage1, stage2, single_pass, {', '.join(ABLATION)}")
   return c

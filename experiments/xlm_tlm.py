@@ -7,7 +7,8 @@
 TLM reads `<s> x </s> </s> y </s>` pairs (batch kind "parallel"), masks both sides, and restarts
 y's positions (`reset_positions`, XLM's default: facebookresearch/XLM xlm/trainer.py `generate_batch`,
 which `mlm_step` uses, joins a language pair with `concat_batches(..., reset_positions=True)`). XLM has language embeddings, so the model does too, and
-samples languages with alpha 0.7. Variants: a size (tiny | small | base | large), `tlm_only`,
+samples languages with alpha 0.7. Variants: a size (tiny | small | base | large), `mlm_only` (the
+paper's "XLM (MLM)" row: the same model and data without TLM), `tlm_only`,
 `no_reset` (continuous positions over the pair) and `synthetic`: the XLM baseline of ALIGN-MLM's table,
 MLM on English and a derived language (op=trans | trans+inv | trans+perm) plus TLM on each English
 sentence beside its derived form (xlm_jax.data.derived.DerivedPairSource).
@@ -28,7 +29,7 @@ transformers/examples/language-modeling/run_tlm_synthetic_transitive.py):
 from xlm_jax import presets
 from xlm_jax.config import default_config
 
-VARIANTS = ("mlm_tlm", "tlm_only", "no_reset", "synthetic")
+VARIANTS = ("mlm_tlm", "mlm_only", "tlm_only", "no_reset", "synthetic")
 
 
 def get_config(arg=None):
@@ -44,7 +45,9 @@ def get_config(arg=None):
     c.data.alpha = 1.0  # the derived text is content-parallel to English: same size, same weight
     c.eval.evaluators = ("mlm", "alignment")
   c.model.num_languages = len(c.data.languages)
-  sections = {"tlm": dict(weight=1.0, reset_positions=args["variant"] != "no_reset")}
+  sections = {}
+  if args["variant"] != "mlm_only":
+    sections["tlm"] = dict(weight=1.0, reset_positions=args["variant"] != "no_reset")
   if args["variant"] != "tlm_only":
     sections["mlm"] = dict(weight=1.0)
   presets.set_objectives(c, **sections)

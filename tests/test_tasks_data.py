@@ -268,6 +268,20 @@ def test_corpus_task_carves_dev_by_help_file(tmp_path):
     tasks.corpus_task(tmp_path / "elsewhere")
 
 
+
+def test_subsample_keeps_translations_together_and_is_stable(tmp_path):
+  _write_corpus_task(tmp_path)
+  data = tasks.corpus_task(tmp_path, seed=0, dev_fraction=0.3)
+  small = data.subsample(max_train=5, max_eval=1, seed=3)
+  assert len(small.train) == 5 and set(small.train.ids) <= set(data.train.ids)
+  assert len(small.dev) == 1 and all(len(split) == 1 for split in small.test.values())
+  # The same item (one id) is kept in every language, so the transfer gap stays defined.
+  assert small.test["de"].ids == small.test["en"].ids
+  assert small.train.labels == [data.train.labels[data.train.ids.index(i)] for i in small.train.ids]
+  assert data.subsample(max_train=5, max_eval=1, seed=3) == small
+  assert data.subsample() == data and data.subsample(max_train=10_000) == data
+
+
 # ------------------------------------------------------------------------------- token ids
 
 
@@ -293,6 +307,15 @@ def test_classification_ids_follow_xlmr_single_and_pair_formats(tokenizer):
   short = tasks.encode_split(split, "classify", tokenizer, max_len=room + 4)
   assert short.rows[1].tolist() == [bos, *ids_a[:room - len(ids_b)], eos, eos, *ids_b, eos]
   assert len(short.rows[0]) == room + 4 and short.rows[0][-1] == eos
+
+
+def test_pretokenized_splits_are_framed_not_tokenized(tokenizer):
+  split = tasks.TaskSplit("en_trans", [(9, 10, 11), (12,)], [1, 0], ["a", "b"], pretokenized=True)
+  encoded = tasks.encode_split(split, "classify", tokenizer, max_len=4)
+  assert [r.tolist() for r in encoded.rows] == [[tokenizer.bos_id, 9, 10, tokenizer.eos_id],
+                                                [tokenizer.bos_id, 12, tokenizer.eos_id]]
+  with pytest.raises(ValueError, match="classification only"):
+    tasks.encode_split(split, "tag", tokenizer, max_len=4)
 
 
 def test_tagging_ids_label_the_first_piece_of_each_word(tokenizer):

@@ -84,9 +84,14 @@ def write_directory_atomically(directory: pathlib.Path, files: dict[str, bytes |
     raise
 
 
-def write_json_atomically(path: pathlib.Path, obj: Any) -> None:
-  """JSON to `path` via a temporary file and a rename."""
+def write_text_atomically(path: pathlib.Path, text: str) -> None:
+  """UTF-8 text to `path` via a temporary file and a rename: a reader sees the old or the new."""
   path = pathlib.Path(path)
   tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+  tmp.write_text(text, encoding="utf-8")
   os.replace(tmp, path)
+
+
+def write_json_atomically(path: pathlib.Path, obj: Any) -> None:
+  """JSON to `path` via a temporary file and a rename."""
+  write_text_atomically(path, json.dumps(obj, indent=2, sort_keys=True, default=str))

@@ -48,6 +48,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from xlm_jax.data import derived, synthetic
+from xlm_jax.data.corpus import Corpus
 from xlm_jax.data.tokenizer import encode_texts
 
 KINDS = ("classify", "tag")
@@ -64,11 +66,14 @@ class TaskSplit:
   labels: classify: int; tag: tuple of ints, one per word.
   ids: an item's id; translations of one item share it where the source says so
        (`TaskData.parallel_ids`), which is what the transfer gap compares.
+  pretokenized: inputs are token-id sequences without <s>/</s> (a derived language's test set,
+       `add_derived_tests`), which `encode_split` frames instead of tokenizing.
   """
   lang: str
   inputs: list
   labels: list
   ids: list
+  pretokenized: bool = False
 
   def __len__(self) -> int:
     return len(self.inputs)
@@ -100,6 +105,25 @@ class TaskData:
       raise ValueError(f"task {self.name} has no test data in {missing}; its languages are "
                        f"{sorted(self.test)}")
     return dataclasses.replace(self, test={lang: self.test[lang] for lang in languages})
+
+  def subsample(self, max_train: int = 0, max_eval: int = 0, seed: int = 0) -> TaskData:
+    """At most `max_train` training examples and `max_eval` dev and per-language test examples
+    (0 = all), as HF's run scripts' max_train_samples / max_eval_samples: for quick runs.
+
+    The kept examples are the first in a stable order of md5(seed:id), so translations that share
+    an id are kept (or dropped) together in every language and the transfer gap stays defined.
+    """
+    def cut(split: TaskSplit, limit: int) -> TaskSplit:
+      if not limit or len(split) <= limit:
+        return split
+      order = sorted(range(len(split)), key=lambda k: (_bucket(seed, str(split.ids[k])),
+                                                       str(split.ids[k])))
+      keep = sorted(order[:limit])
+      return dataclasses.replace(split, inputs=[split.inputs[k] for k in keep],
+                                 labels=[split.labels[k] for k in keep],
+                                 ids=[split.ids[k] for k in keep])
+    return dataclasses.replace(self, train=cut(self.train, max_train), dev=cut(self.dev, max_eval),
+                               test={lang: cut(split, max_eval) for lang, split in self.test.items()})
 
 
 def _bucket(seed: int, key: str) -> float:
@@ -188,6 +212,43 @@ def corpus_task(corpus_dir, seed: int = 0, dev_fraction: float = 0.1) -> TaskDat
             "test_rows_with_unseen_labels": unseen}
   return TaskData("corpus-classification", "classify", labels, train, dev, test, source,
                   parallel_ids=True)
+
+
+def add_derived_tests(data: TaskData, languages: Sequence[str]) -> TaskData:
+  """`data` plus a test split for each derived language among `languages` ("en_trans+inv") whose
+  source language `data` tests: zero-shot transfer to a synthetic language (ALIGN-MLM's setting,
+  fine-tune on English, test on its derived form).
+
+  The split is the derived folder's `classification_test` set: the source language's test rows put
+  through the derived op when the language was made (xlm_jax.data.derived.derive_language), as
+  token ids. Labels and ids are joined from the source split by id, so the transfer gap compares
+  the same items. Only a corpus task has these sets; other tasks are returned as they are.
+  """
+  wanted = [name for name in languages if derived.is_derived(name)
+            and derived.split_derived(name)[0] in data.test]
+  if not wanted or data.source.get("kind") != "corpus":
+    return data
+  corpus = Corpus(data.source["corpus"])
+  test = dict(data.test)
+  for name in wanted:
+    source = data.test[derived.split_derived(name)[0]]
+    manifest = derived.read_manifest(corpus, name)
+    folder = derived.derived_dir(corpus, name)
+    sources = manifest.get("eval_sources", {}).get("classification_test")
+    if not sources:
+      raise ValueError(f"{folder / derived.MANIFEST} has no classification_test set: {name} was "
+                       f"derived before the corpus had a classification task; remake it with "
+                       f"`{derived.derive_command(corpus, name, manifest.get('seed', 0))}`")
+    ids, _ = synthetic.read_sequences(folder / "eval" / "classification_test.jsonl")
+    if len(ids) != len(sources["ids"]):
+      raise ValueError(f"{folder}: eval/classification_test.jsonl has {len(ids)} rows but "
+                       f"derived.json lists {len(sources['ids'])} source ids; remake it with "
+                       f"`{derived.derive_command(corpus, name, manifest.get('seed', 0))}`")
+    label_of = dict(zip(source.ids, source.labels))   # rows of unseen labels are not in `source`
+    kept = [(tuple(seq), label_of[i], i) for seq, i in zip(ids, sources["ids"]) if i in label_of]
+    test[name] = TaskSplit(name, [k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept],
+                           pretokenized=True)
+  return dataclasses.replace(data, test=test)
 
 
 # =============================================================================================
@@ -619,6 +680,11 @@ def _truncate_pair(a: list[int], b: list[int], room: int) -> tuple[list[int], li
 def encode_split(split: TaskSplit, kind: str, tokenizer, max_len: int) -> EncodedSplit:
   """Token ids of a split, at most max_len each with <s> and </s>."""
   bos, eos = tokenizer.bos_id, tokenizer.eos_id
+  if split.pretokenized:
+    if kind != "classify":
+      raise ValueError(f"{split.lang}: pre-tokenized test sets exist for classification only")
+    rows = [np.asarray([bos, *ids[:max_len - 2], eos], np.int32) for ids in split.inputs]
+    return EncodedSplit(split.lang, rows, np.asarray(split.labels, np.int32))
   if kind == "classify":
     pairs = [x if isinstance(x, tuple) else (x,) for x in split.inputs]
     first = encode_texts(tokenizer, [p[0] for p in pairs], split.lang)

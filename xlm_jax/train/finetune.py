@@ -87,6 +87,10 @@ def finetune_config(task: str = "classify") -> ml_collections.ConfigDict:
   # Batches of similar lengths (HF Trainer's group_by_length): less padding, the same examples
   # per step and epoch. The order stays a pure function of (seed, epoch).
   c.data.group_by_length = True
+  # At most this many training examples, and dev / per-language test examples (0 = all; HF's
+  # max_train_samples, max_eval_samples), chosen by a stable hash of their ids: quick runs.
+  c.data.max_train_examples = 0
+  c.data.max_eval_examples = 0
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adamw"
@@ -126,6 +130,8 @@ _RANGES = {
     "head_dropout": (0.0, 1.0, True, False),
     "data.dev_fraction": (0.0, 1.0, False, False),
     "data.max_len": (8, None, True, None),   # <s> A </s></s> B </s> needs room for text
+    "data.max_train_examples": (0, None, True, None),
+    "data.max_eval_examples": (0, None, True, None),
     "optimizer.learning_rate": (0.0, None, False, None),
     "optimizer.warmup_fraction": (0.0, 1.0, True, True),
     "optimizer.end_lr_ratio": (0.0, 1.0, True, True),
@@ -604,7 +610,10 @@ def finetune(config, workdir, pretrained=None, data: tasks_lib.TaskData | None =
   elif data.kind != config.task:
     raise ValueError(f"task data {data.name} is a {data.kind} task, but task is {config.task!r}")
   known = model_languages(pretrained)
+  # A model of derived languages ("en_trans+inv") is also scored on them (ALIGN-MLM's transfer).
+  data = tasks_lib.add_derived_tests(data, known)
   data, skipped = choose_languages(data, known, list(config.data.languages), model_path)
+  data = data.subsample(config.data.max_train_examples, config.data.max_eval_examples, config.seed)
   longest = pretrained.model.config.max_positions - pretrained.model.config.pad_id - 1
   if config.data.max_len > longest:
     raise ValueError(f"data.max_len ({config.data.max_len}) is longer than the {longest} "

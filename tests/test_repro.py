@@ -1,0 +1,101 @@
+"""experiments/repro.py: the reproduction report's verdicts, its statistics, and `--smoke` end to end.
+
+The smoke run trains every variant of every finding for two seeds (a narrow model, two steps),
+fine-tunes where the finding transfers, and writes the report, on the small real corpus with the
+classification task and dictionaries made in test_eval_suite.py's `eval_corpus`. It checks the
+pipeline and the report's shape, not the findings.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import repro
+from test_eval_suite import eval_corpus  # noqa: F401  (the fixture)
+
+REPO = repro.REPO
+
+
+def _runs(metric: str, pairs) -> dict:
+  """{variant: {seed: {"values": {metric: v}}}} from [(variant, [v_seed0, v_seed1]), ...]."""
+  return {name: {str(seed): {"values": {metric: v}} for seed, v in enumerate(values)}
+          for name, values in pairs}
+
+
+@pytest.mark.parametrize("a, b, verdict", [
+    ([0.6, 0.7], [0.5, 0.5], "reproduced"),
+    ([0.4, 0.5], [0.5, 0.6], "not reproduced"),
+    ([0.5, 0.5], [0.5, 0.5], "not reproduced"),      # a tie is not the paper's gain
+    ([0.6, 0.4], [0.5, 0.5], "inconclusive"),        # the seeds disagree
+])
+def test_claim_verdict_needs_every_seed_to_agree(a, b, verdict):
+  claim = repro.Claim("A", "B", "retrieval", "")
+  got, diffs = repro.claim_verdict(claim, _runs("retrieval", [("A", a), ("B", b)]), (0, 1))
+  assert got == verdict
+  np.testing.assert_allclose(diffs, np.subtract(a, b))
+
+
+def test_claim_verdict_flips_lower_is_better_metrics_and_waits_for_missing_runs():
+  claim = repro.Claim("A", "B", "invariance_kl", "")
+  runs = _runs("invariance_kl", [("A", [1.0, 2.0]), ("B", [3.0, 2.5])])
+  assert repro.claim_verdict(claim, runs, (0, 1)) == ("reproduced", [2.0, 0.5])
+  del runs["A"]["1"]
+  assert repro.claim_verdict(claim, runs, (0, 1))[0] == "pending"
+
+
+def test_spearman_matches_the_pearson_correlation_of_average_ranks():
+  x = [0.3, 85.6, 64.2, 95.2, 10.0, 10.0]
+  y = [56.7, 67.2, 65.3, 68.8, 60.0, 50.0]
+  rank = lambda v: np.array([np.mean([j for j, w in enumerate(sorted(v)) if w == u]) for u in v])
+  assert repro.spearman(x, y) == pytest.approx(np.corrcoef(rank(x), rank(y))[0, 1])
+  assert repro.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+  assert repro.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+  assert np.isnan(repro.spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_every_claim_and_metric_names_what_exists():
+  for finding in repro.FINDINGS:
+    names = {v.name for v in finding.variants}
+    assert set(finding.metrics) <= set(repro.METRICS), finding.key
+    for claim in finding.claims:
+      assert {claim.better, claim.worse} <= names and claim.metric in finding.metrics, claim
+      assert claim.paper in repro.PAPER_NUMBERS, claim.paper
+    for variant in finding.variants:
+      assert not variant.init or variant.init in names, variant
+    if finding.correlate:
+      assert set(finding.correlate) <= set(finding.metrics)
+
+
+def test_smoke_runs_every_row_end_to_end_and_resumes(eval_corpus, tmp_path):  # noqa: F811
+  out = tmp_path / "repro"
+  # Its own process, one CPU device: the narrow smoke models gain nothing from 8 virtual devices.
+  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  command = [sys.executable, "-m", "experiments.repro", "--smoke", "--out", str(out),
+             "--corpus-dir", str(eval_corpus), "--languages", "en,de,fr"]
+  done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+  report = (out / "REPRODUCTION.md").read_text(encoding="utf-8")
+  state = json.loads((out / "REPRODUCTION.json").read_text(encoding="utf-8"))
+  assert state["finished_runs"] == state["total_runs"] == sum(
+      len(f.variants) * 2 for f in repro.FINDINGS)
+  for finding in repro.FINDINGS:
+    assert finding.title in report
+    for claim in finding.claims:
+      row = [line for line in report.splitlines()
+             if line.startswith(f"| {finding.key} | {claim.better} ")]
+      assert row and not any("pending" in r for r in row), (finding.key, claim)
+    for variant in finding.variants:
+      for seed in ("0", "1"):
+        values = state["runs"][finding.key][variant.name][seed]["values"]
+        assert all(v is not None and np.isfinite(v) for v in values.values()), (
+            finding.key, variant.name, values)
+  # The derived language was scored (ALIGN-MLM's transfer is to en_trans+inv, not to a corpus one).
+  results = json.loads((out / "align_mlm" / "ALIGN-MLM" / "seed0" / "finetune" /
+                        "results.json").read_text(encoding="utf-8"))
+  assert set(results["test"]) == {"en", "en_trans+inv"}
+  # A second call finds every run finished and only rewrites the report.
+  again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0 and "[repro] align_mlm" not in again.stdout, again.stdout[-2000:]
