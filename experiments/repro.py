@@ -3,6 +3,7 @@
     python -m experiments.repro                      # every finding, seeds 0 and 1 (~4 h, 2 cores)
     python -m experiments.repro --only ems,emma_x    # some findings
     python -m experiments.repro --smoke --out /tmp/repro_smoke   # every row end to end, minutes
+    python -m experiments.repro ... --config.<field>=<value>     # an override for every pre-training
 
 Each finding trains its variants (the papers' rows) for each seed with the experiment files' own
 configs, through the same in-process `xlm-jax train` / `xlm-jax finetune` commands a user runs,
@@ -272,15 +273,18 @@ def _quote(values) -> str:
 
 
 def pretrain_args(finding: Finding, variant: Variant, seed: int, folder: pathlib.Path,
-                  smoke: bool, languages: tuple[str, ...], corpus_dir: str) -> list[str]:
+                  smoke: bool, languages: tuple[str, ...], corpus_dir: str,
+                  extra: tuple[str, ...] = ()) -> list[str]:
   steps = variant_steps(finding, variant, smoke)
   overrides = [*finding.overrides, *variant.overrides,
-               *(SMOKE_OVERRIDES if smoke else FULL_OVERRIDES),
+               *(SMOKE_OVERRIDES if smoke else FULL_OVERRIDES), *extra,
                f"seed={seed}", f"train.total_steps={steps}"]
   langs = finding.languages or languages
   if langs:
     overrides.append(f"data.languages={_quote(langs)}")
-    if finding.key != "align_mlm" and not any(o.startswith("model.num_languages") for o in overrides):
+    from xlm_jax import config as config_lib
+    if config_lib.load_config(variant.config).model.num_languages:
+      # The file gives the model language embeddings, one per run language: as many as ours.
       overrides.append(f"model.num_languages={len(langs)}")
   if corpus_dir:
     overrides.append(f"data.corpus_dir={corpus_dir}")
@@ -305,7 +309,7 @@ def _read_json(path: pathlib.Path) -> dict | None:
 
 
 def run_one(finding: Finding, variant: Variant, seed: int, folder: pathlib.Path, smoke: bool,
-            languages: tuple[str, ...], corpus_dir: str) -> dict:
+            languages: tuple[str, ...], corpus_dir: str, extra: tuple[str, ...] = ()) -> dict:
   """Pre-trains (and fine-tunes) one variant and seed, resuming or skipping what is done."""
   from xlm_jax import cli
   import jax
@@ -313,7 +317,8 @@ def run_one(finding: Finding, variant: Variant, seed: int, folder: pathlib.Path,
   summary = _read_json(folder / "pretrain" / "summary.json")
   if summary is None or summary.get("preempted") or summary.get("stopped_early"):
     started = time.time()
-    code = cli.main(pretrain_args(finding, variant, seed, folder, smoke, languages, corpus_dir))
+    code = cli.main(pretrain_args(finding, variant, seed, folder, smoke, languages, corpus_dir,
+                                  extra))
     if code:
       raise RuntimeError(f"pre-training {finding.key}/{variant.name}/seed {seed} exited with {code}")
     timings["pretrain_seconds"] = time.time() - started
@@ -547,7 +552,13 @@ def main(argv=None) -> int:
                       "findings that use the corpus's own (default: all of them)")
   parser.add_argument("--corpus-dir", default="", help="a debian8 corpus (default: "
                       "~/.cache/xlm_jax/data/debian8, built on first use)")
-  args = parser.parse_args(argv)
+  args, rest = parser.parse_known_args(argv)
+  # --config.<field>=<value>: an override for every pre-training run (after the finding's own),
+  # e.g. --config.data.vocab_size_per_lang=1000 for a small corpus's per-language tokenizers.
+  extra = tuple(a[len("--config."):] for a in rest if a.startswith("--config.") and "=" in a)
+  if len(extra) != len(rest):
+    parser.error(f"unrecognized arguments: {[a for a in rest if not a.startswith('--config.')]}"
+                 " (overrides are --config.<field>=<value>)")
   logging.basicConfig(level=logging.WARNING)
   seeds = tuple(int(s) for s in args.seeds.split(","))
   if len(seeds) < 2:
@@ -599,7 +610,7 @@ def main(argv=None) -> int:
         ")", "").replace("+", "_") / f"seed{seed}"
     print(f"[repro] {finding.key} / {variant.name} / seed {seed} -> {folder}", flush=True)
     previous = slot.get(str(seed), {})
-    result = run_one(finding, variant, seed, folder, args.smoke, languages, args.corpus_dir)
+    result = run_one(finding, variant, seed, folder, args.smoke, languages, args.corpus_dir, extra)
     for key in ("pretrain_seconds", "finetune_seconds"):
       result[key] = result.get(key, 0.0) + previous.get(key, 0.0)
     slot[str(seed)] = result

@@ -10,6 +10,19 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# XLA's persistent compilation cache for the session: most of the suite's time is compiling tiny
+# programs, and many tests compile the same ones (the tiny config of test_train.py, the smoke
+# report's second seed). A fresh folder per session, so no stale executable outlives a change.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import atexit
+  import shutil
+  import tempfile
+  _cache = tempfile.mkdtemp(prefix="xlm_jax_tests_xla_cache_")
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 
 # --- Small real corpus (helper A, data_prep) -------------------------------------------------------------
 import pytest  # noqa: E402  (after the XLA flags above)

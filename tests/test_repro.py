@@ -74,8 +74,10 @@ def test_smoke_runs_every_row_end_to_end_and_resumes(eval_corpus, tmp_path):  # 
   # Its own process, one CPU device: the narrow smoke models gain nothing from 8 virtual devices.
   env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
   command = [sys.executable, "-m", "experiments.repro", "--smoke", "--out", str(out),
-             "--corpus-dir", str(eval_corpus), "--languages", "en,de,fr"]
-  done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+             "--corpus-dir", str(eval_corpus), "--languages", "en,de,fr",
+             # The small corpus has ~3k English sentences: per-language tokenizers of 1,000 pieces.
+             "--config.data.vocab_size_per_lang=1000"]
+  done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=2400)
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
   report = (out / "REPRODUCTION.md").read_text(encoding="utf-8")
   state = json.loads((out / "REPRODUCTION.json").read_text(encoding="utf-8"))

@@ -1,4 +1,7 @@
-"""A train step sharded over (data=2, fsdp=2, tensor=2) equals the single-device step."""
+"""A train step sharded over (data=2, fsdp=2, tensor=2) equals the single-device step, and its
+activations are split by batch rows over the devices."""
+import re
+
 import jax
 import numpy as np
 
@@ -45,12 +48,14 @@ def _train(mesh_shape, steps=2, accum=1, batch_fn=_batch, dropout=0.1, **mlm):
   tx, schedule = make_optimizer(config.optimizer, 100)
   devices = jax.devices()[: int(np.prod(mesh_shape))]
   mesh = mesh_lib.make_mesh(config.mesh, devices)
-  state, shardings, _ = create_train_state(model, tx, {"mlm": objective}, 32, mesh,
-                                           mesh_lib.logical_rules(config.mesh), seed=0)
+  rules = mesh_lib.logical_rules(config.mesh)
+  state, shardings, _ = create_train_state(model, tx, {"mlm": objective}, 32, mesh, rules, seed=0)
   lead = 1 if accum > 1 else 0
-  step = jax.jit(make_train_step(bound, tx, schedule, accum), donate_argnums=0,
-                 in_shardings=(shardings, {"mono": mesh_lib.batch_sharding(mesh, lead)}),
-                 out_shardings=(shardings, mesh_lib.replicated(mesh)))
+  # As the trainer jits it: traced in the mesh's context, so the activations are constrained.
+  step = mesh_lib.jit_in_mesh(
+      make_train_step(bound, tx, schedule, accum), mesh, rules, donate_argnums=0,
+      in_shardings=(shardings, {"mono": mesh_lib.batch_sharding(mesh, lead)}),
+      out_shardings=(shardings, mesh_lib.replicated(mesh)))
   history = []
   for i in range(steps):
     batch = batch_fn(i)
@@ -108,3 +113,62 @@ def test_gradient_accumulation_equals_full_batch():
   for m_full, m_accum in zip(full_metrics, accum_metrics):
     np.testing.assert_allclose(m_accum["loss"], m_full["loss"], rtol=RTOL)
     np.testing.assert_allclose(m_accum["grad_norm"], m_full["grad_norm"], rtol=1e-4)
+
+
+# Sizes chosen apart from each other: the batch's 48 rows appear in no parameter shape.
+ROWS, LENGTH = 48, 24
+
+
+def _activations_of_all_rows(hlo_text: str) -> set[str]:
+  """Shapes of the float [rows, tokens, features...] arrays in a compiled (per-device) program
+  whose rows are all the global batch's ROWS, where a device should hold ROWS / 8 of them.
+  (2-D [rows, tokens] arrays are left out: the MLM objective's masking scores, a top_k over
+  each row, are gathered whole, 16 MiB at XLM-R's batch.)"""
+  return {m.group(0) for m in re.finditer(r"(?:f32|bf16)\[" + str(ROWS) + r"(?:,\d+){2,}\]",
+                                          hlo_text)}
+
+
+def test_activations_are_split_by_rows_over_the_mesh():
+  """FSDP over 8 devices: traced in mesh.tracing_context (as every jitted step is), each device
+  computes the hidden states, FFN activations and MLM logits of its own 6 rows; traced without
+  it, XLA's propagation gives every device those of all 48 rows. The loss is the same."""
+  config = config_lib.default_config()
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 8, 1
+  config.optimizer.warmup_steps = 0
+  model = Model(EncoderConfig(vocab_size=300, hidden_size=32, num_layers=2, num_heads=4,
+                              mlp_dim=64, max_positions=40, scan_layers=True,
+                              remat_policy="full"))
+  objective = OBJECTIVES.get("mlm")
+  bound = {"mlm": BoundObjective(objective, 1.0, ObjectiveContext(
+      model=model, config=config.objectives.mlm.to_dict(), vocab_size=300, mask_id=4, pad_id=1,
+      special_ids=(0, 1, 2, 3, 4), languages=("en",)))}
+  tx, schedule = make_optimizer(config.optimizer, 100)
+  mesh = mesh_lib.make_mesh(config.mesh)
+  rules = mesh_lib.logical_rules(config.mesh)
+  state, shardings, _ = create_train_state(model, tx, {"mlm": objective}, LENGTH, mesh, rules,
+                                           seed=0)
+  kwargs = dict(in_shardings=(shardings, {"mono": mesh_lib.batch_sharding(mesh)}),
+                out_shardings=(shardings, mesh_lib.replicated(mesh)))
+  constrained = mesh_lib.jit_in_mesh(make_train_step(bound, tx, schedule, 1), mesh, rules,
+                                     **kwargs)
+  unconstrained = jax.jit(make_train_step(bound, tx, schedule, 1), **kwargs)
+  batch = {"mono": mesh_lib.to_global_batch(_batch(0, rows=ROWS, length=LENGTH), mesh)}
+
+  programs = {name: fn.lower(state, batch).compile()
+              for name, fn in (("constrained", constrained), ("unconstrained", unconstrained))}
+  # No device holds a float array of all 48 rows: not the hidden states [48, 24, 32], the FFN's
+  # [48, 24, 64], nor the logits at the predicted positions [48, P, 384].
+  assert _activations_of_all_rows(programs["constrained"].as_text()) == set()
+  assert "f32[6,24,32]" in programs["constrained"].as_text()  # its own rows' hidden states
+  # The check would see them: without the context every device computes all rows.
+  assert f"f32[{ROWS},{LENGTH},64]" in _activations_of_all_rows(
+      programs["unconstrained"].as_text())
+  temp = {name: p.memory_analysis().temp_size_in_bytes for name, p in programs.items()}
+  assert temp["constrained"] < 0.6 * temp["unconstrained"], temp
+
+  # Where the rows are computed changes no number: one step, the same loss and gradients.
+  metrics = {name: jax.device_get(p(jax.tree.map(lambda x: x.copy(), state), batch)[1])
+             for name, p in programs.items()}
+  for key in ("loss", "mlm/accuracy", "grad_norm"):
+    np.testing.assert_allclose(metrics["constrained"][key], metrics["unconstrained"][key],
+                               rtol=1e-5, err_msg=key)

@@ -2,13 +2,20 @@
 
 Sharding is data in the config: `config.mesh` gives the (data, fsdp, tensor) sizes and the rules
 that map the model's logical axis names to mesh axes. Nothing in the model names a mesh axis.
+Parameters get their shardings from the rules through jit's in/out shardings; activations through
+the model's logical constraints, which every jitted step that runs the model applies by being
+traced in `tracing_context` (`jit_in_mesh`).
 It sits beside config.py, below every layer that places arrays: training, fine-tuning,
 evaluation and export all shard the same way through it.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
 import logging
 import os
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -92,6 +99,72 @@ def make_mesh(cfg, devices=None) -> Mesh:
 def logical_rules(cfg) -> tuple[tuple[str, object], ...]:
   # Configs read from files hold multi-axis targets as lists; flax's rules expect tuples.
   return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in cfg.rules)
+
+
+# The rules the model's activation constraints read while a step is traced (tracing_context).
+_ACTIVATION_RULES: contextvars.ContextVar[tuple] = contextvars.ContextVar("activation_rules",
+                                                                          default=())
+
+
+@contextlib.contextmanager
+def tracing_context(mesh: Mesh | None, rules=DEFAULT_RULES):
+  """The mesh and rules under which a step that runs the model must be traced (and called).
+
+  The model names the axes of its activations (models/encoder.py `_constrain`: hidden states
+  ("batch", "length", "embed"), logits ("batch", "length", "vocab"), ...). Inside this context
+  those names become sharding constraints over `mesh`; outside it they are no-ops, as on one
+  device, in the HF conversion and in tests that apply the model directly. Without them XLA's
+  sharding propagation follows the FSDP-gathered weights and every chip computes the
+  activations and logits of the whole global batch (XLM-R base at 8192 x 512: 926 GiB per v5e
+  chip). mesh None: nothing is set.
+
+  The mesh is set with `jax.set_mesh`, so jit's cache tells a trace inside from one outside.
+  The rules reach the model through `activation_rules()`, not flax's global
+  `nn.logical_axis_rules`: with a mesh and global rules set, flax 0.12.8 also constrains every
+  boxed parameter initializer, and DenseGeneral's [D, H, Dh] kernels, initialised flat as [D,
+  H * Dh] when nn.scan traces its body (also in apply), then fail ("only valid for values of
+  rank at least 3").
+  """
+  if mesh is None:
+    yield
+    return
+  token = _ACTIVATION_RULES.set(tuple(rules))
+  try:
+    with jax.set_mesh(mesh):
+      yield
+  finally:
+    _ACTIVATION_RULES.reset(token)
+
+
+def activation_rules() -> tuple:
+  """The logical-axis rules of the enclosing `tracing_context`; () outside one."""
+  return _ACTIVATION_RULES.get()
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshJitted:
+  """A `jax.jit` function that is traced, lowered and called inside `tracing_context`.
+
+  jit traces on the first call (or `lower`) and keys its cache by the mesh in context, so every
+  call enters the context: a call outside it would trace again, without the constraints.
+  """
+  jitted: Any
+  mesh: Mesh | None
+  rules: tuple
+
+  def __call__(self, *args, **kwargs):
+    with tracing_context(self.mesh, self.rules):
+      return self.jitted(*args, **kwargs)
+
+  def lower(self, *args, **kwargs):
+    with tracing_context(self.mesh, self.rules):
+      return self.jitted.lower(*args, **kwargs)
+
+
+def jit_in_mesh(fn: Callable, mesh: Mesh | None, rules=None, **jit_kwargs) -> MeshJitted:
+  """`jax.jit(fn, **jit_kwargs)` traced and run inside `tracing_context(mesh, rules)` (rules
+  None: DEFAULT_RULES). Every jitted step that runs the encoder is built with it."""
+  return MeshJitted(jax.jit(fn, **jit_kwargs), mesh, DEFAULT_RULES if rules is None else rules)
 
 
 def shardings_from_boxed(abstract_tree, mesh: Mesh, rules):

@@ -446,7 +446,9 @@ class Pretrained(NamedTuple):
         ids[i, :len(row)] = row
       lang_ids = np.full_like(ids, lang_index) if c.num_languages else None
       ids, lang_ids = _device_batch((ids, lang_ids), mesh)
-      pooled = _pooled_forward(self.model, self.params, ids, lang_ids, pooling, layer)
+      # Sharded params: traced with the mesh, so the activations stay split by rows as well.
+      with mesh_lib.tracing_context(mesh):
+        pooled = _pooled_forward(self.model, self.params, ids, lang_ids, pooling, layer)
       # host_copy gathers rows held by other hosts; [:len(chunk)] drops the filler rows.
       vectors.append(np.asarray(mesh_lib.host_copy(pooled))[:len(chunk)])
     if not vectors:

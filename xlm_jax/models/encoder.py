@@ -27,6 +27,13 @@ replaces their logits by a large finite negative (`mask_padded_vocab`): they nev
 argmax, get probability exactly 0 and add nothing to a softmax cross-entropy. Logits keep the
 padded width inside training (it shards evenly); `convert_params` moves a tree between
 paddings (and between the scanned and unrolled layouts), and exports have no padding.
+
+Activation sharding. Activations carry logical axis names too (`_constrain`): hidden states
+("batch", "length", "embed") at the embeddings and at every layer's residual stream, q/k/v
+("batch", "length", "heads", "kv"), the FFN's hidden ("batch", "length", "mlp"), and the MLM
+head's input and logits, rows first ("batch", ..., "vocab"). Traced inside
+`mesh.tracing_context` they pin the batch rows to the (data, fsdp) mesh axes; elsewhere they
+are no-ops.
 """
 from __future__ import annotations
 
@@ -40,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xlm_jax import mesh as mesh_lib
 from xlm_jax.models import attention as attn_lib
 from xlm_jax.models import language_specific as lang_lib
 from xlm_jax.models.encoder_config import DTYPES, REMAT_POLICIES, EncoderConfig
@@ -52,6 +60,28 @@ PADDED_LOGIT = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 def _partitioned(init: Callable, axes: tuple) -> Callable:
   return nn.with_logical_partitioning(init, axes)
+
+
+def _constrain(x: jax.Array, axes: tuple) -> jax.Array:
+  """x constrained to the logical `axes`, one name (or None) per dimension.
+
+  Parameters are sharded by their logical names, activations are not: XLA's propagation then
+  follows the FSDP-gathered weights, which are whole along the batch, and gives every chip the
+  hidden states and logits of the whole global batch. Naming the activations' axes keeps their
+  rows split over the batch mesh axes. A no-op unless traced inside `mesh.tracing_context`.
+  """
+  rules = mesh_lib.activation_rules()
+  # The rules map "batch" before "embed", and flax gives a mesh axis once: the rows take
+  # (data, fsdp), so "embed", whose rule is fsdp too, stays whole in activations.
+  return nn.with_logical_constraint(x, axes, rules=rules) if rules else x
+
+
+def _rows(x: jax.Array, last: str | None) -> jax.Array:
+  """x [rows, ..., last] constrained to rows over "batch" and its last axis over `last`: the MLM
+  head's inputs and logits at gathered positions, [B, P, D|V] or flat [N, D|V]."""
+  if x.ndim < 2:
+    return x
+  return _constrain(x, ("batch",) + (None,) * (x.ndim - 2) + (last,))
 
 
 def _normal_with_zero_row(stddev: float, zero_row: int, real_rows: int | None = None) -> Callable:
@@ -158,6 +188,8 @@ class Embeddings(nn.Module):
     x = x + self.token_type_embeddings(jnp.zeros_like(input_ids))
     if self.config.num_languages > 0:
       x = x + self.language_embeddings(lang_ids)
+    # The lookup reads a table sharded over vocab and embed; its output is rows of the batch.
+    x = _constrain(x, ("batch", "length", "embed"))
     return self.dropout(self.layer_norm(x), deterministic=deterministic)
 
   def attend(self, query: jax.Array, lang_ids: jax.Array | None = None) -> jax.Array:
@@ -172,7 +204,9 @@ class Embeddings(nn.Module):
     else:
       logits = self.word_embeddings.attend(query.astype(jnp.float32))
     # Masked here, not only in the MLM head: other heads use the tied table too (EMS's XTR).
-    return mask_padded_vocab(logits, self.config.vocab_size)
+    # [rows, V] float32 logits are the largest activation: rows over the batch axes, V over
+    # tensor, never the whole batch's logits on one chip.
+    return _rows(mask_padded_vocab(logits, self.config.vocab_size), "vocab")
 
 
 class SelfAttention(nn.Module):
@@ -185,15 +219,17 @@ class SelfAttention(nn.Module):
     c = self.config
     qkv = functools.partial(_project, c, x, lang_ids, (c.num_heads, c.head_dim),
                             ("embed", "heads", "kv"), ("heads", "kv"))
-    query, key, value = qkv(name="query"), qkv(name="key"), qkv(name="value")
+    heads = ("batch", "length", "heads", "kv")
+    query, key, value = (_constrain(qkv(name=name), heads) for name in ("query", "key", "value"))
     # Only training with attention dropout pays for explicit [B, H, L, L] probabilities.
     if c.attention_dropout_rate > 0 and not deterministic:
       out = attn_lib.attention_with_dropout(query, key, value, attention_mask,
                                             c.attention_dropout_rate, self.make_rng("dropout"))
     else:
       out = jax.nn.dot_product_attention(query, key, value, mask=attention_mask)
-    return _project(c, out, lang_ids, c.hidden_size, ("heads", "kv", "embed"), ("embed",),
-                    axis=(-2, -1), name="out")
+    out = _project(c, _constrain(out, heads), lang_ids, c.hidden_size, ("heads", "kv", "embed"),
+                   ("embed",), axis=(-2, -1), name="out")
+    return _constrain(out, ("batch", "length", "embed"))
 
 
 class EncoderLayer(nn.Module):
@@ -212,12 +248,17 @@ class EncoderLayer(nn.Module):
     attended = nn.Dropout(c.dropout_rate)(attended, deterministic=deterministic)
     # Post-LN (LayerNorm after each residual add), as in BERT/XLM-R; pretrained weights assume it.
     hidden = _normalize(c, hidden + attended, lang_ids, "attention_layer_norm")
+    hidden = _constrain(hidden, ("batch", "length", "embed"))
     ffn = _project(c, hidden, lang_ids, c.mlp_dim, ("embed", "mlp"), ("mlp",), name="intermediate")
+    ffn = _constrain(ffn, ("batch", "length", "mlp"))
     # XLM-R uses the exact erf GELU; EMS's encoder swish (encoder_config.ACTIVATIONS).
     ffn = nn.swish(ffn) if c.activation == "swish" else nn.gelu(ffn, approximate=False)
     ffn = _project(c, ffn, lang_ids, c.hidden_size, ("mlp", "embed"), ("embed",), name="output")
     ffn = nn.Dropout(c.dropout_rate)(ffn, deterministic=deterministic)
     hidden = _normalize(c, hidden + ffn, lang_ids, "output_layer_norm")
+    # The residual stream, and with scan_layers the loop's carry: rows over the batch axes at
+    # every layer boundary (inside the remat'd layer, so the recomputation keeps it too).
+    hidden = _constrain(hidden, ("batch", "length", "embed"))
     return hidden, (hidden if emit_hidden else None)
 
 
@@ -298,6 +339,8 @@ class Encoder(nn.Module):
       mask = attn_lib.segment_mask(segment_ids)
     else:
       mask = attn_lib.padding_mask(input_ids, c.pad_id)
+    if mask.shape[0] == batch:  # [B, 1|H, L, L]: 2 GiB of bool at 8192 x 512 if not split
+      mask = _constrain(mask, ("batch", None, "length", None))
 
     hidden = self.embeddings(input_ids, position_ids, lang_ids, deterministic)
     per_layer = [hidden]
@@ -333,10 +376,11 @@ class MlmHead(nn.Module):
   def __call__(self, hidden, decoder: Callable[..., jax.Array], lang_ids=None):
     c = self.config
     # Input side named "mlp" so a [D, D] kernel is not sharded twice on the same mesh axis.
+    hidden = _rows(hidden, "embed")  # gathered rows [B, P, D]: still split by batch row
     x = _dense(c, c.hidden_size, ("mlp", "embed"), ("embed",), name="dense")(hidden)
     x = nn.gelu(x, approximate=False)
     # float32 LayerNorm: its output feeds the float32 tied decoder directly.
-    x = _layer_norm(c, dtype=jnp.float32, name="layer_norm")(x)
+    x = _rows(_layer_norm(c, dtype=jnp.float32, name="layer_norm")(x), "embed")
     if c.separate_embeddings:
       bias = self.param("bias", _partitioned(nn.initializers.zeros, ("languages", "vocab")),
                         (c.num_languages, c.padded_vocab_size), DTYPES[c.param_dtype])
@@ -349,7 +393,18 @@ class MlmHead(nn.Module):
       logits = decoder(x) + bias.astype(jnp.float32)
     # Masked again after the bias (one fused select): the padding columns are exactly
     # PADDED_LOGIT whatever the decoder passed in and whatever a loaded bias holds there.
-    return mask_padded_vocab(logits, c.vocab_size)
+    return _rows(mask_padded_vocab(logits, c.vocab_size), "vocab")
+
+
+def gather_positions(x: jax.Array, positions: jax.Array) -> jax.Array:
+  """x [B, L, ...] at positions [B, P]: [B, P, ...], row b's entries at its own positions.
+
+  A gather batched over the rows (take_along_axis), not `x[arange(B)[:, None], positions]`:
+  XLA shards the batched form by rows, where the two-index form, with rows split over devices,
+  is computed as a masked gather of the whole batch on every device and an all-reduce of it.
+  """
+  index = positions.reshape(positions.shape + (1,) * (x.ndim - 2))
+  return jnp.take_along_axis(x, index, axis=1, mode="clip")
 
 
 class Model(nn.Module):
@@ -379,10 +434,11 @@ class Model(nn.Module):
           label_langs = _checked_lang_ids(self.config, input_ids, lang_ids)[:, :1]
         self.lm_head(hidden[:, :1], self.encoder.attend, label_langs)
       return hidden
-    rows = jnp.arange(hidden.shape[0])[:, None]
     if self.config.separate_embeddings:
-      label_langs = _checked_lang_ids(self.config, input_ids, lang_ids)[rows, label_positions]
-    return self.lm_head(hidden[rows, label_positions], self.encoder.attend, label_langs)
+      label_langs = gather_positions(_checked_lang_ids(self.config, input_ids, lang_ids),
+                                     label_positions)
+    return self.lm_head(gather_positions(hidden, label_positions), self.encoder.attend,
+                        label_langs)
 
   def encode(self, input_ids, *, position_ids=None, lang_ids=None, segment_ids=None,
              attention_mask=None, deterministic: bool = True, return_all_layers: bool = False):

@@ -12,6 +12,10 @@ from the trainer's own functions, so what compiles here is what training runs:
   objective's own steps, e.g. EMMA-X's e_step and m_step);
 - the held-out evaluation step of each batch kind, when the `mlm` evaluator is configured.
 
+Both are traced, as in training, inside `mesh.tracing_context`: the model's activations are
+constrained to rows over the batch axes (models/encoder.py), so memory per chip is that of
+`batch_size / (data * fsdp)` rows, not of the whole batch.
+
 Per step it reports the compiler's memory per chip (arguments, outputs, temporaries, peak) next to
 the chip's HBM, its FLOPs next to the trainer's analytic count, the collectives in the program,
 and a verdict. A program too big for the chip is a verdict with settings to try, not a crash.
@@ -441,7 +445,7 @@ def compile_run(config, topology: Topology, config_name: str = "",
   leading = 1 if accum > 1 else 0
   for group, stage_names in groups.items():
     fns = trainer.jit_update_steps({n: bound[n] for n in group}, tx, schedule, shardings, mesh,
-                                   accum)
+                                   accum, rules)
     names = _step_names(bound, group, tx, schedule)
     group_batches = batches(trainer.group_kinds(bound, group), leading)
     for index, (name, fn) in enumerate(zip(names, fns)):
@@ -467,8 +471,9 @@ def compile_run(config, topology: Topology, config_name: str = "",
     for kind in sorted({b.objective.batch_kind for b in bound.values()}):
       group = {n: b for n, b in bound.items() if b.objective.batch_kind == kind}
       progress(f"compiling eval/{kind} ...")
-      report = compile_step(f"eval/{kind}", ("eval",), jax.jit(make_eval_step(group)),
-                            state.params, state.extra, batches([kind], 0), key)
+      eval_step = mesh_lib.jit_in_mesh(make_eval_step(group), mesh, rules)
+      report = compile_step(f"eval/{kind}", ("eval",), eval_step, state.params, state.extra,
+                            batches([kind], 0), key)
       report.analytic_flops = analytic(tuple(group), forward_only=True)
       report.suggestions = _suggestions(config, mesh, evaluation=True, accumulates=False)
       reports.append(report)

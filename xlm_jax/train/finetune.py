@@ -394,23 +394,26 @@ def encoder_for_mesh(pretrained, mesh) -> tuple[EncoderConfig, Any]:
 # =============================================================================================
 
 
-def jit_train_step(bound, tx, schedule, shardings, mesh, grad_accum_steps: int):
-  """The pre-training engine's update step, jitted with the state donated."""
+def jit_train_step(bound, tx, schedule, shardings, mesh, grad_accum_steps: int, rules=None):
+  """The pre-training engine's update step, jitted with the state donated (in the mesh's
+  tracing context, as training: mesh.jit_in_mesh)."""
   leading = 1 if grad_accum_steps > 1 else 0
   step = make_train_step({"task": bound}, tx, schedule, grad_accum_steps)
   batch = {"task": mesh_lib.batch_sharding(mesh, leading)}
-  return jax.jit(step, donate_argnums=0, in_shardings=(shardings["train"], batch),
-                 out_shardings=(shardings["train"], mesh_lib.replicated(mesh)))
+  return mesh_lib.jit_in_mesh(step, mesh, rules, donate_argnums=0,
+                              in_shardings=(shardings["train"], batch),
+                              out_shardings=(shardings["train"], mesh_lib.replicated(mesh)))
 
 
-def jit_predict(model: TaskModel, param_shardings, mesh):
+def jit_predict(model: TaskModel, param_shardings, mesh, rules=None):
   """params, batch -> argmax labels [B] (classify) or [B, L] (tag), on every host."""
   def predict(params, batch):
     logits = model.apply({"params": params}, batch["input_ids"], lang_ids=batch.get("lang_ids"),
                          deterministic=True)
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  return jax.jit(predict, in_shardings=(param_shardings, mesh_lib.batch_sharding(mesh)),
-                 out_shardings=mesh_lib.replicated(mesh))
+  return mesh_lib.jit_in_mesh(predict, mesh, rules,
+                              in_shardings=(param_shardings, mesh_lib.batch_sharding(mesh)),
+                              out_shardings=mesh_lib.replicated(mesh))
 
 
 def _copy_params(param_shardings):
@@ -683,8 +686,8 @@ def finetune(config, workdir, pretrained=None, data: tasks_lib.TaskData | None =
     write_json_atomically(workdir / workdir_lib.CONFIG_FILE, config.to_dict())
   checkpointer = checkpointer or open_checkpointer()
   train_step = jit_train_step(task_objective(model, tokenizer, known or ["en"]), tx, schedule,
-                              shardings, mesh, accum)
-  predict = jit_predict(model, shardings["best"], mesh)
+                              shardings, mesh, accum, rules)
+  predict = jit_predict(model, shardings["best"], mesh, rules)
   copy_params = _copy_params(shardings["best"])
   pad_id = tokenizer.pad_id
 

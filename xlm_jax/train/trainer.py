@@ -270,14 +270,15 @@ def group_kinds(bound, group) -> list[str]:
   return sorted({kind for name in group for kind in bound[name].kinds})
 
 
-def jit_update_steps(bound, tx, schedule, shardings, mesh, grad_accum_steps: int = 1) -> list:
+def jit_update_steps(bound, tx, schedule, shardings, mesh, grad_accum_steps=1, rules=None) -> list:
   """The jitted update functions of one objective group (`bound`: name -> BoundObjective), run
   in order every step.
 
   A plain group is one `make_train_step` (gradient of the summed losses); an objective with its
   own `make_steps` (EMMA-X's E-step, M-step) gives several, each jitted on its own. The state is
   donated: parameters and optimizer moments are updated in place. Each drops an update with a
-  non-finite loss or gradient inside the step (`nonfinite.skip_nonfinite`).
+  non-finite loss or gradient inside the step (`nonfinite.skip_nonfinite`), and is traced in
+  `mesh.tracing_context(mesh, rules)`, which shards the activations (rules None: the default).
   """
   leading = 1 if grad_accum_steps > 1 else 0
   kinds = sorted({kind for b in bound.values() for kind in b.kinds})
@@ -291,8 +292,9 @@ def jit_update_steps(bound, tx, schedule, shardings, mesh, grad_accum_steps: int
     fns = [fn for _, fn in first.objective.make_steps(first, tx, schedule)]
   else:
     fns = [make_train_step(dict(bound), tx, schedule, grad_accum_steps)]
-  return [jax.jit(skip_nonfinite(fn), donate_argnums=0, in_shardings=in_shardings,
-                  out_shardings=out_shardings) for fn in fns]
+  jit = functools.partial(mesh_lib.jit_in_mesh, mesh=mesh, rules=rules, donate_argnums=0,
+                          in_shardings=in_shardings, out_shardings=out_shardings)
+  return [jit(skip_nonfinite(fn)) for fn in fns]
 
 
 def run_group(fns, state, batches):
@@ -313,14 +315,14 @@ def run_group(fns, state, batches):
 # =============================================================================================
 
 
-def heldout_eval_step(bound, seed: int, put_batch=None):
-  """`(params, extra) -> eval_step(kind, index, host_batch)` for the held-out evaluator: each
-  objective reading `kind` scored with dropout off and a fixed masking key."""
+def heldout_eval_step(bound, seed: int, put_batch=None, mesh=None, rules=None):
+  """`(params, extra) -> eval_step(kind, index, host_batch)` for the held-out evaluator, traced in
+  `mesh.tracing_context`: each objective reading `kind`, dropout off, a fixed masking key."""
   rng = jax.random.PRNGKey(seed + _EVAL_SEED_OFFSET)
   by_kind = {}
   for kind in sorted({b.objective.batch_kind for b in bound.values()}):
     group = {n: b for n, b in bound.items() if b.objective.batch_kind == kind}
-    by_kind[kind] = (group, jax.jit(make_eval_step(group)))
+    by_kind[kind] = (group, mesh_lib.jit_in_mesh(make_eval_step(group), mesh, rules))
   put_batch = put_batch or jax.device_put
 
   def with_state(params, extra):
@@ -541,8 +543,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
               hashlib.sha256(tokenizer.serialized()).hexdigest()
               if warm_start_lib.hf_folder(config.init_from) is not None  # the model's, not the corpus's
               else corpus.manifest.get("tokenizer", {}).get("sha256", ""))}
-  heldout_step = heldout_eval_step(bound, config.seed,
-                                   lambda batch: mesh_lib.to_global_batch(batch, mesh))
+  heldout_step = heldout_eval_step(bound, config.seed, functools.partial(
+      mesh_lib.to_global_batch, mesh=mesh), mesh, rules)
 
   def evaluate(state, names=None) -> dict:
     model_fns = eval_model(model, lambda: _on_this_host(model_params(state.params)), tokenizer,
@@ -601,7 +603,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
       group = stage.groups[group_for_step(bound, stage.groups, config.seed, step)]
       if group not in compiled:
         compiled[group] = jit_update_steps({n: bound[n] for n in group}, tx, schedule, shardings,
-                                           mesh, config.train.grad_accum_steps)
+                                           mesh, config.train.grad_accum_steps, rules)
       batches = _next_batches(iterators, group_kinds(bound, group), mesh,
                               config.train.grad_accum_steps)
       with jax.transfer_guard("disallow"):  # hidden host<->device copies fail loudly

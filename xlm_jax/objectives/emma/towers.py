@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from xlm_jax.models.encoder import Model
+from xlm_jax.models.encoder import Model, gather_positions
 from xlm_jax.objectives.base import ObjectiveContext
 from xlm_jax.objectives.masking import MaskedTokens, mlm_mask
 
@@ -107,10 +107,9 @@ def query_forward(ctx: ObjectiveContext, params, inputs: PairInputs, rng, train:
                            deterministic=not train, rngs={"dropout": rng}, method=Model.encode)
   z = sentence_head(ctx).apply({"params": sentence_head_params(ctx.head_params(params))},
                               hidden[:, 0])
-  rows = jnp.arange(ids.shape[0])[:, None]
   # Gather before the vocabulary projection: logits only where a label exists.
-  logits = ctx.model.apply({"params": params}, hidden[rows, inputs.masked.positions],
-                           method=_lm_head)
+  logits = ctx.model.apply({"params": params},
+                           gather_positions(hidden, inputs.masked.positions), method=_lm_head)
   return z, logits
 
 
