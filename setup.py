@@ -23,7 +23,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["xlm_jax", "xlm_jax.*", "data_prep", "data_prep.*"]),
     install_requires=_REQUIREMENTS,
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "pytest-xdist>=3"],
         # Hugging Face interop beyond safetensors: logit-parity tests, reading pytorch_model.bin.
         # Training never needs it. torch is pinned to the version whose CPU build CI installs;
         # any torch >= 2.4 works for a user who installs it another way.

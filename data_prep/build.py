@@ -22,6 +22,7 @@ import tqdm
 
 from data_prep import debian, debian8, gettext_corpus, splits as splits_lib, tfds_writer
 from data_prep.stats import stats_table  # noqa: F401  (moved to stats.py; build.stats_table still works)
+from xlm_jax.atomic_files import DiskFullError, disk_full_error, no_room
 from xlm_jax.data import tokenizer_training
 from xlm_jax.data.corpus import FORMAT_VERSION, RECIPES, Corpus, build_command, read_manifest
 from xlm_jax.data.tokenizer import Tokenizer
@@ -267,12 +268,28 @@ def build_corpus(corpus_dir, languages=DEFAULT_LANGUAGES, packages=None, vocab_s
     (work / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n",
                                         encoding="utf-8")
     _move_into_place(work, corpus_dir)
+  except Exception as err:
+    raise_if_no_room(err, corpus_dir, work)
+    raise
   finally:
     if pool is not None:
       pool.shutdown(cancel_futures=True)
     shutil.rmtree(work, ignore_errors=True)
   _say(progress, f"corpus ready at {corpus_dir} in {time.perf_counter() - start:.0f} s")
   return Corpus(corpus_dir)
+
+
+def raise_if_no_room(err: Exception, corpus_dir: pathlib.Path, work: pathlib.Path) -> None:
+  """A build that failed for want of room (a full disk, a file-size limit; the TFDS writer and tar report
+  it in their own words) raises DiskFullError naming the corpus and saying that its old version is kept."""
+  if not no_room(err):
+    return
+  kept = (f"{corpus_dir} is unchanged (the corpus built before is kept)" if (corpus_dir / "manifest.json").is_file()
+          else f"Nothing was written to {corpus_dir}")
+  if isinstance(err, DiskFullError):  # it names the place already (the .debs' unpacking folder)
+    raise DiskFullError(f"{err}. {kept}") from err
+  raise disk_full_error(f"the corpus {corpus_dir} (built in {work}, now deleted)", err,
+                        f"{kept}; free some space and run the build again") from err
 
 
 def _move_into_place(work: pathlib.Path, corpus_dir: pathlib.Path) -> None:

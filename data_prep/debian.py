@@ -196,6 +196,10 @@ def extract_package(deb_path: pathlib.Path, dest_dir: pathlib.Path) -> pathlib.P
                             "dpkg-deb; build it on such a machine and copy the folder (data.corpus_dir)")
   proc = subprocess.run(["dpkg-deb", "-x", str(deb_path), str(dest_dir)], capture_output=True, text=True)
   if proc.returncode != 0:
-    raise ValueError(f"dpkg-deb -x {deb_path} failed: {proc.stderr.strip()}; "
-                     "delete the file to re-download it")
+    from xlm_jax.atomic_files import disk_full_error, no_room
+    failure = ValueError(f"dpkg-deb -x {deb_path} failed: {proc.stderr.strip()}")
+    if no_room(failure):  # the .deb is fine: the folder it is unpacked into has no room
+      raise disk_full_error(f"the files of {pathlib.Path(deb_path).name} into {dest_dir}", failure,
+                            "Free some space there (the folder is under $TMPDIR) and run the build again")
+    raise ValueError(f"{failure}; delete the file to re-download it")
   return dest_dir

@@ -213,6 +213,9 @@ def build_user_corpus(corpus_dir, inputs, *, vocab_size: int = 8000, seed: int =
     text = json.dumps(manifest, indent=1, ensure_ascii=False, default=str)
     (work / "manifest.json").write_text(text + "\n", encoding="utf-8")  # last: marks a finished corpus
     build._move_into_place(work, corpus_dir)
+  except Exception as err:
+    build.raise_if_no_room(err, corpus_dir, work)
+    raise
   finally:
     shutil.rmtree(work, ignore_errors=True)
   if progress:

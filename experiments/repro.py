@@ -178,7 +178,7 @@ FINDINGS = (
     Finding(
         key="xlm",
         title="XLM: TLM on parallel data adds to MLM",
-        paper="Conneau & Lample 2019 (arXiv 1901.07291), Table 1 (XNLI zero-shot)",
+        paper="Conneau & Lample 2019 (arXiv 1901.07291), the XNLI table (zero-shot rows)",
         setup="tiny encoder, 8 languages, MLM alone vs MLM alternated with TLM (XLM's recipe)",
         variants=(Variant("MLM", "experiments/xlm_tlm.py:mlm_only"),
                   Variant("MLM+TLM", "experiments/xlm_tlm.py")),
@@ -190,7 +190,7 @@ FINDINGS = (
     Finding(
         key="ernie_m",
         title="ERNIE-M: CAMLM, then BTMLM, each add to MLM",
-        paper="Ouyang et al. 2021 (arXiv 2012.15674), ablation table (XNLI)",
+        paper="Ouyang et al. 2021 (arXiv 2012.15674), Table 6 (ablation, XNLI)",
         setup="tiny encoder, 8 languages: MLM alone; MLM + CAMLM (stage 1 only); MLM + CAMLM, then "
               "+ BTMLM (two stages, half the steps each); same steps for all three",
         variants=(Variant("MLM", "experiments/ernie_m.py:mlm"),

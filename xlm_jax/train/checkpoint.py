@@ -13,6 +13,10 @@ run died right after the commit) is checked by restoring it. A damaged step rais
 ones to `DAMAGED_DIR` (`set_aside`), so `keep_checkpoints` rotation never counts them and never
 deletes an intact step for their sake. Orbax itself deletes old steps only after a new one is
 committed, so the newest intact checkpoint always survives rotation.
+
+A save that fails for want of room (a full disk; TensorStore reports it in a ValueError) raises
+DiskFullError naming the step and the newest committed step before it, from `save` (synchronous
+saves) or from the next wait for the save (asynchronous ones).
 """
 from __future__ import annotations
 
@@ -91,7 +95,11 @@ class Checkpointer:
     args = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
     for kind, it in (data_iters or {}).items():
       args[f"data_{kind}"] = grain.checkpoint.CheckpointSave(it)
-    saved = self.manager.save(step, args=ocp.args.Composite(**args), force=force)
+    try:
+      saved = self.manager.save(step, args=ocp.args.Composite(**args), force=force)
+    except Exception as err:  # a synchronous save fails here, an asynchronous one at the wait
+      self._raise_if_no_room([step], err)
+      raise
     if saved:
       self._unrecorded.append(step)
       if not self.async_save:
@@ -108,7 +116,7 @@ class Checkpointer:
     share the folder, and orbax commits a step once every host has written its part)."""
     if not self._unrecorded:
       return
-    self.manager.wait_until_finished()  # raises if a save failed: nothing false is recorded
+    self._wait_for_saves()  # raises if a save failed: nothing false is recorded
     steps, self._unrecorded = self._unrecorded, []
     import jax  # local: the rest of this module needs no device
     if jax.process_index() != 0:
@@ -119,7 +127,44 @@ class Checkpointer:
       if step not in self.manager.all_steps() or not folder.is_dir():
         continue  # rotated away already
       files = {str(p.relative_to(folder)): _file_record(p) for p in _item_files(folder)}
-      write_json_atomically(folder / FILES_MANIFEST, {"step": step, "files": files})
+      try:
+        write_json_atomically(folder / FILES_MANIFEST, {"step": step, "files": files})
+      except OSError as err:  # the step itself is committed: restoring it is then its check
+        self._raise_if_no_room([step], err, committed=True)
+        raise
+
+  def _wait_for_saves(self) -> None:
+    try:
+      self.manager.wait_until_finished()
+    except Exception as err:
+      failed, self._unrecorded = self._unrecorded, []
+      self._raise_if_no_room(failed, err)
+      raise
+
+  def _raise_if_no_room(self, steps: list[int], err: Exception, committed: bool = False) -> None:
+    """Raises DiskFullError naming the step that could not be written and the newest committed
+    step before it, if `err` is a write refused for want of room. Orbax's own error is a
+    TensorStore ValueError, and its saving threads log a traceback per array besides."""
+    from xlm_jax.atomic_files import DiskFullError, disk_full_error, no_room
+    if not no_room(err):
+      return
+    if isinstance(err, DiskFullError) and err.__cause__ is not None:
+      err = err.__cause__  # write_json_atomically's: this message names the file itself
+    step = min(steps) if steps else None
+    what = (f"checkpoint step {step} ({self.directory / str(step)})" if step is not None
+            else f"a checkpoint in {self.directory}")
+    if committed:
+      what = f"{self.directory / str(step) / FILES_MANIFEST}, the file list of {what}"
+      kept = ("The step itself was committed before, and is checked by restoring it; free "
+              "some space and rerun `xlm-jax train` on this workdir to resume")
+    else:
+      earlier = [s for s in self.all_steps() if step is None or s < step]
+      kept = (f"The checkpoint before it, step {earlier[-1]} ({self.directory / str(earlier[-1])}),"
+              " is intact: free some space and rerun `xlm-jax train` on this workdir to resume "
+              "from it" if earlier else
+              "No earlier checkpoint was written: free some space and rerun `xlm-jax train`, "
+              "which starts over")
+    raise disk_full_error(what, err, kept) from err
 
   def check_files(self, step: int) -> None:
     """Raises DamagedCheckpoint if a file recorded when `step` was committed is missing, has
@@ -268,7 +313,7 @@ class Checkpointer:
     return restored["params"], restored.get("extra", {})
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    self._wait_for_saves()
     self._record_finished()
 
   def close(self) -> None:

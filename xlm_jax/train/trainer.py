@@ -504,7 +504,9 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     if start_step:
       # Refuse another model before the state is built: nothing is written on a refusal.
       ckpt_lib.check_same_model(saved_meta["model"], mcfg.to_dict(), checkpointer.directory)
-      if start_step >= total:
+      # A run killed after its last checkpoint but before summary.json (while it evaluated or
+      # exported) is not finished: it restores that step and evaluates and exports.
+      if start_step > total or (start_step == total and workdir_lib.read_summary(workdir)):
         checkpointer.close()
         return _already_trained(workdir, start_step, total)
     state, shardings, abstract_state = create_train_state(
@@ -715,5 +717,6 @@ def _already_trained(workdir: pathlib.Path, step: int, total: int) -> dict:
                   "train, and its config.json and summary.json are left as they are. To train "
                   "further, raise --config.train.total_steps above %d; to evaluate, run "
                   "`xlm-jax eval --workdir %s`", workdir, step, total, step, workdir)
-  summary = workdir_lib.read_summary(workdir) or {"workdir": str(workdir), "step": step}
+  summary = workdir_lib.read_summary(workdir) or {"workdir": str(workdir), "step": step,
+                                                  "total_steps": step, "train_seconds": 0.0}
   return {**summary, "already_trained": True, "requested_total_steps": total}
