@@ -44,3 +44,15 @@ def small_corpus(tmp_path_factory):
   return build.ensure_corpus(path, build.DEFAULT_LANGUAGES, build_if_missing=True,
                              packages=SMALL_CORPUS_PACKAGES, vocab_size=2000,
                              min_sentences_per_language=100, progress=False)
+
+
+# --- Order: the longest files first ----------------------------------------------------------------------
+# CI runs the suite on 2 workers, a whole file per worker (pytest-xdist --dist loadfile), handed out
+# in collection order. The reproduction smoke run is the longest file by far: started first, it runs
+# beside everything else instead of after it.
+LONGEST_FILES = ("test_repro.py", "test_multiprocess.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
