@@ -336,7 +336,8 @@ def run_one(finding: Finding, variant: Variant, seed: int, folder: pathlib.Path,
   jax.clear_caches()   # one process runs every variant: drop the compiled steps of this one
   gc.collect()
   values = {name: read_metric(METRICS[name], summary, finetuned) for name in finding.metrics}
-  # pretrain_seconds / finetune_seconds: wall time of the commands (this call's share of them).
+  # pretrain_seconds / finetune_seconds: wall time of the commands in this call (a run resumed
+  # after a kill counts only its last part).
   return {"values": values, "steps": summary.get("step"), **timings}
 
 
@@ -609,11 +610,8 @@ def main(argv=None) -> int:
     folder = out / finding.key / variant.name.replace(" ", "_").replace("(", "").replace(
         ")", "").replace("+", "_") / f"seed{seed}"
     print(f"[repro] {finding.key} / {variant.name} / seed {seed} -> {folder}", flush=True)
-    previous = slot.get(str(seed), {})
-    result = run_one(finding, variant, seed, folder, args.smoke, languages, args.corpus_dir, extra)
-    for key in ("pretrain_seconds", "finetune_seconds"):
-      result[key] = result.get(key, 0.0) + previous.get(key, 0.0)
-    slot[str(seed)] = result
+    slot[str(seed)] = run_one(finding, variant, seed, folder, args.smoke, languages,
+                              args.corpus_dir, extra)
     save()
   save()
   print(f"[repro] report: {report}", flush=True)
