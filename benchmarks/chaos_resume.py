@@ -352,6 +352,16 @@ def table(records: list[dict], reference_seconds: float) -> str:
   return "\n".join(rows)
 
 
+def add_folder_args(parser, out: str, json: str) -> None:
+  """--corpus-dir, --out and --json, as this benchmark and long_run.py take them."""
+  parser.add_argument("--corpus-dir", default=os.environ.get("XLM_JAX_TEST_CORPUS") or
+                      str(pathlib.Path.home() / ".cache" / "xlm_jax" / "data" / "chaos_small"),
+                      help="a corpus; the tests' small one is built there if missing")
+  parser.add_argument("--out", default=None, help=f"folder for {out} (default: a temporary "
+                      "folder, deleted afterwards)")
+  parser.add_argument("--json", default=None, help=f"also write {json} here")
+
+
 def ensure_small_corpus(corpus_dir) -> pathlib.Path:
   sys.path.insert(0, str(REPO))
   from data_prep import build
@@ -367,12 +377,7 @@ def main(argv=None) -> int:
   parser.add_argument("--checkpoint-every", type=int, default=4)
   parser.add_argument("--seed", type=int, default=0, help="draws the kill steps and offsets")
   parser.add_argument("--devices", type=int, default=1, help="CPU devices of each child")
-  parser.add_argument("--corpus-dir", default=os.environ.get("XLM_JAX_TEST_CORPUS") or
-                      str(pathlib.Path.home() / ".cache" / "xlm_jax" / "data" / "chaos_small"),
-                      help="a corpus; the tests' small one is built there if missing")
-  parser.add_argument("--out", default=None, help="folder for the two workdirs and the logs "
-                      "(default: a temporary folder, deleted afterwards)")
-  parser.add_argument("--json", default=None, help="also write the records and the verdict here")
+  add_folder_args(parser, out="the two workdirs and the logs", json="the records and the verdict")
   args = parser.parse_args(argv)
   if not 1 <= args.kills < args.steps:
     parser.error("--kills must be in [1, --steps)")

@@ -3,7 +3,7 @@
 
     xlm-jax train --config experiments/ems.py --workdir workdirs/ems                   # tiny, XTR + CL
     xlm-jax train --config experiments/ems.py:cl_only --workdir workdirs/ems_cl
-    xlm-jax train --config experiments/ems.py:paper --workdir gs://bucket/ems          # 6L, d=1024
+    xlm-jax train --config experiments/ems.py:paper --workdir /mnt/shared/ems          # 6L, d=1024
 
 L = L_XTR + 2 L_CL. The XTR head predicts the bag of y's tokens from x's mean-pooled vector and
 y's language (KL both directions); the contrastive loss is a symmetric InfoNCE over a 128-d

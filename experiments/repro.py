@@ -247,6 +247,9 @@ FULL_FINETUNE = ("train.epochs=3", "data.max_train_examples=8000", "optimizer.le
 SMOKE_OVERRIDES = ("train.max_wall_seconds=0", "train.eval_every=0", "train.checkpoint_every=2",
                    "train.log_every=1", "train.progress_bar=False", "train.batch_size=8",
                    "model.hidden_size=32", "model.mlp_dim=64", "model.num_heads=2",
+                   # One traced layer per stack: compiling the smoke's 6- and 8-layer models
+                   # unrolled was most of its time (same computation, another layout).
+                   "model.scan_layers=True",
                    "eval.retrieval_items=20", "data.eval_sentences=16")
 SMOKE_STEPS = 2
 SMOKE_FINETUNE = ("train.epochs=1", "train.progress_bar=False", "train.batch_size=16",

@@ -1,7 +1,7 @@
 """XLM (Conneau & Lample 2019): MLM on monolingual streams alternated with TLM on parallel pairs.
 
     xlm-jax train --config experiments/xlm_tlm.py --workdir workdirs/xlm_tlm          # tiny, CPU
-    xlm-jax train --config experiments/xlm_tlm.py:base --workdir gs://bucket/xlm_tlm
+    xlm-jax train --config experiments/xlm_tlm.py:base --workdir /mnt/shared/xlm_tlm
     xlm-jax train --config experiments/xlm_tlm.py:synthetic --workdir workdirs/xlm_syn  # en + en_trans
 
 TLM reads `<s> x </s> </s> y </s>` pairs (batch kind "parallel"), masks both sides, and restarts

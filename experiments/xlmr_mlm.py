@@ -1,6 +1,6 @@
 """XLM-R pre-training with MLM (Conneau et al. 2020) at paper scale or CPU size.
 
-    xlm-jax train --config experiments/xlmr_mlm.py:base --workdir gs://bucket/xlmr_base
+    xlm-jax train --config experiments/xlmr_mlm.py:base --workdir /mnt/shared/xlmr_base
     xlm-jax train --config experiments/xlmr_mlm.py:small --workdir workdirs/xlmr_small
 
 Variants are the sizes of xlm_jax/presets.py: tiny and small (CPU), base (12L/768, 270M with a

@@ -225,3 +225,31 @@ def test_disk_full_while_building_a_corpus_keeps_the_old_corpus(small_corpus, tm
   assert _hashes(corpus_dir) == before
   assert [p.name for p in tmp_path.iterdir() if ".partial-" in p.name] == []
   assert Corpus(corpus_dir).languages == manifest["languages"]
+
+
+_METRICS_UNTIL_FULL = (
+    "import sys\n"
+    "from xlm_jax.atomic_files import DiskFullError\n"
+    "from xlm_jax.train.metrics import MetricWriter\n"
+    "writer = MetricWriter(sys.argv[1], tensorboard=False)\n"
+    "try:\n"
+    "  for step in range(1, 10000):\n"
+    "    writer.write(step, {'loss': 1.0 / step, 'grad_norm': 0.5}, prefix='train/')\n"
+    "except DiskFullError as err:\n"
+    "  print(err)\n"
+    "  sys.exit(2)\n")
+
+
+def test_disk_full_while_logging_metrics_keeps_whole_lines(tmp_path):
+  # The limit falls inside a line: the write takes part of it, then fails.
+  limit = 1000
+  proc = _run_limited([sys.executable, "-c", _METRICS_UNTIL_FULL, str(tmp_path)],
+                      dict(os.environ, JAX_PLATFORMS="cpu"), limit)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines(keepends=True)
+  assert lines and all(line.endswith("\n") for line in lines)
+  steps = [json.loads(line)["step"] for line in lines]
+  assert steps == list(range(1, len(steps) + 1))
+  assert sum(len(line) for line in lines) <= limit
+  assert f"could not write {tmp_path / 'metrics.jsonl'} (the metrics of step {len(steps) + 1})" \
+      in proc.stdout and "the disk may be full" in proc.stdout, proc.stdout

@@ -18,6 +18,7 @@ import pytest
 from test_train import QUICKSTART, tiny_config, tiny_overrides
 from xlm_jax import cli
 from xlm_jax import mesh as mesh_lib
+from xlm_jax.data import input_shards
 from xlm_jax.objectives.base import Objective, ObjectiveContext
 from xlm_jax.train import checkpoint as ckpt_lib
 from xlm_jax.train import nonfinite
@@ -253,8 +254,9 @@ def restore_target(poisoned_run):
   _, _, abstract = create_train_state(model, tx, bound, config.data.seq_len, mesh,
                                       mesh_lib.logical_rules(config.mesh), config.seed,
                                       initialize=False)
+  shards = input_shards.plan(config.data.input_shards, None, 1, config.seed, 0)
   return abstract, mcfg, lambda: {"mono": iter(trainer.make_batch_dataset(
-      "mono", config, corpus, tokenizer, "train"))}
+      "mono", config, corpus, tokenizer, "train", shards=shards))}
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))

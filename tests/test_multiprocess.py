@@ -4,26 +4,29 @@ The claim under test: a run whose mesh spans several processes (jax.distributed,
 computes the same training trajectory as one process holding all devices, given the same global
 batches; and it survives a preemption that only one host sees.
 
-Why the reference is not a plain 1-process run: each host reads its own shard of the sentences
-(pipeline shard_index = process_index, sentence i goes to host i % hosts) and feeds batch_size/hosts
-rows, so the global batch of a 2-host run is [host 0's 4 rows; host 1's 4 rows], which a 1-process
-pipeline (one shard holding every sentence) never produces. The reference therefore runs the real
-pipeline twice in one process, once per host shard, and stacks the halves in host order
-(tests/multiprocess_worker.py --as-hosts 2). Same mesh, same program, same batches: only the
-collectives differ (gloo across processes vs in-process), which can reorder fp32 sums.
+Why the reference is not a plain 1-process run: the global batch is read as input shards
+(data/input_shards.py; sentence i goes to shard i % shards), one per host by default, so a 1-process
+run reads other batches unless it reads the same shards: the reference sets
+data.input_shards=2, as the 2-host run does (each host then reads one), and stacks both shards'
+batches in shard order, where the hosts' rows land in the global batch. Its evaluation sets are the
+hosts' too (tests/multiprocess_worker.py --as-hosts 2). Same mesh, same program, same batches: only
+the collectives differ (gloo across processes vs in-process), which can reorder fp32 sums.
 
 The mesh is fsdp=4: every weight and Adam moment is split over both hosts, so the all-gathers,
 the gradient reduce-scatters, checkpoint writes and the export's gather all cross processes.
 
-Runs (the compilation cache is shared, so the second 2-process launch mostly skips compiling):
+Runs (the compilation cache is shared, so later launches mostly skip compiling):
   1. concurrently: the 2-process run, SIGTERM to process 1 only after step 2 (both hosts must agree
      to stop and checkpoint), and the reference (4 steps, checkpoints at 2 and 4);
-  2. the 2-process run again: resumes at step 2, trains to 4, evaluates (mlm, retrieval), exports.
+  2. concurrently: the 2-process run again (resumes at step 2, trains to 4, evaluates (mlm,
+     retrieval), exports) and a copy of it resumed by 1 process (2 hosts -> 1);
+  3. a copy of the reference cut back to step 2, resumed by 2 processes (1 -> 2 hosts).
 """
 import json
 import math
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -52,7 +55,8 @@ FAILURE_GRACE_S = 30    # a host whose peer died may block in a collective: kill
 def _overrides(corpus_dir):
   return ["--config." + o for o in tiny_overrides(corpus_dir, **{
       "train.total_steps": STEPS, "train.log_every": 2, "train.checkpoint_every": 2,
-      "mesh.data": 1, "mesh.fsdp": 4, "eval.evaluators": ("mlm", "retrieval"),
+      "mesh.data": 1, "mesh.fsdp": 4, "data.input_shards": HOSTS,
+      "eval.evaluators": ("mlm", "retrieval"),
       "eval.retrieval_items": 8, "export.enabled": True})]
 
 
@@ -122,14 +126,28 @@ def runs(small_corpus, tmp_path_factory):
   hosts_env = _env(DEVICES_PER_HOST, cache)
   multi, single = root / "two_hosts", root / "one_host"
 
+  one_env = _env(HOSTS * DEVICES_PER_HOST, cache)
+
+  def one_process(name, workdir, hooks=()):
+    return _start(name, [*hooks, "train", "--config", QUICKSTART + ":smoke", "--workdir",
+                         str(workdir), *overrides], one_env, logs)
+
   first = _start_hosts("preempted", multi, overrides, hosts_env, logs, sigterm=(1, 2))
-  first.append(_start("reference", ["--as-hosts", str(HOSTS), "train", "--config",
-                                    QUICKSTART + ":smoke", "--workdir", str(single), *overrides],
-                      _env(HOSTS * DEVICES_PER_HOST, cache), logs))
+  # Trains on HOSTS input shards (as the hosts do); --as-hosts gives it their evaluation sets.
+  first.append(one_process("reference", single, ["--as-hosts", str(HOSTS)]))
   results = _finish(first)
+  fewer, more = root / "fewer_hosts", root / "more_hosts"
   if all(rc == 0 for rc, _ in results.values()):
-    results.update(_finish(_start_hosts("resumed", multi, overrides, hosts_env, logs)))
-  return {"multi": multi, "single": single, "results": results}
+    # A changed host count, from step 2: the 2-host run resumed by 1 process, the 1-process run
+    # by 2 hosts. Both keep the input shards of the checkpoint, so both read the same batches.
+    shutil.copytree(multi, fewer)
+    shutil.copytree(single, more, ignore=shutil.ignore_patterns(str(STEPS), "summary.json"))
+    later = _start_hosts("resumed", multi, overrides, hosts_env, logs)
+    later.append(one_process("fewer_hosts", fewer))
+    results.update(_finish(later))
+    # Alone: two 2-process jobs at once on 2 cores can miss gloo's 30 s set-up deadline.
+    results.update(_finish(_start_hosts("more_hosts", more, overrides, hosts_env, logs)))
+  return {"multi": multi, "single": single, "fewer": fewer, "more": more, "results": results}
 
 
 def _assert_ok(runs, *names):
@@ -157,7 +175,8 @@ def _assert_trees_close(got, want, what):
 
 
 def test_all_processes_exit_cleanly(runs):
-  _assert_ok(runs, "preempted.p0", "preempted.p1", "reference", "resumed.p0", "resumed.p1")
+  _assert_ok(runs, "preempted.p0", "preempted.p1", "reference", "resumed.p0", "resumed.p1",
+             "fewer_hosts", "more_hosts.p0", "more_hosts.p1")
 
 
 def test_one_host_sigterm_stops_both_hosts_at_the_same_step(runs):
@@ -194,6 +213,21 @@ def test_two_hosts_resume_like_one_host(runs):
   moved = max(float(np.max(np.abs(a - b)))
               for a, b in zip(jax.tree.leaves(got["params"]), jax.tree.leaves(before)))
   assert moved > 100 * ATOL, moved
+
+
+def test_a_changed_host_count_resumes_with_the_same_batches(runs):
+  """2 hosts -> 1 process and 1 process -> 2 hosts, each from step 2: the resumed run ends where
+  the uninterrupted one did (the input positions of both shards are carried over)."""
+  _assert_ok(runs, "reference", "resumed.p0", "resumed.p1", "fewer_hosts", "more_hosts.p0",
+             "more_hosts.p1")
+  for resumed, original, what in ((runs["fewer"], runs["multi"], "2 hosts -> 1"),
+                                  (runs["more"], runs["single"], "1 process -> 2 hosts")):
+    summary = json.loads((resumed / "summary.json").read_text())
+    assert summary["start_step"] == 2 and summary["step"] == STEPS, what
+    _assert_trees_close(_state(resumed, STEPS), _state(original, STEPS), what)
+  # The 2-host run's input positions, read by the one process that resumed it.
+  assert sorted(p.name for p in (runs["fewer"] / "checkpoints" / "2" / "data_mono").glob("process_*")) \
+      == [f"process_{i}-of-{HOSTS}.json" for i in range(HOSTS)]
 
 
 def _metric_rows(workdir):

@@ -58,6 +58,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.sentence_len = 0             # "sentences" kind: longest sentence kept; 0 = seq_len
   c.data.eval_sentences = 256         # held-out sentences per language for MLM evaluation
   c.data.prefetch_threads = 2
+  # The global batch is read as this many input shards (data/input_shards.py), each process
+  # reading an equal run of them. 0: one per process at the first start, then whatever the
+  # checkpoint holds. A resume keeps the data order exactly when its process count divides it:
+  # set a multiple of every host count the run may move between (e.g. 8).
+  c.data.input_shards = 0
 
   c.model = ml_collections.ConfigDict(EncoderConfig(vocab_size=0).to_dict())
   c.model.vocab_size = 0              # 0 = take it from the corpus tokenizer
@@ -116,6 +121,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.distributed.coordinator_address = ""
   c.distributed.num_processes = 0
   c.distributed.process_id = -1
+  # A host that sends no heartbeat for this long is dead: the coordination service then ends every
+  # other host (SIGABRT, naming the lost task) instead of leaving it blocked in a collective.
+  # Rerunning all hosts resumes from the newest checkpoint. 100 s is JAX's default.
+  c.distributed.heartbeat_timeout_seconds = 100
 
   c.eval = ml_collections.ConfigDict()
   c.eval.evaluators = ("mlm", "retrieval")
@@ -321,6 +330,7 @@ _RANGES = {
     "data.sentence_len": (0, None, True, None),        # 0 = seq_len
     "data.eval_sentences": (1, None, True, None),
     "data.prefetch_threads": (0, None, True, None),
+    "data.input_shards": (0, None, True, None),
     "optimizer.learning_rate": (0.0, None, False, None),
     "optimizer.warmup_steps": (0, None, True, None),
     "optimizer.end_lr_ratio": (0.0, 1.0, True, True),
@@ -340,6 +350,7 @@ _RANGES = {
     "train.max_consecutive_nonfinite": (1, None, True, None),
     "distributed.num_processes": (0, None, True, None),
     "distributed.process_id": (-1, None, True, None),
+    "distributed.heartbeat_timeout_seconds": (1, None, True, None),
     "eval.retrieval_items": (1, None, True, None),
     "eval.layer": (-1, None, True, None),               # -1 = last; an index past the model's layers
                                                         # is refused by encode, which knows them

@@ -66,9 +66,21 @@ def maybe_initialize_distributed(cfg) -> None:
     kwargs["num_processes"] = cfg.num_processes
   if cfg.process_id >= 0:
     kwargs["process_id"] = cfg.process_id
-  jax.distributed.initialize(**kwargs)
+  # A dead host (kill -9, a lost VM) never joins the next collective: the others would wait in it
+  # forever. The coordination service declares a host dead when its heartbeats stop for this long
+  # and then terminates every other process (SIGABRT; its fatal log line names the lost task,
+  # "tasks are unhealthy (stopped sending heartbeats): <id>"). A survivor whose collective fails
+  # first (gloo sees the closed socket) exits by the same route: jax.distributed's shutdown at exit
+  # waits for the dead host up to this timeout too. Bounded either way: about this many seconds
+  # after the death (measured on loopback, tests/test_dead_host.py: 6.7-9.3 s for 10 s,
+  # 97 s for JAX's default 100 s). A dead process 0 (it hosts the service) ends the others at once.
+  heartbeat = int(cfg.get("heartbeat_timeout_seconds", 100))
+  jax.distributed.initialize(**kwargs, heartbeat_timeout_seconds=heartbeat)
   logging.info("jax.distributed: process %d of %d, %d global devices", jax.process_index(),
                jax.process_count(), jax.device_count())
+  logging.info("jax.distributed: a host silent for %d s (distributed.heartbeat_timeout_seconds) "
+               "is declared lost and every other host exits with an error naming it; rerun every "
+               "host to resume from the newest checkpoint", heartbeat)
 
 
 def mesh_shape(cfg, num_devices: int) -> tuple[int, int, int]:

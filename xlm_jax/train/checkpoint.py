@@ -30,6 +30,7 @@ from typing import Any
 import grain
 import orbax.checkpoint as ocp
 
+from xlm_jax.data import input_shards
 from xlm_jax.models.encoder import param_shapes
 from xlm_jax.models.encoder_config import EncoderConfig, with_legacy_defaults
 
@@ -41,6 +42,12 @@ DAMAGED_DIR = "checkpoints_damaged"
 FILES_MANIFEST = "xlm_jax_files.json"
 # Files up to this size are hashed as well as measured: metadata, tree manifests, small arrays.
 _HASHED_BYTES = 1 << 20
+
+
+def _process_file() -> str:
+  """The data-position file grain's handler writes and reads for this process."""
+  import jax
+  return f"process_{jax.process_index()}-of-{jax.process_count()}.json"
 
 
 class DamagedCheckpoint(ValueError):
@@ -278,12 +285,27 @@ class Checkpointer:
       raise self._unreadable(step, "state (state/)", err) from err
     for kind, it in (data_iters or {}).items():
       try:
+        folder = self.directory / str(step) / f"data_{kind}"
+        if hasattr(it, "set_shard_states") and not (folder / _process_file()).is_file():
+          # Written by another number of hosts: gather every input shard's position.
+          it.set_shard_states(input_shards.states_from_files(folder))
+          it.start_prefetch()
+          continue
         self.manager.restore(step, args=ocp.args.Composite(
             **{f"data_{kind}": grain.checkpoint.CheckpointRestore(it)}))
       except Exception as err:
         raise self._unreadable(step, f"{kind!r} data-iterator position (data_{kind}/)",
                                err) from err
     return state
+
+  def input_layout(self, step: int) -> tuple[int, int]:
+    """(processes, input shards) the data positions of `step` were written with; (1, 1) when
+    it holds none."""
+    for folder in sorted((self.directory / str(step)).glob("data_*")):
+      layout = input_shards.saved_layout(folder)
+      if layout is not None:
+        return layout
+    return 1, 1
 
   def restore_params(self, step: int, device=None) -> tuple[Any, Any]:
     """(params, extra) of a step as arrays on one device: what evaluation and export need,

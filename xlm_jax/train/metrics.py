@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import time
 from typing import Mapping
 
 import jax
 import numpy as np
+
+from xlm_jax.atomic_files import disk_full_error, no_room
 
 
 class MetricWriter:
@@ -29,13 +32,33 @@ class MetricWriter:
       return
     # float(): jax arrays and numpy float32 scalars are not JSON-serialisable.
     scalars = {f"{prefix}{k}": float(v) for k, v in metrics.items()}
-    with self.path.open("a") as f:
-      f.write(json.dumps({"step": int(step), "time": time.time(), **scalars}) + "\n")
+    self._append(step, json.dumps({"step": int(step), "time": time.time(), **scalars}) + "\n")
     if self._tb is not None:
       for k, v in scalars.items():
         self._tb.add_scalar(k, v, int(step))
       # Flushed on every write, so a preempted run still has every logged step on disk.
       self._tb.flush()
+
+  def _append(self, step: int, line: str) -> None:
+    """Appends a whole line or nothing: a write cut short (a full disk) is undone, so the file
+    stays one JSON object per line and a resumed run appends after the last whole one."""
+    with self.path.open("ab", buffering=0) as f:  # unbuffered: a failed write fails here
+      start = f.seek(0, os.SEEK_END)
+      try:
+        data = memoryview(line.encode("utf-8"))
+        while data:  # a raw write may take part of the line (up to a size limit) and then fail
+          data = data[f.write(data):]
+      except OSError as err:
+        try:
+          f.truncate(start)
+        except OSError:
+          pass
+        if not no_room(err):
+          raise
+        raise disk_full_error(
+            f"{self.path} (the metrics of step {step})", err,
+            "The checkpoints and every line written before are intact: free some space and rerun "
+            "xlm-jax train on this workdir to resume from the newest checkpoint") from err
 
   def close(self) -> None:
     if self._tb is not None:

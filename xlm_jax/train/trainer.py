@@ -30,7 +30,7 @@ import tqdm
 
 from xlm_jax import config as config_lib
 from xlm_jax.atomic_files import write_json_atomically
-from xlm_jax.data import batch_kinds, derived
+from xlm_jax.data import batch_kinds, derived, input_shards
 from xlm_jax.data.corpus import Corpus, build_command, resolve_corpus_dir
 from xlm_jax.data.tokenizer import Tokenizer, load_tokenizer
 from xlm_jax.evaluation import base as eval_lib
@@ -87,19 +87,32 @@ def open_tokenizer(config, corpus: Corpus):
 
 
 def make_batch_dataset(kind: str, config, corpus: Corpus, tokenizer, split: str,
-                       num_epochs=None, shuffle=True, max_sentences: int | None = None):
+                       num_epochs=None, shuffle=True, max_sentences: int | None = None,
+                       shards: input_shards.Plan | None = None):
   """The grain dataset of one batch kind (per-host batches), as the config describes it.
 
   `max_sentences` keeps the first n sentences (or pairs) of each language: fixed evaluation sets.
+  `shards` (training): read the global batch as `shards.count` input shards, this process's run
+  of them stacked (input_shards.StackedShards); None: one shard per process.
   """
   data = config.data
-  return batch_kinds.make_dataset(
-      kind, corpus, tokenizer, split=split, languages=tuple(data.languages), seq_len=data.seq_len,
-      batch_size=config.train.batch_size // jax.process_count(), alpha=data.alpha,
-      seed=config.seed, packing=data.packing, pair_seq_len=data.pair_seq_len or data.seq_len // 2,
-      sentence_len=data.sentence_len or data.seq_len, num_epochs=num_epochs, shuffle=shuffle,
-      max_examples=max_sentences, read_threads=data.prefetch_threads,
-      foreign_first_rate=data.foreign_first_rate)
+
+  def one(shard_index=None, shard_count=None, batch_size=None, seed=config.seed):
+    return batch_kinds.make_dataset(
+        kind, corpus, tokenizer, split=split, languages=tuple(data.languages),
+        seq_len=data.seq_len, batch_size=batch_size or config.train.batch_size // jax.process_count(),
+        alpha=data.alpha, seed=seed, packing=data.packing,
+        pair_seq_len=data.pair_seq_len or data.seq_len // 2,
+        sentence_len=data.sentence_len or data.seq_len, num_epochs=num_epochs, shuffle=shuffle,
+        max_examples=max_sentences, read_threads=data.prefetch_threads,
+        foreign_first_rate=data.foreign_first_rate, shard_index=shard_index,
+        shard_count=shard_count)
+  if shards is None:
+    return one()
+  return input_shards.StackedShards(
+      lambda index, count: one(index, count, config.train.batch_size // count, shards.seed),
+      shards.count, input_shards.local_shards(shards.count, jax.process_index(),
+                                              jax.process_count()))
 
 
 def _next_batches(iterators: dict, kinds, mesh, grad_accum_steps: int) -> dict[str, Any]:
@@ -511,13 +524,26 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
         return _already_trained(workdir, start_step, total)
     state, shardings, abstract_state = create_train_state(
         model, tx, bound, config.data.seq_len, mesh, rules, config.seed, initialize=not start_step)
-    iterators = {kind: iter(make_batch_dataset(kind, config, corpus, tokenizer, "train"))
+    # The input shards the global batch is read as: the checkpoint's, so that a resume on
+    # another number of processes reads the same batches (data/input_shards.py).
+    shards = input_shards.plan(
+        config.data.input_shards,
+        (saved_meta.get("input_shards") or checkpointer.input_layout(start_step)[1])
+        if start_step else None,
+        jax.process_count(), config.seed, start_step, saved_meta.get("data_seed"))
+    if global_batch % shards.count:
+      raise ValueError(f"train.batch_size ({global_batch}) must be divisible by the "
+                       f"{shards.count} input shards (data.input_shards)")
+    iterators = {kind: iter(make_batch_dataset(kind, config, corpus, tokenizer, "train",
+                                               shards=shards))
                  for kind in kinds}
 
     # ------------------------------------------------------------------ checkpoint / resume
     if start_step:
-      state, start_step = _restore_newest(checkpointer, start_step, abstract_state, iterators,
-                                          mcfg)
+      if not shards.keeps_order:
+        logging.warning("%s", shards.why)
+      state, start_step = _restore_newest(checkpointer, start_step, abstract_state,
+                                          iterators if shards.keeps_order else None, mcfg)
       logging.info("resumed from %s/%d", checkpointer.directory, start_step)
     elif config.init_from:
       state, _ = warm_start_lib.warm_start(state, shardings, bound, config.seed, config.init_from)
@@ -540,6 +566,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     logging.warning("damaged checkpoint step %d moved to %s; training resumes from step %d",
                     err.step, moved, start_step)
   run_meta = {"model": mcfg.to_dict(), "languages": list(config.data.languages),
+          "input_shards": shards.count, "data_seed": shards.seed,
           "corpus": str(corpus.dir), "corpus_packages": corpus.manifest.get("packages", []),
           "tokenizer_sha256": (
               hashlib.sha256(tokenizer.serialized()).hexdigest()
@@ -640,6 +667,14 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
       if step % config.train.checkpoint_every == 0 or step == total:
         read_metrics(step)
         checkpointer.save(step, state, iterators, {"step": step, **run_meta})
+  except jax.errors.JaxRuntimeError as err:
+    if jax.process_count() > 1:  # most often a host that died: say what happens next
+      logging.error(
+          "a collective failed after step %d (%s): another host has probably died. This process "
+          "exits within distributed.heartbeat_timeout_seconds=%d s; rerun every host to resume "
+          "from checkpoint %s", step, (str(err).splitlines() or [""])[0][:200],
+          config.distributed.heartbeat_timeout_seconds, checkpointer.latest_step())
+    raise
   finally:
     bar.close()
     stop.uninstall()
