@@ -22,7 +22,8 @@ preprocessing/dataset.py):
   parameter), so it is `objectives.ems.l2_weight` here and optimizer.weight_decay is 0;
 - swish in the encoder's FFN (`ffn_act`) and in the XTR head (`hiddent_act`); LayerNorm eps 1e-12;
 - no `<s>`/`</s>`: the encoder reads the SentencePiece ids of a side only and the mean pools over them
-  (`sentence_specials` off); at most 120 of them (`max_seq_len`), so pair_seq_len is 122 with specials;
+  (`sentence_specials` off; the export records it, and evaluation and `encode` then read sentences
+  without them too); at most 120 of them (`max_seq_len`), so pair_seq_len is 122 with specials;
 - dropout 0.1 on embeddings, attention and hidden states, 0.1 on the XTR head's language embedding
   (`emb_dropout`), none after its swish (`xtr_dropout` 0) nor in g (`sent_dropout` 0);
 - CosineAnnealingLR over the whole run times a 10k-step linear warm-up (pytorch_warmup).
@@ -41,7 +42,6 @@ Remaining differences of `paper` / `lightweight` from the paper and the referenc
 | initialisation | torch defaults (Linear: Kaiming uniform; Embedding: N(0, 1)) | N(0, 0.02) (model.initializer_range) | the project's one initialiser; not stated in the paper |
 | precision | fp16 autocast with a gradient scaler | the size's dtype (bfloat16 at paper size) | TPU/GPU bfloat16 needs no loss scaling |
 | positions, token types | learned positions from 1, no token-type embedding | learned positions from pad_id + 1, one token type (a constant vector) | the XLM-R encoder's layout |
-| evaluation pooling | the same model without specials | `eval.pooling` over `<s> s </s>` as encoded by the evaluation suite | the suite encodes every model alike |
 """
 from xlm_jax import presets
 from xlm_jax.config import default_config

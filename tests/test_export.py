@@ -239,3 +239,29 @@ def test_bfloat16_params_round_trip(tokenizer_bytes, tmp_path):
   unpadded = convert_params(params, config, dataclasses.replace(config, vocab_multiple=1))
   for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(unpadded)):
     assert a.dtype == jnp.bfloat16 and np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_model_trained_without_specials_encodes_without_them(exported, tokenizer_bytes,
+                                                               tmp_path):
+  """EMS's reference recipe (objectives.ems.sentence_specials=False) reads sentences without
+  <s> and </s>; its export says so and encode pools the pieces alone, as training did."""
+  _, config, params = exported
+  from xlm_jax import config as config_lib
+  from xlm_jax.train import trainer
+  # The run's objectives decide what the trainer's evaluation and export record.
+  assert not trainer.sentence_specials(config_lib.load_config("experiments/ems.py:paper"))
+  assert trainer.sentence_specials(config_lib.load_config("experiments/ems.py"))
+  target = tmp_path / "no_specials"
+  export_model(target, params, config.to_dict(), tokenizer_bytes,
+               {"languages": ["en"], "sentence_specials": False})
+  encoder = load_pretrained(target)
+  assert not encoder.sentence_specials and load_pretrained(exported[0]).sentence_specials
+  vectors = encoder.encode(TEXTS + [""], batch_size=3)
+  processor = spm.SentencePieceProcessor(model_proto=tokenizer_bytes)
+  for i, text in enumerate(TEXTS):
+    hidden = all_hidden_states(config, params, jnp.asarray([processor.encode(text)]))[-1]
+    np.testing.assert_allclose(vectors[i], np.asarray(hidden[0]).mean(axis=0), atol=1e-5)
+  assert not np.allclose(vectors[0], load_pretrained(exported[0]).encode(TEXTS[:1])[0], atol=1e-3)
+  np.testing.assert_array_equal(vectors[-1], 0.0)  # nothing to pool
+  with pytest.raises(ValueError, match="without <s> and </s>"):
+    encoder.encode(TEXTS, pooling="cls")

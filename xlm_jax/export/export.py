@@ -397,11 +397,19 @@ class Pretrained(NamedTuple):
     shardings = param_shardings(self.model.config, mesh, rules)
     return self._replace(params=jax.device_put(self.params, shardings))
 
+  @property
+  def sentence_specials(self) -> bool:
+    """Whether sentences are encoded as `<s> pieces </s>`: False for a model whose sentence
+    objective read them without (EMS's reference recipe, objectives.ems.sentence_specials),
+    as recorded in the export's metadata."""
+    return bool(self.config.get("metadata", {}).get("sentence_specials", True))
+
   def encode(self, texts: Sequence[str], lang: str | None = None, pooling: str = "mean",
              layer: int = -1, batch_size: int = 64, max_len: int | None = None) -> np.ndarray:
     """Sentence vectors [N, hidden_size] (float32) of `texts`.
 
-    Each text becomes `<s> pieces </s>` (pieces cut to max_len - 2). Poolings: "mean" = mean of
+    Each text becomes `<s> pieces </s>` (pieces cut to max_len - 2), or the pieces alone (cut to
+    max_len) for a model trained without them (`sentence_specials`). Poolings: "mean" = mean of
     the last layer over the sentence's tokens (incl. <s> and </s>), "cls" = the last layer at
     <s>, "layer" = the "mean" pooling of hidden state `layer` (0 = embeddings, -1 = last).
     `lang` is required when the encoder has language embeddings or language-specific parts
@@ -434,8 +442,15 @@ class Pretrained(NamedTuple):
       batch_size = -(-batch_size // shards) * shards
 
     tok = self.tokenizer
-    rows = [[tok.bos_id] + ids[:max_len - 2] + [tok.eos_id]
-            for ids in encode_texts(tok, list(texts), lang)]
+    if self.sentence_specials:
+      rows = [[tok.bos_id] + ids[:max_len - 2] + [tok.eos_id]
+              for ids in encode_texts(tok, list(texts), lang)]
+    elif pooling == "cls":
+      raise ValueError("pooling='cls' reads the <s> token, and this model was trained to encode "
+                       "sentences without <s> and </s> (metadata sentence_specials false): use "
+                       "pooling='mean' or 'layer'")
+    else:  # an empty text stays an all-padding row: its mean pools to zeros
+      rows = [ids[:max_len] for ids in encode_texts(tok, list(texts), lang)]
     vectors = []
     for start in range(0, len(rows), batch_size):
       chunk = rows[start:start + batch_size]

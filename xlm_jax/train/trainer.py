@@ -352,8 +352,17 @@ def heldout_eval_step(bound, seed: int, put_batch=None, mesh=None, rules=None):
   return with_state
 
 
-def eval_model(model: Model, params, tokenizer, languages, eval_step=None) -> eval_lib.EvalModel:
-  """An EvalModel of encoder params that live on this host (one device).
+def sentence_specials(config) -> bool:
+  """Whether the run's sentence objectives read `<s> s </s>`: False when one strips them (EMS's
+  reference recipe, objectives.ems.sentence_specials). Evaluation and the export then encode
+  sentences without them too (export.Pretrained.sentence_specials)."""
+  return all(section.get("sentence_specials", True) for section in config.objectives.values())
+
+
+def eval_model(model: Model, params, tokenizer, languages, eval_step=None,
+               specials: bool = True) -> eval_lib.EvalModel:
+  """An EvalModel of encoder params that live on this host (one device). `specials`: see
+  `sentence_specials`.
 
   `params` may be a function returning them: it is called once, on the first encode or table
   read, so an evaluation of held-out losses alone never gathers FSDP shards across hosts.
@@ -361,8 +370,8 @@ def eval_model(model: Model, params, tokenizer, languages, eval_step=None) -> ev
   from xlm_jax.export.export import Pretrained
   from xlm_jax.objectives.align_mlm import word_embedding_table
   host_params = functools.cache(params if callable(params) else lambda: params)
-  encoder = functools.cache(lambda: Pretrained(model, host_params(), tokenizer,
-                                               {"languages": list(languages)}))
+  encoder = functools.cache(lambda: Pretrained(model, host_params(), tokenizer, {
+      "languages": list(languages), "metadata": {"sentence_specials": specials}}))
   return eval_lib.EvalModel(
       encode=lambda *args, **kwargs: encoder().encode(*args, **kwargs), config=model.config,
       eval_step=eval_step,
@@ -413,15 +422,17 @@ def evaluation_sets(config, workdir,
 
 
 def export(target, params, mcfg: EncoderConfig, tokenizer, languages, step: int,
-           corpus_packages=()) -> pathlib.Path:
-  """Writes the export folder (params without the objectives' heads) from process 0."""
+           corpus_packages=(), specials: bool = True) -> pathlib.Path:
+  """Writes the export folder (params without the objectives' heads) from process 0.
+  `specials`: see `sentence_specials`."""
   from xlm_jax.export.export import export_model
   if jax.process_index() == 0:
     files = getattr(tokenizer, "files", None)  # a language-tagged vocabulary: several models
     export_model(target, model_params(params), mcfg.to_dict(),
                  files() if files is not None else tokenizer.serialized(),
                  extra_metadata={"languages": list(languages), "step": int(step),
-                                 "corpus_manifest": list(corpus_packages)})
+                                 "corpus_manifest": list(corpus_packages),
+                                 "sentence_specials": bool(specials)})
   return pathlib.Path(target)
 
 
@@ -577,7 +588,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
 
   def evaluate(state, names=None) -> dict:
     model_fns = eval_model(model, lambda: _on_this_host(model_params(state.params)), tokenizer,
-                           config.data.languages, heldout_step(state.params, state.extra))
+                           config.data.languages, heldout_step(state.params, state.extra),
+                           sentence_specials(config))
     chosen = {n: e for n, e in evaluators.items() if names is None or n in names}
     return eval_lib.evaluate(chosen, model_fns)
 
@@ -694,7 +706,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
       host_params = mesh_lib.host_copy(state.params)
       target = config.export.dir or workdir / "export"
       summary["export_dir"] = str(export(target, host_params, mcfg, tokenizer,
-                                         config.data.languages, step, run_meta["corpus_packages"]))
+                                         config.data.languages, step, run_meta["corpus_packages"],
+                                         sentence_specials(config)))
   checkpointer.close()
   for it in iterators.values():  # stop the input threads
     getattr(it, "close", lambda: None)()

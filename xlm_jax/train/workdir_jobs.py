@@ -22,7 +22,7 @@ from xlm_jax.train import checkpoint as ckpt_lib
 from xlm_jax.train import workdir as workdir_lib
 from xlm_jax.train.trainer import (bind_objectives, eval_data, eval_model, evaluation_sets, export,
                                    heldout_eval_step, load_objective_resources, model_params,
-                                   open_corpus)
+                                   open_corpus, sentence_specials)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +102,8 @@ def evaluate_workdir(workdir, overrides=()) -> tuple[Restored, dict]:
   evaluators = eval_lib.build_evaluators(sets, config.eval)
   step_fn = heldout_eval_step(bound, config.seed)(restored.params, restored.extra)
   results = eval_lib.evaluate(evaluators, eval_model(model, model_params(restored.params),
-                                                     tokenizer, config.data.languages, step_fn))
+                                                     tokenizer, config.data.languages, step_fn,
+                                                     sentence_specials(config)))
   return restored, results
 
 
@@ -135,7 +136,7 @@ def export_workdir(workdir, out=None, export_format: str = "xlm-jax") -> tuple[R
   # What the checkpoint recorded wins over config.json; the config fills in for older meta.
   path = export(target, restored.params, restored.model.config, restored.tokenizer,
                 meta.get("languages", list(config.data.languages)), restored.step,
-                meta.get("corpus_packages", []))
+                meta.get("corpus_packages", []), sentence_specials(config))
   return restored, path
 
 
@@ -182,7 +183,8 @@ def load_model(path, flag: str = "--model", other_kinds: str = ""):
     languages = restored.meta.get("languages", list(restored.config.data.languages))
     pretrained = Pretrained(restored.model, model_params(restored.params), restored.tokenizer,
                             {"languages": list(languages),
-                             "metadata": {"workdir": str(folder), "step": restored.step}})
+                             "metadata": {"workdir": str(folder), "step": restored.step,
+                                          "sentence_specials": sentence_specials(restored.config)}})
     return "workdir", pretrained, {"step": restored.step}
   held = ", ".join(sorted(p.name for p in folder.iterdir())[:6]) or "nothing"
   raise ValueError(f"{flag} {path} is not a model of a known kind (it holds {held}); {flag} "
