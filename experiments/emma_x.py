@@ -72,6 +72,14 @@ def get_config(arg=None):
     c.optimizer.schedule = "linear"
     c.optimizer.warmup_steps = 8000
     mask_rate = 0.1
+    # Not the preset's dots_no_batch: with it, libtpu 0.0.42.1 (jax 0.10.2) crashes compiling the
+    # encoder's update (the ctl/itr M-step; SIGSEGV, a stack overflow in the TPU backend's
+    # convolution cost model, FusedSpatialMajorConvolution::MakeConvWindows): base at the paper
+    # batch on v5e-256 and v5p-128, and on a v5e 2x2 slice at batch 16 with d=768 or d=128. On
+    # that small case it needs bf16, attention dropout and 2+ layers; float32, no attention
+    # dropout, or remat none, full or dots compile. dots keeps every matmul's output for the
+    # backward pass, the attention's included (README, "Compiling for a TPU slice ahead of time").
+    c.model.remat_policy = "dots"
   if args["batch"]:
     c.train.batch_size = args["batch"]   # parallel pairs per step
   # Each step enqueues both sides of every pair plus the monolingual candidates, so the queue

@@ -47,6 +47,13 @@ def get_config(arg=None):
   args = presets.parse_arg(arg, size="tiny", variant="both", xlmr="")
   c = default_config()
   presets.apply_size(c, args["size"])
+  if args["size"] not in presets.CPU_SIZES:
+    # Twice the preset's micro-batches: stage 2 runs five encoder passes with gradients per row
+    # (MLM, TLM, CAMLM's two, BTMLM's training pass; its generating pass has none), all alive
+    # until the backward pass, so base at 8192 x 512 on v5e-256 (32 rows per chip) needed 22.9
+    # GiB of a chip's 15.75 in one pass, and 12.32 GiB (77% of 16) with 2 micro-batches (README,
+    # "Compiling for a TPU slice ahead of time"). large doubles its preset's 2 alike (not compiled).
+    c.train.grad_accum_steps *= 2
   c.data.corpus = "debian8"
   if args["xlmr"]:
     c.init_from = f"hf:{args['xlmr']}"

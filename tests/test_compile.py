@@ -1,12 +1,18 @@
 """`xlm-jax compile`: the run's jitted steps compiled for a TPU slice that is not here.
 
-The compiling tests need libtpu (`pip install -e ".[tpu]"`, best in a venv of its own) and are
-skipped without it; the others check, without libtpu, that the command says how to get it, that
-slice names give Cloud TPU's shapes, and that the abstract batches and vocabulary the compile
-lowers with are exactly what training feeds.
+The compiling tests need libtpu, which must not be in the test venv (with libtpu installed every
+JAX process probes for a TPU at start-up). They run in a child process of a Python that has it:
+$XLM_JAX_TPU_PYTHON, else `.venv-tpu/bin/python`, the venv the README's test command makes with
+`pip install -e ".[tpu]"`; they are skipped, with the reason, when there is neither. The others
+check, without libtpu, that the command says how to get it, that slice names give Cloud TPU's
+shapes, and that the abstract batches and vocabulary the compile lowers with are exactly what
+training feeds.
 """
 import importlib.util
+import json
+import os
 import pathlib
+import subprocess
 
 import pytest
 
@@ -20,9 +26,65 @@ from xlm_jax.train import trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "experiments" / "quickstart.py") + ":smoke"
+
+
+def tpu_python() -> str | None:
+  """A Python with libtpu for the compiling tests: $XLM_JAX_TPU_PYTHON, else .venv-tpu's."""
+  named = os.environ.get("XLM_JAX_TPU_PYTHON")
+  if named:
+    return named
+  venv = REPO / ".venv-tpu" / "bin" / "python"
+  return str(venv) if venv.exists() else None
+
+
+# Under CI the test command has made .venv-tpu: missing, the tests fail instead (_run_tpu).
 needs_libtpu = pytest.mark.skipif(
-    not compile_lib.libtpu_installed(),
-    reason='libtpu is not installed: `pip install -e ".[tpu]"` (in a venv of its own) runs these')
+    tpu_python() is None and not os.environ.get("CI"),
+    reason='no Python with libtpu: the README\'s test command makes .venv-tpu (`python3 -m venv '
+           '.venv-tpu && .venv-tpu/bin/pip install -e ".[tpu]"`), or set XLM_JAX_TPU_PYTHON to '
+           'the python of a venv with the tpu extra')
+
+# compile_run in the libtpu Python: the report as JSON, then its printed text and exit status.
+_CHILD = """
+import dataclasses, json, sys
+from xlm_jax import config as config_lib
+from xlm_jax.train import compile as compile_lib
+spec, topology_name, overrides = json.loads(sys.argv[1])
+topology = compile_lib.parse_topology(topology_name)
+compile_lib.require_libtpu()
+compile_lib.prepare_compile_process(topology)
+report = compile_lib.compile_run(config_lib.load_config(spec, overrides), topology, spec)
+print("REPORT " + json.dumps({"report": dataclasses.asdict(report),
+                              "text": compile_lib.format_report(report),
+                              "exit_status": compile_lib.exit_status(report)}))
+"""
+
+
+def _tpu_env() -> dict:
+  """The test's environment for a libtpu child: this checkout first on the path, and neither the
+  test session's 8 CPU devices nor its CPU compilation cache."""
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}
+  env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+  env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(
+      "--xla_force_host_platform_device_count=8", "").strip()
+  return env
+
+
+def _run_tpu(args: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
+  assert tpu_python(), "CI: the test command makes .venv-tpu with the tpu extra; it is missing"
+  return subprocess.run([tpu_python(), *args], cwd=REPO, env=_tpu_env(), capture_output=True,
+                        text=True, timeout=timeout, check=False)
+
+
+def compile_in_tpu_python(spec: str, topology: str, overrides=()) -> dict:
+  """compile_run's report (as dataclasses.asdict gives it), text and exit status, from the
+  libtpu Python."""
+  done = _run_tpu(["-c", _CHILD, json.dumps([spec, topology, list(overrides)])])
+  lines = [l for l in done.stdout.splitlines() if l.startswith("REPORT ")]
+  assert lines, (f"{tpu_python()} gave no report (exit {done.returncode}); is libtpu installed "
+                 f"there?\n{done.stderr[-4000:]}")
+  return json.loads(lines[-1][len("REPORT "):])
 
 
 def test_without_libtpu_the_command_says_how_to_install_it(monkeypatch, capsys):
@@ -80,38 +142,45 @@ def test_abstract_batches_and_vocabulary_are_what_training_reads(small_corpus, g
 
 @needs_libtpu
 def test_compile_tiny_model_for_a_v5e_2x2_slice():
-  """The smoke run on a 2x2 v5e slice with FSDP: both steps compile, report positive memory and
-  FLOPs that agree with the analytic count, FSDP's collectives, and a verdict per step."""
-  config = config_lib.load_config(SMOKE, ["mesh.data=2", "mesh.fsdp=2"])
-  report = compile_lib.compile_run(config, compile_lib.parse_topology("v5e:2x2"), SMOKE)
-  assert report.mesh_shape == {"data": 2, "fsdp": 2, "tensor": 1}
-  assert [s.name for s in report.steps] == ["train/mlm", "eval/mono"]
-  for step in report.steps:
-    assert not step.error and not step.out_of_memory, step
-    assert step.memory["arguments"] > 0 and step.memory["peak"] >= step.memory["arguments"]
-    assert step.memory["peak"] < 0.01 * 16 * compile_lib.GIB  # a 1.5M-parameter model
+  """The smoke run on a 2x2 v5e slice with FSDP, compiled by libtpu: both steps compile, report
+  positive memory and FLOPs that agree with the analytic count, FSDP's collectives, and a
+  verdict per step."""
+  out = compile_in_tpu_python(SMOKE, "v5e:2x2", ["mesh.data=2", "mesh.fsdp=2"])
+  report, text = out["report"], out["text"]
+  assert report["mesh_shape"] == {"data": 2, "fsdp": 2, "tensor": 1}
+  assert report["device_kind"].startswith("TPU v5"), report["device_kind"]
+  steps = report["steps"]
+  assert [s["name"] for s in steps] == ["train/mlm", "eval/mono"]
+  for step in steps:
+    assert not step["error"] and not step["out_of_memory"], step
+    memory = step["memory"]
+    assert memory["arguments"] > 0 and memory["peak"] >= memory["arguments"], step
+    assert memory["peak"] < 0.01 * 16 * compile_lib.GIB  # a 1.5M-parameter model
     # Unscanned, unrematerialised: the compiler's count is the matmuls plus elementwise work.
-    assert step.flops > 0 and 0.9 < step.flops / step.analytic_flops < 1.5, step
-  train = report.steps[0].collectives
+    assert step["flops"] > 0 and 0.9 < step["flops"] / step["analytic_flops"] < 1.5, step
+  train = steps[0]["collectives"]
   assert train["all-gather"] > 0  # FSDP gathers each weight before use
   assert train["reduce-scatter"] + train["all-reduce"] > 0  # and reduces the gradients
-  text = compile_lib.format_report(report)
+  assert text.count("  memory      peak ") == 2
   assert text.count("  verdict     fits: ") == 2
   assert text.endswith("verdict: every step fits on v5e:2x2 under 80% of HBM")
-  assert compile_lib.exit_status(report) == 0
+  assert out["exit_status"] == 0
 
 
 @needs_libtpu
 def test_too_big_is_a_verdict_with_settings_to_try():
+  """`xlm-jax compile` itself, in the libtpu Python: a step past the chip's HBM is a verdict
+  quoting the compiler's figures with settings to try, and exit status 1."""
   # A 16M-piece vocabulary: 8 GiB of float32 embeddings replicated on each chip (mesh data=-1),
   # with gradients and Adam moments far past a v5e chip's 16 GiB.
-  config = config_lib.load_config(SMOKE, ["data.vocab_size=16000000",
-                                          "eval.evaluators=('retrieval',)"])
-  report = compile_lib.compile_run(config, compile_lib.parse_topology("v5e-4"), SMOKE)
-  (step,) = report.steps
-  assert step.out_of_memory and not step.error
-  assert step.required_bytes > step.usable_bytes > 15 * compile_lib.GIB
-  line = compile_lib.verdict(step, 16 * compile_lib.GIB)
-  assert line.startswith("does not fit: ") and "GiB usable per chip" in line
+  done = _run_tpu(["-m", "xlm_jax.cli", "compile", "--config", SMOKE, "--topology", "v5e-4",
+                   "--config.data.vocab_size=16000000",
+                   "--config.eval.evaluators=('retrieval',)"])
+  assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+  (line,) = [l for l in done.stdout.splitlines() if l.startswith("  verdict     ")]
+  assert line.startswith("  verdict     does not fit: ") and "GiB usable per chip" in line, line
+  required, usable = (float(x) for x in line.split("does not fit: ")[1].split(" GiB")[0]
+                      .split(" of "))
+  assert required > usable > 15, line
   assert "--config.mesh.fsdp=-1 --config.mesh.data=1" in line
-  assert compile_lib.exit_status(report) == 1
+  assert done.stdout.rstrip().endswith("verdict: does not fit on v5e-4: train/mlm")
