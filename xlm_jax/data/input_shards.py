@@ -102,7 +102,6 @@ class StackedShards:
   def __init__(self, make: Callable[[int, int], Any], count: int, shards: Sequence[int]):
     self.count, self.shards = count, list(shards)
     self._datasets = [make(s, count) for s in self.shards]
-    self.example_counts = getattr(self._datasets[0], "example_counts", None)
 
   def __iter__(self) -> "StackedIterator":
     return StackedIterator([iter(d) for d in self._datasets], self.count, self.shards)
