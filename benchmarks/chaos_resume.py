@@ -144,18 +144,27 @@ class MetricsTail:
     return self.steps
 
 
+def metric_rows(workdir) -> tuple[list[dict], int]:
+  """metrics.jsonl's rows, and how many of its lines are not JSON (cut by a kill, or being
+  written); ([], 0) when there is no file yet."""
+  path = pathlib.Path(workdir) / "metrics.jsonl"
+  rows, cut = [], 0
+  for line in (path.read_text().splitlines() if path.is_file() else []):
+    try:
+      rows.append(json.loads(line))
+    except ValueError:
+      cut += 1
+  return rows, cut
+
+
 def logged_values(workdir, prefix: str = "") -> tuple[dict[int, dict], dict]:
   """({step: {key: last value logged}}, counts) of metrics.jsonl, wall-clock keys left out, and
   keys not starting with `prefix`. counts: "lines", "train_lines" (rows with train/loss),
   "cut_lines" (not JSON: cut by a kill)."""
-  values, counts = {}, {"lines": 0, "train_lines": 0, "cut_lines": 0}
-  for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
-    counts["lines"] += 1
-    try:
-      row = json.loads(line)
-    except ValueError:
-      counts["cut_lines"] += 1
-      continue
+  rows, cut = metric_rows(workdir)
+  values = {}
+  counts = {"lines": len(rows) + cut, "train_lines": 0, "cut_lines": cut}
+  for row in rows:
     counts["train_lines"] += "train/loss" in row
     step = values.setdefault(int(row["step"]), {})
     step.update({k: v for k, v in row.items()

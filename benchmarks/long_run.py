@@ -42,7 +42,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from chaos_resume import (REPO, add_folder_args, child_env, committed_steps,  # noqa: E402
-                          ensure_small_corpus)
+                          ensure_small_corpus, metric_rows)
 from machine_load import machine_busy_seconds  # noqa: E402
 
 CONFIG = str(REPO / "experiments" / "quickstart.py")
@@ -99,19 +99,6 @@ def rss_bytes(pid: int) -> int | None:
       continue
     todo += _children(p)
   return total
-
-
-def metric_rows(workdir: pathlib.Path) -> list[dict]:
-  path = workdir / "metrics.jsonl"
-  if not path.is_file():
-    return []
-  rows = []
-  for line in path.read_text().splitlines():
-    try:
-      rows.append(json.loads(line))
-    except ValueError:  # a line being written
-      pass
-  return rows
 
 
 def run(argv, env, workdir: pathlib.Path, log_path: pathlib.Path, sample_seconds: float,
@@ -288,7 +275,7 @@ def main(argv=None) -> int:
     # Start-up (imports, corpus, compiling) comes before the training clock: allow 5 minutes.
     record = run(argv, env, workdir, out / "train.log", args.sample_seconds,
                  hard_limit_s=args.minutes * 60 + 300)
-    summary = summarize(record, metric_rows(workdir), args.bucket_seconds)
+    summary = summarize(record, metric_rows(workdir)[0], args.bucket_seconds)
     print_report(summary, record, args)
     total = max(1000, int(args.minutes * 60 * STEPS_PER_SECOND_BOUND))
     ran_out = summary["steps"] >= total
