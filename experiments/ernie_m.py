@@ -13,9 +13,10 @@ language through language embeddings, so the model has them. Variants: a size, s
 without TLM): `mlm` (exp1: MMLM alone), `camlm` (exp3: MMLM + CAMLM, one stage) and `camlm_btmlm`
 (exp4: MMLM + CAMLM, then + BTMLM in the second half), which experiments/repro.py compares.
 
-The paper continues from XLM-R rather than training from scratch: `xlmr=PATH` (a local Hugging
-Face xlm-roberta-base or -large folder) sets init_from=hf:PATH, which takes the architecture,
-weights and tokenizer from it; the language embeddings BTMLM's placeholders need start at zero:
+ERNIE-M continues from XLM-R rather than training from scratch (the released models keep
+XLM-R's vocabulary and positions; table below): `xlmr=PATH` (a local Hugging Face
+xlm-roberta-base or -large folder) sets init_from=hf:PATH, which takes the architecture, weights
+and tokenizer from it; the language embeddings BTMLM's placeholders need start at zero:
 
     xlm-jax train --config experiments/ernie_m.py:base,xlmr=$HOME/models/xlm-roberta-base \
       --workdir workdirs/ernie_m_base
@@ -26,13 +27,42 @@ computes for any input, a sentence pair included (PaddleNLP/Hugging Face ErnieME
 ids = cumsum over the whole row, + 2); TLM's XLM default (`reset_positions`, y restarting) is turned off
 here so that TLM and CAMLM do not teach one model two conventions.
 
-Remaining differences from the paper and the released model (no pre-training code was released):
+Sources. [P] the paper, arXiv 2012.15674: of its text only the abstract and introduction could
+be read here (the copies we could reach show only their start), so none of its pre-training
+settings. No pre-training code was released: [R] PaddlePaddle/ERNIE@69b452f,
+ernie-m/README_zh.md, releases the models and fine-tuning code only. [C]
+PaddlePaddle/PaddleNLP@00d68b9, paddlenlp/transformers/ernie_m/configuration.py, and [M]
+PaddlePaddle/PaddleNLP@ca473ec, paddlenlp/transformers/ernie_m/modeling.py, describe the
+released models. Summaries of the paper: [T] marktechpost.com, 2021-02-12, "Baidu Team
+Introduces ERNIE-M"; [B] GreeshmaKaranth/MNLP_HW3_blog@1d916fb, nlp/ERNIE-M/README.md (which
+also lists Table 6's exp0-exp5: exp1 MMLM, exp3 MMLM + CAMLM, exp4 MMLM + BTMLM + CAMLM).
+
+The same as the released models: base 12 layers, 768 hidden, 12 heads; large 24 layers, 1024
+hidden, 16 heads ([R]: "12-layer, 768-hidden, 12-heads", "24-layer, 1024-hidden, 16-heads");
+feed-forward 4 x hidden ([M]: `dim_feedforward=4 * config.hidden_size`), GELU, dropout 0.1 on
+hidden states and attention ([C]); 514 positions, so at most 512 tokens a row ([C]:
+`max_position_embeddings: 514`). Two stages, CAMLM on parallel data first, then BTMLM on
+monolingual data with what it taught ([T]: "The training of ERNIE-M consists of two stages",
+"The first stage includes aligning the cross-lingual semantic representation by CAMLM"; [B]:
+BTMLM "building upon the transferability gained through CAMLM").
+
+Remaining differences from the paper and the released models:
 
 | what | paper / released model | here | why |
 |---|---|---|---|
-| positions of a pair | continuous over the row (released embeddings); the paper's text does not say | continuous in TLM, CAMLM and BTMLM | one convention, the released model's |
-| language embeddings | none in the released weights; the paper gives BTMLM's placeholders the target language but does not say how | model.num_languages = the run's languages (zero at init from XLM-R) | BTMLM needs a target-language signal |
-| stage schedule, weights, batch, steps, lr | not checked against the paper in this change | half the steps per stage, weight 1 each, the preset's recipe | see the issue's paper-scale work |
+| start | the paper's sentence could not be read; the released configurations are XLM-R's (vocab_size 250002, max_position_embeddings 514, pad_token_id 1 [C]) | `xlmr=PATH` sets init_from=hf:PATH (XLM-R's weights, 250,002-piece vocabulary and tokenizer); without it, from scratch with the corpus's 250,000-piece SentencePiece (presets.apply_size) | an XLM-R checkpoint is a local folder the file cannot know; the ahead-of-time compiles (README) run without one |
+| positions of a pair | continuous over the row ([M]: cumsum over the row, + 2); [P]'s readable text does not say | continuous in TLM, CAMLM and BTMLM | one convention, the released model's |
+| language embeddings | none in the released embeddings (word + position only [M]); BTMLM's placeholders give the language to generate "using language embeddings and position embeddings" ([B]; the paper's own words could not be read) | model.num_languages = the run's languages (zero at init from XLM-R) | BTMLM needs a target-language signal |
+| data | 96 languages, monolingual and parallel ([T]: "capable of understanding 96 languages"); corpora and sampling not readable | debian8, data.languages (8 by default), alpha 0.3 (config default) | the project's corpus |
+| batch, row length | not stated in any text we could read | 8192 rows of 512 tokens (presets.apply_size); 2 micro-batches (base) / 4 (large) | no ERNIE-M value to follow, so the preset's XLM-R-scale batch, whose memory the README's compiles measured; 512 is the most the released 514 positions hold |
+| optimizer | not stated in any text we could read | AdamW, betas (0.9, 0.98), eps 1e-6, weight decay 0.01, clipping at 1.0 (config defaults) | as above |
+| learning rate, schedule | not stated in any text we could read | peak 3e-4 (base) / 1e-4 (large), 10,000 linear warm-up steps, linear decay to 0 (presets.apply_size) | as above; overridable (--config.optimizer.learning_rate) |
+| steps, stage split | two stages [T]; the steps of each not stated in any text we could read | 500,000 (base) / 1,500,000 (large) steps (presets.apply_size), half to each stage | as above; fractions follow --config.train.total_steps |
+| loss weights | not stated in any text we could read | 1 each, summed (stage 1 MLM + TLM + CAMLM, stage 2 adds BTMLM) | the unweighted sum assumes nothing |
+| masking | not stated in any text we could read | 15% of tokens, 80% <mask> / 10% random / 10% kept, every objective (masking_config, BERT/XLM-R's) | XLM-R's, which the start follows |
+| BTMLM pseudo tokens | how many and how chosen not stated in any text we could read | ceil(1.0 x n) placeholders for n tokens, argmax (objectives.btmlm defaults) | one pseudo token per source token; sentences of at most half a row leave room |
+| hardware | not stated in any text we could read | TPU slices, FSDP over every chip (presets.apply_size) | the project's target |
+| tiny, small | (not the paper's) | the CPU recipe of presets.apply_size: 128 tokens, batch 32, lr 2e-3, 1200 steps | CPU runs; experiments/repro.py's ablation runs use them |
 """
 from xlm_jax import presets
 from xlm_jax.config import default_config
@@ -48,11 +78,13 @@ def get_config(arg=None):
   c = default_config()
   presets.apply_size(c, args["size"])
   if args["size"] not in presets.CPU_SIZES:
-    # Twice the preset's micro-batches: stage 2 runs five encoder passes with gradients per row
-    # (MLM, TLM, CAMLM's two, BTMLM's training pass; its generating pass has none), all alive
-    # until the backward pass, so base at 8192 x 512 on v5e-256 (32 rows per chip) needed 22.9
-    # GiB of a chip's 15.75 in one pass, and 12.32 GiB (77% of 16) with 2 micro-batches (README,
-    # "Compiling for a TPU slice ahead of time"). large doubles its preset's 2 alike (not compiled).
+    # Batch, row length, optimizer, schedule and steps stay the preset's: none of ERNIE-M's
+    # could be read (table above). At that batch, twice the preset's micro-batches: stage 2 runs
+    # five encoder passes with gradients per row (MLM, TLM, CAMLM's two, BTMLM's training pass;
+    # its generating pass has none), all alive until the backward pass, so base at 8192 x 512 on
+    # v5e-256 (32 rows per chip) needed 22.9 GiB of a chip's 15.75 in one pass, and 12.32 GiB
+    # (77% of 16) with 2 micro-batches (README, "Compiling for a TPU slice ahead of time").
+    # large doubles its preset's 2 alike (not compiled).
     c.train.grad_accum_steps *= 2
   c.data.corpus = "debian8"
   if args["xlmr"]:

@@ -46,3 +46,54 @@ def test_emma_x_base_starts_and_takes_the_reference_recipe():
                                        r"the keys EMMA-X enqueues per step: 2 x train\.batch_size "
                                        r"\(8192\) \+ mono_candidates \(0\) = 16384"):
     config_lib.load_config(f"{EMMA_X}:itr,size=base,queue=1024")
+
+
+ERNIE_M = str(EXPERIMENTS / "ernie_m.py")
+
+
+@pytest.mark.parametrize("size,model,lr,steps,accum", [
+    ("base", (768, 12, 12, 3072), 3e-4, 500_000, 2),
+    ("large", (1024, 24, 16, 4096), 1e-4, 1_500_000, 4),
+])
+def test_ernie_m_paper_sizes_keep_the_documented_recipe(size, model, lr, steps, accum):
+  # The released models' shapes (PaddleNLP ernie_m configuration, FFN 4 x hidden); the training
+  # recipe is the preset's, since ERNIE-M's could not be read (experiments/ernie_m.py's table).
+  c = config_lib.load_config(f"{ERNIE_M}:{size},xlmr=/models/xlm-roberta-{size}")
+  assert c.init_from == f"hf:/models/xlm-roberta-{size}"
+  m = c.model
+  assert (m.hidden_size, m.num_layers, m.num_heads, m.mlp_dim) == model
+  assert (m.max_positions, m.dropout_rate, m.attention_dropout_rate) == (514, 0.1, 0.1)
+  assert m.num_languages == len(c.data.languages)
+  assert (c.data.seq_len, c.data.sentence_len) == (512, 256)
+  # Accumulation doubled for stage 2's five gradient passes, at an unchanged 8192-row batch.
+  assert (c.train.batch_size, c.train.grad_accum_steps, c.train.total_steps) == (8192, accum, steps)
+  o = c.optimizer
+  assert (o.name, o.learning_rate, o.schedule, o.warmup_steps, o.end_lr_ratio) == (
+      "adamw", lr, "linear", 10_000, 0.0)
+  assert (o.b1, o.b2, o.eps, o.weight_decay, o.clip_norm) == (0.9, 0.98, 1e-6, 0.01, 1.0)
+  assert [(s["name"], s["fraction"], tuple(s["objectives"]), s["mixing"]) for s in c.stages] == [
+      ("stage1", 0.5, ("mlm", "tlm", "camlm"), "sum"),
+      ("stage2", 0.5, ("mlm", "tlm", "camlm", "btmlm"), "sum")]
+  assert config_lib.stage_lengths(c) == [steps // 2, steps // 2]
+  for name, section in c.objectives.items():
+    assert (section.weight, section.mask_rate, section.mask_token_rate,
+            section.random_token_rate) == (1.0, 0.15, 0.8, 0.1), name
+  assert (c.objectives.btmlm.placeholder_ratio, c.objectives.btmlm.sample_temperature) == (1.0, 0.0)
+  # Without xlmr= it trains from scratch (the ahead-of-time compiles run so).
+  assert config_lib.load_config(f"{ERNIE_M}:{size}").init_from == ""
+
+
+@pytest.mark.parametrize("variant,lengths,objectives", [
+    ("", [600, 600], (("mlm", "tlm", "camlm"), ("mlm", "tlm", "camlm", "btmlm"))),
+    ("mlm", [1200], (("mlm",),)),
+    ("camlm", [1200], (("mlm", "camlm"),)),
+    ("camlm_btmlm", [600, 600], (("mlm", "camlm"), ("mlm", "camlm", "btmlm"))),
+])
+def test_ernie_m_cpu_variants_keep_the_cpu_recipe(variant, lengths, objectives):
+  # experiments/repro.py's ablation runs these at tiny size: the CPU recipe, not the paper's.
+  c = config_lib.load_config(f"{ERNIE_M}:{variant}" if variant else ERNIE_M)
+  assert (c.data.seq_len, c.train.batch_size, c.train.grad_accum_steps) == (128, 32, 1)
+  assert (c.optimizer.learning_rate, c.optimizer.warmup_steps, c.train.total_steps) == (2e-3, 100, 1200)
+  assert c.init_from == "" and c.model.hidden_size == 128
+  assert config_lib.stage_lengths(c) == lengths
+  assert tuple(tuple(s["objectives"]) for s in c.stages) == objectives
