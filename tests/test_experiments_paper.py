@@ -97,3 +97,17 @@ def test_ernie_m_cpu_variants_keep_the_cpu_recipe(variant, lengths, objectives):
   assert c.init_from == "" and c.model.hidden_size == 128
   assert config_lib.stage_lengths(c) == lengths
   assert tuple(tuple(s["objectives"]) for s in c.stages) == objectives
+
+
+def test_ems_best30_is_the_tiny_model_for_a_fixed_number_of_steps():
+  # The 30-minute encoder (README): the same model and recipe as the tiny default, more steps,
+  # and no wall-clock stop, so a loaded machine trains the same model, only later.
+  ems = str(EXPERIMENTS / "ems.py")
+  best, tiny = config_lib.load_config(f"{ems}:best30"), config_lib.load_config(ems)
+  assert (best.train.total_steps, best.train.max_wall_seconds) == (7_500, 0.0)
+  assert tiny.train.max_wall_seconds > 0
+  assert best.model.to_dict() == tiny.model.to_dict()
+  assert best.objectives.to_dict() == tiny.objectives.to_dict()
+  assert best.optimizer.to_dict() == tiny.optimizer.to_dict()
+  with pytest.raises(ValueError, match="best30"):
+    config_lib.load_config(f"{ems}:best30,paper")
