@@ -37,9 +37,21 @@ def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 
-def _decay_mask(params):
-  """No weight decay on biases, LayerNorm parameters and 1-D tensors (BERT/XLM-R practice)."""
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+# Weight decay on matrices only: every Dense kernel and Embed table of the models here, which Flax
+# names `kernel` and `embedding` (their language-specific copies keep the names). Biases and
+# LayerNorm scales are not decayed (BERT/XLM-R practice). By name, not by rank: q/k/v biases are
+# [heads, head_dim], and scan_layers stacks every bias and LayerNorm scale on a leading layers axis,
+# so a rank rule would decay them.
+DECAYED_NAMES = ("kernel", "embedding")
+
+
+def decay_mask(params):
+  """True for the leaves weight decay applies to (DECAYED_NAMES), False for the rest."""
+  def decayed(path, _):
+    # The last dict key is the parameter's name (a boxed nn.Partitioned adds a `.value` after it).
+    names = [entry.key for entry in path if isinstance(entry, jax.tree_util.DictKey)]
+    return bool(names) and names[-1] in DECAYED_NAMES
+  return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -52,9 +64,9 @@ def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation,
     # AMSGrad keeps the running maximum of the second moment; decoupled decay as in AdamW.
     parts.append(optax.scale_by_amsgrad(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
     if cfg.weight_decay:
-      parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=_decay_mask))
+      parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask))
     parts.append(optax.scale_by_learning_rate(schedule))
   else:
     parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                             weight_decay=cfg.weight_decay, mask=_decay_mask))
+                             weight_decay=cfg.weight_decay, mask=decay_mask))
   return optax.chain(*parts), schedule
