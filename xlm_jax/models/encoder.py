@@ -210,12 +210,14 @@ class Embeddings(nn.Module):
 
 
 class SelfAttention(nn.Module):
-  """Multi-head self-attention with an arbitrary boolean mask; with lang_ids the projections
-  are language-specific (each token projected by its own language's q, k, v and out)."""
+  """Multi-head self-attention with an arbitrary mask, given as attn_lib.AttentionInputs (a
+  boolean mask, or cuDNN's bias or key lengths: model.attention_impl); with lang_ids the
+  projections are language-specific (each token projected by its own language's q, k, v and
+  out)."""
   config: EncoderConfig
 
   @nn.compact
-  def __call__(self, x, attention_mask, deterministic: bool, lang_ids=None):
+  def __call__(self, x, attention: attn_lib.AttentionInputs, deterministic: bool, lang_ids=None):
     c = self.config
     qkv = functools.partial(_project, c, x, lang_ids, (c.num_heads, c.head_dim),
                             ("embed", "heads", "kv"), ("heads", "kv"))
@@ -223,10 +225,12 @@ class SelfAttention(nn.Module):
     query, key, value = (_constrain(qkv(name=name), heads) for name in ("query", "key", "value"))
     # Only training with attention dropout pays for explicit [B, H, L, L] probabilities.
     if c.attention_dropout_rate > 0 and not deterministic:
-      out = attn_lib.attention_with_dropout(query, key, value, attention_mask,
+      if attention.mask is None:  # plan_attention never plans cuDNN inputs for this case
+        raise ValueError("attention dropout needs the boolean mask; got cuDNN attention inputs")
+      out = attn_lib.attention_with_dropout(query, key, value, attention.mask,
                                             c.attention_dropout_rate, self.make_rng("dropout"))
     else:
-      out = jax.nn.dot_product_attention(query, key, value, mask=attention_mask)
+      out = attn_lib.dot_product_attention(query, key, value, attention)
     out = _project(c, _constrain(out, heads), lang_ids, c.hidden_size, ("heads", "kv", "embed"),
                    ("embed",), axis=(-2, -1), name="out")
     return _constrain(out, ("batch", "length", "embed"))
@@ -241,10 +245,10 @@ class EncoderLayer(nn.Module):
   config: EncoderConfig
 
   @nn.compact
-  def __call__(self, hidden, attention_mask, deterministic: bool, emit_hidden: bool = False,
+  def __call__(self, hidden, attention, deterministic: bool, emit_hidden: bool = False,
                lang_ids=None):
     c = self.config
-    attended = SelfAttention(c, name="attention")(hidden, attention_mask, deterministic, lang_ids)
+    attended = SelfAttention(c, name="attention")(hidden, attention, deterministic, lang_ids)
     attended = nn.Dropout(c.dropout_rate)(attended, deterministic=deterministic)
     # Post-LN (LayerNorm after each residual add), as in BERT/XLM-R; pretrained weights assume it.
     hidden = _normalize(c, hidden + attended, lang_ids, "attention_layer_norm")
@@ -323,7 +327,8 @@ class Encoder(nn.Module):
     states (embeddings output first, last layer last).
 
     attention_mask: bool [B, L, L] or [B, 1|H, L, L] (True = may attend). When None it is built
-    from segment_ids (same non-zero segment) or else from input_ids != pad_id. position_ids
+    from segment_ids (same non-zero segment) or else from input_ids != pad_id (padding may be
+    anywhere in a row, with either model.attention_impl; attention.py). position_ids
     default to XLM-R positions from input_ids. lang_ids [B, L] are required when
     num_languages > 0 (they also route the language-specific parts) and ignored otherwise.
     """
@@ -332,15 +337,41 @@ class Encoder(nn.Module):
     lang_ids = _checked_lang_ids(c, input_ids, lang_ids)
     if position_ids is None:
       position_ids = attn_lib.xlmr_position_ids(input_ids, c.pad_id)
-    if attention_mask is not None:
-      mask = attn_lib.normalize_mask(attention_mask, batch, c.num_heads, length)
-    # Packed rows: a token attends only within its own sentence (segment).
-    elif segment_ids is not None:
-      mask = attn_lib.segment_mask(segment_ids)
+    # model.attention_impl (attention.py): only the mask built below from input_ids alone is
+    # known to be key padding and nothing else; the cuDNN path can then pass key lengths.
+    rules = dict(mesh_lib.activation_rules())
+    plan = attn_lib.plan_attention(
+        c.attention_impl, dtype=DTYPES[c.dtype], head_dim=c.head_dim, length=length,
+        key_padding_only=attention_mask is None and segment_ids is None,
+        attention_dropout=c.attention_dropout_rate > 0 and not deterministic,
+        sequence_sharded=any(rules.get(axis) for axis in ("length", "kv")))
+    inverse = None
+    if plan.form == "kv_lengths":
+      # Key lengths hold for right-padded rows only: every row is reordered to its real tokens
+      # first (exact for any padding, attention.real_tokens_first) and back after the layers.
+      order, inverse, kv_lengths = attn_lib.real_tokens_first(input_ids != c.pad_id)
+      reorder = lambda x: None if x is None else gather_positions(
+          jnp.broadcast_to(x, (batch, length)), order)
+      input_ids, position_ids, lang_ids = map(reorder, (input_ids, position_ids, lang_ids))
+      attention = attn_lib.AttentionInputs(kv_lengths=kv_lengths,
+                                           implementation=plan.implementation)
     else:
-      mask = attn_lib.padding_mask(input_ids, c.pad_id)
-    if mask.shape[0] == batch:  # [B, 1|H, L, L]: 2 GiB of bool at 8192 x 512 if not split
-      mask = _constrain(mask, ("batch", None, "length", None))
+      if attention_mask is not None:
+        mask = attn_lib.normalize_mask(attention_mask, batch, c.num_heads, length)
+      # Packed rows: a token attends only within its own sentence (segment).
+      elif segment_ids is not None:
+        mask = attn_lib.segment_mask(segment_ids)
+      else:
+        mask = attn_lib.padding_mask(input_ids, c.pad_id)
+      if mask.shape[0] == batch:  # [B, 1|H, L, L]: 2 GiB of bool at 8192 x 512 if not split
+        mask = _constrain(mask, ("batch", None, "length", None))
+      if plan.form == "bias":
+        bias = attn_lib.mask_to_bias(mask, batch, DTYPES[c.dtype])
+        attention = attn_lib.AttentionInputs(
+            bias=_constrain(bias, ("batch", None, "length", None)),
+            implementation=plan.implementation)
+      else:
+        attention = attn_lib.AttentionInputs(mask=mask)
 
     hidden = self.embeddings(input_ids, position_ids, lang_ids, deterministic)
     per_layer = [hidden]
@@ -350,13 +381,17 @@ class Encoder(nn.Module):
       if c.num_layers > routed:
         stacks.append((self.layers, c.num_layers - routed, ()))
       for stack, depth, routing in stacks:
-        hidden, stacked = stack(hidden, mask, deterministic, return_all_layers, *routing)
+        hidden, stacked = stack(hidden, attention, deterministic, return_all_layers, *routing)
         if return_all_layers:
           per_layer.extend(stacked[i] for i in range(depth))
     else:
       for i, layer in enumerate(self.layer):
-        hidden, _ = layer(hidden, mask, deterministic, False, *((lang_ids,) if i < routed else ()))
+        hidden, _ = layer(hidden, attention, deterministic, False,
+                          *((lang_ids,) if i < routed else ()))
         per_layer.append(hidden)
+    if inverse is not None:  # back to the caller's token order
+      hidden = gather_positions(hidden, inverse)
+      per_layer = [gather_positions(h, inverse) for h in per_layer] if return_all_layers else []
     return (hidden, tuple(per_layer)) if return_all_layers else hidden
 
   def attend(self, query: jax.Array, lang_ids: jax.Array | None = None) -> jax.Array:

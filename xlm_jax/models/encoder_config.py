@@ -36,8 +36,13 @@ FIELD_RANGES = {
 }
 # The FFN's activation: "gelu" (exact erf GELU, XLM-R) or "swish" (x * sigmoid(x): EMS's encoder).
 ACTIVATIONS = ("gelu", "swish")
+# Who computes attention (models/attention.py, plan_attention): "xla" (jax's XLA softmax
+# attention with the boolean mask) or "cudnn" (cuDNN flash attention on NVIDIA GPUs, falling
+# back to "xla" where cuDNN cannot run the configuration).
+ATTENTION_IMPLS = ("xla", "cudnn")
 FIELD_CHOICES = {
     "activation": ACTIVATIONS,
+    "attention_impl": ATTENTION_IMPLS,
     "dtype": tuple(DTYPES),
     "param_dtype": tuple(DTYPES),
     "remat_policy": tuple(REMAT_POLICIES),
@@ -110,6 +115,9 @@ class EncoderConfig:
   dtype: str = "float32"          # activations / matmuls
   param_dtype: str = "float32"    # stored parameters
   remat_policy: str = "none"      # "none" | "full" | "dots" | "dots_no_batch"
+  # "xla" | "cudnn". A choice of kernel, not of arrays: checkpoints and exports written without
+  # it load with "xla", and resuming under the other value is allowed.
+  attention_impl: str = "xla"
   scan_layers: bool = False
   # Emerging-structure knobs; both need num_languages > 0 and lang_ids.
   separate_embeddings: bool = False  # per-language word + position tables, hence softmax
