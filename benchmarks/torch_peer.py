@@ -1,96 +1,175 @@
 """The PyTorch peer of benchmarks/train_step.py: Hugging Face `XLMRobertaForMaskedLM` training.
 
 Runs under the peer venv's python (torch + transformers), never the project's, and imports nothing
-from xlm_jax. It builds the model and optimizer once, warms up, prints `ready ...`, then serves
-commands on stdin, one per line, so the driver can alternate it with our step:
+from xlm_jax. It builds the model and optimizer once, prints `ready ...`, then serves commands on
+stdin, one per line, so the driver can alternate it with our step (flax_peer.py speaks the same):
 
-    run N   ->  N train steps; answers `elapsed <wall seconds> <cpu seconds> <last loss>`
-    quit    ->  exits
+    run N PATH  ->  N train steps on the arrays in PATH (.npz: input_ids and labels, each
+                    [N, batch, seq_len], Hugging Face ids, label -100 = not predicted), step i
+                    on row i; answers `elapsed <wall s> <cpu s> <peak RSS bytes> <loss_1> ... <loss_N>`
+    run N       ->  N train steps on one fixed batch with one fixed mask, drawn here (the old
+                    behaviour: the same masked positions every step, which the model memorises)
+    quit        ->  exits
 
     /work/peer_venv/bin/python benchmarks/torch_peer.py '{"layers": 6, "hidden": 512, ...}'
 
-Between commands it blocks on stdin and computes nothing, so the two sides never overlap.
+Between commands it blocks on stdin and computes nothing, so the sides never overlap.
 """
 import json
 import os
+import resource
 import sys
 import time
 
+import numpy as np
 import torch
 import transformers
 
+IGNORE = -100  # CrossEntropyLoss's ignore_index: a position that is not predicted
 
-def build(spec: dict):
-  """Model, AdamW (decay only on matrices, like ours) and one fixed batch, as `spec` says."""
+
+def peak_rss_bytes() -> int:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def build_model(spec: dict):
+  """The model: from the driver's Hugging Face folder (agreement mode) or from config."""
+  dropout = {"hidden_dropout_prob": spec["dropout"],
+             "attention_probs_dropout_prob": spec["dropout"]}
+  if spec.get("init_from"):
+    # float32 master weights whatever the folder's config says; bf16 runs use autocast.
+    model = transformers.XLMRobertaForMaskedLM.from_pretrained(
+        spec["init_from"], dtype=torch.float32, **dropout)
+    config = model.config
+    got = (config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
+           config.intermediate_size, config.vocab_size)
+    want = (spec["layers"], spec["hidden"], spec["heads"], spec["ffn"], spec["vocab"])
+    if got != want:
+      raise ValueError(f"{spec['init_from']} holds layers/hidden/heads/ffn/vocab {got}, the "
+                       f"driver asked for {want}")
+    return model
   torch.manual_seed(spec["seed"])
   config = transformers.XLMRobertaConfig(
       vocab_size=spec["vocab"], hidden_size=spec["hidden"], num_hidden_layers=spec["layers"],
       num_attention_heads=spec["heads"], intermediate_size=spec["ffn"],
       max_position_embeddings=spec["max_positions"], type_vocab_size=1, layer_norm_eps=1e-5,
-      hidden_dropout_prob=spec["dropout"], attention_probs_dropout_prob=spec["dropout"],
       hidden_act="gelu", pad_token_id=1, bos_token_id=0, eos_token_id=2,
-      tie_word_embeddings=True)
-  model = transformers.XLMRobertaForMaskedLM(config)
-  model.train()  # dropout on, as in our train step
-  decay = [p for p in model.parameters() if p.ndim > 1]
-  no_decay = [p for p in model.parameters() if p.ndim <= 1]
-  optimizer = torch.optim.AdamW(
-      [{"params": decay, "weight_decay": spec["weight_decay"]},
-       {"params": no_decay, "weight_decay": 0.0}],
-      lr=spec["learning_rate"], betas=(spec["b1"], spec["b2"]), eps=spec["eps"])
+      tie_word_embeddings=True, **dropout)
+  return transformers.XLMRobertaForMaskedLM(config)
 
+
+def parameter_groups(model, spec: dict) -> tuple[list, list]:
+  """(decayed, not decayed) parameters, as the driver's `decay` / `no_decay` name lists say.
+
+  The lists are the parameters ours decays, by their Hugging Face names; a tied tensor has
+  several names here (the word embeddings are also lm_head.decoder.weight, lm_head.bias is also
+  lm_head.decoder.bias), so each parameter is matched by any of its names. A parameter in no
+  list, or a name that is no parameter, stops the peer: both sides must decay the same tensors.
+  """
+  decay, no_decay = set(spec["decay"]), set(spec["no_decay"])
+  names: dict[int, list[str]] = {}
+  params: dict[int, torch.nn.Parameter] = {}
+  for name, param in model.named_parameters(remove_duplicate=False):
+    names.setdefault(id(param), []).append(name)
+    params[id(param)] = param
+  groups: tuple[list, list] = ([], [])
+  seen = set()
+  for key, aliases in names.items():
+    listed = [(n, n in decay) for n in aliases if n in decay | no_decay]
+    if len({d for _, d in listed}) != 1:
+      raise ValueError(f"weight-decay lists: parameter {aliases} is "
+                       f"{'in neither' if not listed else 'in both'} list(s)")
+    seen.update(n for n, _ in listed)
+    groups[0 if listed[0][1] else 1].append(params[key])
+  missing = sorted((decay | no_decay) - seen)
+  if missing:
+    raise ValueError(f"weight-decay lists name tensors this model lacks: {missing[:5]}")
+  return groups
+
+
+def fixed_batch(spec: dict):
+  """The `run N` batch: random ordinary ids, `<s>` first, 15% of the rest labelled and set to
+  id 4, the same at every step (what this peer did before masks came from the driver)."""
   generator = torch.Generator().manual_seed(spec["seed"])
   batch, length = spec["batch"], spec["seq_len"]
-  # Ordinary ids above the special ones (0..4), `<s>` first, no padding: a "stream" row.
   ids = torch.randint(5, spec["vocab"], (batch, length), generator=generator)
   ids[:, 0] = 0
-  # The same number of labelled positions per row as our masking produces (15% of the 127
-  # non-special tokens, rounded); every other position is ignored (-100).
-  labels = torch.full_like(ids, -100)
+  labels = torch.full_like(ids, IGNORE)
   num_labels = max(1, round(spec["mask_rate"] * (length - 1)))
   for row in range(batch):
     chosen = 1 + torch.randperm(length - 1, generator=generator)[:num_labels]
     labels[row, chosen] = ids[row, chosen]
-    ids[row, chosen] = 4  # <mask>
-  inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
-  return model, optimizer, inputs
+    ids[row, chosen] = 4
+  return ids, labels
 
 
-def train_steps(model, optimizer, inputs, steps: int, clip_norm: float, autocast: bool) -> float:
-  loss = None
-  for _ in range(steps):
+def load_steps(path: str, steps: int, spec: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
+  """(input_ids, labels) of each step from the driver's .npz, checked, as int64 tensors."""
+  with np.load(path) as f:
+    ids, labels = f["input_ids"], f["labels"]
+  want = (steps, spec["batch"], spec["seq_len"])
+  if ids.shape != want or labels.shape != want:
+    raise ValueError(f"{path}: input_ids {ids.shape} / labels {labels.shape}, expected {want}")
+  ids, labels = torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(labels.astype(np.int64))
+  return [(ids[i], labels[i]) for i in range(steps)]
+
+
+def train_steps(model, optimizer, inputs, clip_norm: float, autocast: bool) -> list[float]:
+  losses = []
+  for ids, labels in inputs:
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-      loss = model(**inputs).loss
+      loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+    if clip_norm > 0:
+      # clip_grad_norm_ divides by (norm + 1e-6) where optax divides by the norm: a 1e-6
+      # relative difference in the clipped update, far below what the agreement mode resolves.
+      torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
     optimizer.step()
-  return float("nan") if loss is None else float(loss.detach())
+    losses.append(loss.detach())
+  return [float(loss) for loss in losses]
 
 
 def main(argv) -> int:
   spec = json.loads(argv[1])
   torch.set_num_threads(spec.get("threads") or os.cpu_count())
   autocast = spec["dtype"] == "bfloat16"  # fp32 master weights, bf16 matmuls: mixed precision
-  model, optimizer, inputs = build(spec)
-  loss = train_steps(model, optimizer, inputs, spec["warmup_steps"], spec["clip_norm"], autocast)
+  model = build_model(spec)
+  model.train()  # dropout as configured (0 in agreement mode)
+  decay, no_decay = parameter_groups(model, spec)
+  # torch's AdamW is optax.adamw's update: m / (sqrt(v) + eps) with bias correction, and the
+  # decay lr * wd * p taken from the parameter before the step in both.
+  optimizer = torch.optim.AdamW(
+      [{"params": decay, "weight_decay": spec["weight_decay"]},
+       {"params": no_decay, "weight_decay": 0.0}],
+      lr=spec["learning_rate"], betas=(spec["b1"], spec["b2"]), eps=spec["eps"])
   attention = getattr(model.config, "_attn_implementation", "default")
   wait_policy = os.environ.get("OMP_WAIT_POLICY", "-")
+  num_params = sum(p.numel() for p in model.parameters())
   print(f"ready torch={torch.__version__} transformers={transformers.__version__} "
         f"threads={torch.get_num_threads()} OMP_WAIT_POLICY={wait_policy} "
-        f"attention={attention} warmup_loss={loss:.4f}",
-        flush=True)
+        f"attention={attention} init={'pretrained' if spec.get('init_from') else 'config'} "
+        f"params={num_params} rss={peak_rss_bytes()}", flush=True)
+  fixed = None
   for line in sys.stdin:
     command = line.split()
     if command == ["quit"]:
       break
-    if len(command) != 2 or command[0] != "run":
-      print(f"error unknown command {line.strip()!r}; expected 'run N' or 'quit'", flush=True)
+    if len(command) not in (2, 3) or command[0] != "run" or not command[1].isdigit():
+      print(f"error unknown command {line.strip()!r}; expected 'run N [PATH]' or 'quit'",
+            flush=True)
       continue
+    steps = int(command[1])
+    if len(command) == 3:
+      inputs = load_steps(command[2], steps, spec)  # read before the clock starts
+    else:
+      fixed = fixed or fixed_batch(spec)
+      inputs = [fixed] * steps
     start, cpu_start = time.perf_counter(), time.process_time()
-    loss = train_steps(model, optimizer, inputs, int(command[1]), spec["clip_norm"], autocast)
-    print(f"elapsed {time.perf_counter() - start:.6f} {time.process_time() - cpu_start:.6f} "
-          f"{loss:.6f}", flush=True)
+    losses = train_steps(model, optimizer, inputs, spec["clip_norm"], autocast)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    values = " ".join(f"{loss:.7g}" for loss in losses)
+    print(f"elapsed {wall:.6f} {cpu:.6f} {peak_rss_bytes()} {values}".rstrip(), flush=True)
   return 0
 
 
