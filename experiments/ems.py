@@ -94,11 +94,11 @@ def get_config(arg=None):
   words = (arg or "").split(",")
   size = next((w for w in words if w in PAPER_SIZES), None)
   best30 = "best30" in words
-  if best30 and size:
-    raise ValueError("experiments/ems.py: best30 is the tiny model's 30-minute run; it does not "
-                     f"combine with the size {size!r}")
   rest = ",".join(w for w in words if w not in PAPER_SIZES and w != "best30")
   args = presets.parse_arg(rest, size="tiny", variant="xtr_cl", layers=0, gpus=8)
+  if best30 and (size or args["size"] != "tiny"):
+    raise ValueError("experiments/ems.py: best30 is the tiny model's 30-minute run; it does not "
+                     f"combine with the size {size or args['size']!r}")
   if args["variant"] not in ABLATIONS:
     raise ValueError(f"experiments/ems.py: unknown variant {args['variant']!r}; known: "
                      f"{sorted(ABLATIONS)}, sizes tiny, small, lightweight, paper, and best30")

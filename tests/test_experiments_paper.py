@@ -109,5 +109,6 @@ def test_ems_best30_is_the_tiny_model_for_a_fixed_number_of_steps():
   assert best.model.to_dict() == tiny.model.to_dict()
   assert best.objectives.to_dict() == tiny.objectives.to_dict()
   assert best.optimizer.to_dict() == tiny.optimizer.to_dict()
-  with pytest.raises(ValueError, match="best30"):
-    config_lib.load_config(f"{ems}:best30,paper")
+  for size in ("paper", "small"):
+    with pytest.raises(ValueError, match="best30"):
+      config_lib.load_config(f"{ems}:best30,{size}")
