@@ -3,17 +3,10 @@
 Runs under its own venv's python (transformers 4.57, the last series with Flax models, plus jax,
 flax and optax; benchmarks/README.md has the recipe), never the project's, and imports nothing
 from xlm_jax. It builds the model, optimizer and jitted step once, compiles it, prints `ready ...`,
-then serves commands on stdin, one per line, exactly as torch_peer.py does:
-
-    run N PATH  ->  N train steps on the arrays in PATH (.npz: input_ids and labels, each
-                    [N, batch, seq_len], Hugging Face ids, label -100 = not predicted), step i
-                    on row i; answers `elapsed <wall s> <cpu s> <peak RSS bytes> <loss_1> ... <loss_N>`
-    run N       ->  N train steps on one fixed batch with one fixed mask, drawn here
-    quit        ->  exits
+then serves the driver's `run N [PATH]` commands on stdin as torch_peer.py does
+(benchmarks/peer_protocol.py):
 
     JAX_PLATFORMS=cpu /work/flax_peer_venv/bin/python benchmarks/flax_peer.py '{"layers": 6, ...}'
-
-Between commands it blocks on stdin and computes nothing, so it never overlaps the other sides.
 
 The step is the stock Flax way to train this model (transformers' examples/flax run_mlm_flax.py):
 `model(..., params=, dropout_rng=, train=True)` inside one jitted function, logits on every
@@ -22,26 +15,22 @@ the state donated. The weight-decay mask is the one the driver sends (the parame
 decays, by their Hugging Face names), so both sides decay exactly the same tensors.
 """
 import json
-import resource
 import sys
 import time
 
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import transformers
 from flax import traverse_util
 from transformers import FlaxXLMRobertaForMaskedLM, XLMRobertaConfig
 
-IGNORE = -100  # the label of a position that is not predicted (PyTorch's ignore_index)
+import peer_protocol  # benchmarks/ is on sys.path[0]
+from peer_protocol import IGNORE, peak_rss_bytes
+
 # Flax leaf name -> the PyTorch/safetensors one, which the driver's decay lists use.
 _TORCH_LEAF = {"kernel": "weight", "scale": "weight", "embedding": "weight"}
-
-
-def peak_rss_bytes() -> int:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def torch_name(path: tuple) -> str:
@@ -116,32 +105,6 @@ def make_step(model, tx, dropout_key):
   return jax.jit(step, donate_argnums=0)
 
 
-def fixed_batch(spec: dict, seed: int):
-  """The `run N` batch: random ordinary ids, `<s>` first, mask_rate of the other positions
-  labelled and set to `<mask>` (Hugging Face's XLM-R has it last), the same at every step."""
-  rng = np.random.default_rng(seed)
-  batch, length, vocab = spec["batch"], spec["seq_len"], spec["vocab"]
-  ids = rng.integers(5, vocab - 1, (batch, length)).astype(np.int32)
-  ids[:, 0] = 0
-  labels = np.full_like(ids, IGNORE)
-  num_labels = max(1, round(spec["mask_rate"] * (length - 1)))
-  for row in range(batch):
-    chosen = 1 + rng.permutation(length - 1)[:num_labels]
-    labels[row, chosen] = ids[row, chosen]
-    ids[row, chosen] = vocab - 1
-  return ids[None], labels[None]
-
-
-def load_steps(path: str, steps: int, spec: dict):
-  """input_ids and labels [steps, batch, seq_len] from the driver's .npz, checked."""
-  with np.load(path) as f:
-    ids, labels = f["input_ids"], f["labels"]
-  want = (steps, spec["batch"], spec["seq_len"])
-  if ids.shape != want or labels.shape != want:
-    raise ValueError(f"{path}: input_ids {ids.shape} / labels {labels.shape}, expected {want}")
-  return ids.astype(np.int32), labels.astype(np.int32)
-
-
 def main(argv) -> int:
   spec = json.loads(argv[1])
   model = build_model(spec)
@@ -166,32 +129,20 @@ def main(argv) -> int:
         f"device={jax.devices()[0].platform} init={'pretrained' if spec.get('init_from') else 'config'} "
         f"params={num_params} compile_s={compile_seconds:.1f} compiled_bytes={compiled_bytes} "
         f"rss={peak_rss_bytes()}", flush=True)
-  fixed = None
-  for line in sys.stdin:
-    command = line.split()
-    if command == ["quit"]:
-      break
-    if len(command) not in (2, 3) or command[0] != "run" or not command[1].isdigit():
-      print(f"error unknown command {line.strip()!r}; expected 'run N [PATH]' or 'quit'",
-            flush=True)
-      continue
-    steps = int(command[1])
-    if len(command) == 3:
-      ids, labels = load_steps(command[2], steps, spec)
-    else:
-      fixed = fixed or fixed_batch(spec, spec["seed"])
-      ids, labels = (np.repeat(a, steps, axis=0) for a in fixed)
+  def prepare(ids, labels):
     # On the device before the clock starts, as ours are: the timing is the steps alone.
-    inputs = [(jax.device_put(ids[i]), jax.device_put(labels[i])) for i in range(steps)]
-    start, cpu_start = time.perf_counter(), time.process_time()
+    return [(jax.device_put(ids[i]), jax.device_put(labels[i])) for i in range(len(ids))]
+
+  def train(inputs):
+    nonlocal state
     losses = []
     for input_ids, step_labels in inputs:
       state, loss = compiled(state, input_ids, step_labels)
       losses.append(loss)
     jax.block_until_ready(state)
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    values = " ".join(f"{float(loss):.7g}" for loss in losses)
-    print(f"elapsed {wall:.6f} {cpu:.6f} {peak_rss_bytes()} {values}".rstrip(), flush=True)
+    return [float(loss) for loss in losses]
+
+  peer_protocol.serve(spec, prepare, train)
   return 0
 
 

@@ -1,35 +1,23 @@
 """The PyTorch peer of benchmarks/train_step.py: Hugging Face `XLMRobertaForMaskedLM` training.
 
 Runs under the peer venv's python (torch + transformers), never the project's, and imports nothing
-from xlm_jax. It builds the model and optimizer once, prints `ready ...`, then serves commands on
-stdin, one per line, so the driver can alternate it with our step (flax_peer.py speaks the same):
-
-    run N PATH  ->  N train steps on the arrays in PATH (.npz: input_ids and labels, each
-                    [N, batch, seq_len], Hugging Face ids, label -100 = not predicted), step i
-                    on row i; answers `elapsed <wall s> <cpu s> <peak RSS bytes> <loss_1> ... <loss_N>`
-    run N       ->  N train steps on one fixed batch with one fixed mask, drawn here (the old
-                    behaviour: the same masked positions every step, which the model memorises)
-    quit        ->  exits
+from xlm_jax. It builds the model and optimizer once, prints `ready ...`, then serves the driver's
+`run N [PATH]` commands on stdin (benchmarks/peer_protocol.py, which flax_peer.py speaks too), so
+the driver can alternate it with our step:
 
     /work/peer_venv/bin/python benchmarks/torch_peer.py '{"layers": 6, "hidden": 512, ...}'
-
-Between commands it blocks on stdin and computes nothing, so the sides never overlap.
 """
 import json
 import os
-import resource
 import sys
-import time
 
 import numpy as np
 import torch
 import transformers
 
-IGNORE = -100  # CrossEntropyLoss's ignore_index: a position that is not predicted
+import peer_protocol  # benchmarks/ is on sys.path[0]
+from peer_protocol import peak_rss_bytes
 
-
-def peak_rss_bytes() -> int:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def build_model(spec: dict):
@@ -87,33 +75,6 @@ def parameter_groups(model, spec: dict) -> tuple[list, list]:
   return groups
 
 
-def fixed_batch(spec: dict):
-  """The `run N` batch: random ordinary ids, `<s>` first, 15% of the rest labelled and set to
-  id 4, the same at every step (what this peer did before masks came from the driver)."""
-  generator = torch.Generator().manual_seed(spec["seed"])
-  batch, length = spec["batch"], spec["seq_len"]
-  ids = torch.randint(5, spec["vocab"], (batch, length), generator=generator)
-  ids[:, 0] = 0
-  labels = torch.full_like(ids, IGNORE)
-  num_labels = max(1, round(spec["mask_rate"] * (length - 1)))
-  for row in range(batch):
-    chosen = 1 + torch.randperm(length - 1, generator=generator)[:num_labels]
-    labels[row, chosen] = ids[row, chosen]
-    ids[row, chosen] = 4
-  return ids, labels
-
-
-def load_steps(path: str, steps: int, spec: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
-  """(input_ids, labels) of each step from the driver's .npz, checked, as int64 tensors."""
-  with np.load(path) as f:
-    ids, labels = f["input_ids"], f["labels"]
-  want = (steps, spec["batch"], spec["seq_len"])
-  if ids.shape != want or labels.shape != want:
-    raise ValueError(f"{path}: input_ids {ids.shape} / labels {labels.shape}, expected {want}")
-  ids, labels = torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(labels.astype(np.int64))
-  return [(ids[i], labels[i]) for i in range(steps)]
-
-
 def train_steps(model, optimizer, inputs, clip_norm: float, autocast: bool) -> list[float]:
   losses = []
   for ids, labels in inputs:
@@ -150,26 +111,13 @@ def main(argv) -> int:
         f"threads={torch.get_num_threads()} OMP_WAIT_POLICY={wait_policy} "
         f"attention={attention} init={'pretrained' if spec.get('init_from') else 'config'} "
         f"params={num_params} rss={peak_rss_bytes()}", flush=True)
-  fixed = None
-  for line in sys.stdin:
-    command = line.split()
-    if command == ["quit"]:
-      break
-    if len(command) not in (2, 3) or command[0] != "run" or not command[1].isdigit():
-      print(f"error unknown command {line.strip()!r}; expected 'run N [PATH]' or 'quit'",
-            flush=True)
-      continue
-    steps = int(command[1])
-    if len(command) == 3:
-      inputs = load_steps(command[2], steps, spec)  # read before the clock starts
-    else:
-      fixed = fixed or fixed_batch(spec)
-      inputs = [fixed] * steps
-    start, cpu_start = time.perf_counter(), time.process_time()
-    losses = train_steps(model, optimizer, inputs, spec["clip_norm"], autocast)
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    values = " ".join(f"{loss:.7g}" for loss in losses)
-    print(f"elapsed {wall:.6f} {cpu:.6f} {peak_rss_bytes()} {values}".rstrip(), flush=True)
+  def prepare(ids, labels):
+    # int64 tensors before the clock starts: the timing is the steps alone.
+    ids, labels = (torch.from_numpy(a.astype(np.int64)) for a in (ids, labels))
+    return [(ids[i], labels[i]) for i in range(len(ids))]
+
+  peer_protocol.serve(spec, prepare, lambda inputs: train_steps(
+      model, optimizer, inputs, spec["clip_norm"], autocast))
   return 0
 
 

@@ -36,7 +36,6 @@ import json
 import os
 import pathlib
 import re
-import resource
 import shutil
 import statistics
 import subprocess
@@ -49,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from machine_load import machine_busy_seconds  # benchmarks/ is on sys.path[0]
+from peer_protocol import IGNORE, peak_rss_bytes
 
 from xlm_jax import config as config_lib
 from xlm_jax import mesh as mesh_lib
@@ -79,7 +79,6 @@ PEER_FLAGS = {"torch": "--peer-python", "flax": "--flax-peer-python"}
 PEER_ENV = {"torch": "XLM_JAX_PEER_PYTHON", "flax": "XLM_JAX_FLAX_PEER_PYTHON"}
 SPECIAL_IDS = (0, 1, 2, 3, 4)  # <s> <pad> </s> <unk> <mask>
 MASK_ID, PAD_ID = 4, 1
-IGNORE = -100  # a label the peers' cross-entropy skips (PyTorch's ignore_index)
 
 # Defaults by device; the GPU's are XLM-R base at seq 512 in bf16, batch fitted to the memory.
 DEFAULTS = {
@@ -275,10 +274,6 @@ def memory_stats(compiled) -> dict:
   return {f: (getattr(stats, f"{f}_size_in_bytes", None) if stats is not None else None)
           for f in fields}
 
-
-def peak_rss_bytes() -> int:
-  """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 @dataclasses.dataclass
