@@ -54,3 +54,20 @@ def pair_batch(pairs, length: int, pad: int = 1):
     batch["position_ids"][row, :n] = np.arange(n) + pad + 1
     batch["lang_ids"][row, :n] = [x_lang] * len(side_x) + [y_lang] * len(side_y)
   return batch
+
+
+def sentence_batch(sentences, length: int, pad: int = 1):
+  """"sentences" rows: `<s> s </s>` + padding; sentences = [(tokens, lang)], None = padding row."""
+  keys = ("input_ids", "segment_ids", "position_ids", "lang_ids")
+  batch = {k: np.full((len(sentences), length), v, np.int32)
+           for k, v in zip(keys, (pad, 0, pad, 0))}
+  for row, item in enumerate(sentences):
+    if item is None:
+      continue
+    tokens, lang = item
+    n = len(tokens) + 2
+    batch["input_ids"][row, :n] = [0, *tokens, 2]
+    batch["segment_ids"][row, :n] = 1
+    batch["position_ids"][row, :n] = np.arange(n) + pad + 1
+    batch["lang_ids"][row, :n] = lang
+  return batch

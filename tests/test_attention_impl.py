@@ -67,18 +67,8 @@ def _pair_batch():
 
 def _sentence_batch():
   """"sentences" rows `<s> x </s>` + padding (BTMLM writes its placeholders there)."""
-  sentences = [([10, 11, 12, 13], 1), ([30, 31, 32], 0), None, ([50, 51, 52, 53, 54], 2)]
-  keys = ("input_ids", "segment_ids", "position_ids", "lang_ids")
-  batch = {k: np.full((len(sentences), L), v, np.int32) for k, v in zip(keys, (PAD, 0, PAD, 0))}
-  for row, item in enumerate(sentences):
-    if item is not None:
-      tokens, lang = item
-      n = len(tokens) + 2
-      batch["input_ids"][row, :n] = [0, *tokens, 2]
-      batch["segment_ids"][row, :n] = 1
-      batch["position_ids"][row, :n] = np.arange(n) + PAD + 1
-      batch["lang_ids"][row, :n] = lang
-  return batch
+  return checks.sentence_batch([([10, 11, 12, 13], 1), ([30, 31, 32], 0), None,
+                                ([50, 51, 52, 53, 54], 2)], L, pad=PAD)
 
 
 # name -> (loss function, default config, batch); CAMLM in its default, exact two_pass mode.

@@ -14,7 +14,7 @@ from xlm_jax.objectives.btmlm import (btmlm_loss, btmlm_step2, default_config,
                                       generate_pseudo_tokens, max_placeholders,
                                       placeholder_layout, sample_target_languages)
 from xlm_jax.registry import OBJECTIVES
-from objective_checks import init_model_params, sgd_losses
+from objective_checks import init_model_params, sentence_batch, sgd_losses
 
 PAD, MASK = 1, 4
 SPECIALS = (0, 1, 2, 3, 4)
@@ -36,23 +36,6 @@ def context(config=CONFIG, train=False, random_ranges=None, **overrides):
 
 def init_params(config=CONFIG, seed=0):
   return init_model_params(config, seed)
-
-
-def sentence_batch(sentences, length):
-  """"sentences" rows: `<s> s </s>` + padding; sentences = [(tokens, lang)], None = padding row."""
-  keys = ("input_ids", "segment_ids", "position_ids", "lang_ids")
-  batch = {k: np.full((len(sentences), length), v, np.int32)
-           for k, v in zip(keys, (PAD, 0, PAD, 0))}
-  for row, item in enumerate(sentences):
-    if item is None:
-      continue
-    tokens, lang = item
-    n = len(tokens) + 2
-    batch["input_ids"][row, :n] = [0, *tokens, 2]
-    batch["segment_ids"][row, :n] = 1
-    batch["position_ids"][row, :n] = np.arange(n) + PAD + 1
-    batch["lang_ids"][row, :n] = lang
-  return batch
 
 
 BATCH = sentence_batch([([10, 11, 12, 13], 1), ([30, 31, 32], 0), None, ([50, 51, 52, 53, 54], 2),
