@@ -304,18 +304,24 @@ def _move_into_place(work: pathlib.Path, corpus_dir: pathlib.Path) -> None:
 
 
 def ensure_corpus(corpus_dir, languages=DEFAULT_LANGUAGES, build_if_missing: bool = True,
-                  **build_kwargs) -> Corpus:
-  """The corpus at corpus_dir checked for `languages`; built first if absent and build_if_missing.
+                  build_languages=None, **build_kwargs) -> Corpus:
+  """The corpus at corpus_dir checked for `languages`; built first if absent and build_if_missing,
+  for `build_languages` (default: `languages`; it must include them).
 
   Raises FileNotFoundError (naming the folder and the build command) when it is absent and
   build_if_missing is False, and ValueError for a language the corpus lacks or has no training text for.
   """
   corpus_dir = pathlib.Path(corpus_dir).expanduser()
+  build_languages = languages if build_languages is None else build_languages
+  missing = [lang for lang in languages if lang not in build_languages]
+  if missing:
+    raise ValueError(f"build_languages {list(build_languages)} lacks {missing}, which the corpus "
+                     "must have")
   if not (corpus_dir / "manifest.json").is_file():
     if not build_if_missing:
       raise FileNotFoundError(f"no corpus at {corpus_dir} (manifest.json missing); build it with "
-                              f"`{build_command(corpus_dir)} --languages {' '.join(languages)}`")
-    build_corpus(corpus_dir, languages, **build_kwargs)
+                              f"`{build_command(corpus_dir)} --languages {' '.join(build_languages)}`")
+    build_corpus(corpus_dir, build_languages, **build_kwargs)
   return Corpus(corpus_dir, languages)
 
 

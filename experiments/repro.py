@@ -29,10 +29,11 @@ import argparse
 import dataclasses
 import datetime
 import gc
-import hashlib
 import json
 import logging
+import os
 import pathlib
+import subprocess
 import sys
 import time
 
@@ -437,8 +438,7 @@ def render(state: dict, findings, seeds) -> str:
   lines = [
       "# Reproduction report",
       "",
-      f"Made by `{state['command']}`; corpus `{state['corpus']}` (manifest.json sha256 "
-      f"`{state['corpus_manifest_sha256'][:16]}…`); seeds {', '.join(map(str, seeds))}; "
+      f"Made by `{state['command']}`; corpus `{state['corpus']}`; seeds {', '.join(map(str, seeds))}; "
       f"{state['finished_runs']} of {state['total_runs']} runs finished; "
       f"{state['compute_minutes']:.0f} min of compute so far; updated {state['updated']}.",
       "",
@@ -448,6 +448,7 @@ def render(state: dict, findings, seeds) -> str:
       "the seeds disagree. Cells read `mean (seed 0, seed 1)`. How the runs are made: "
       "`experiments/repro.py`.",
       "",
+      *provenance(state),
       "## Summary",
       "",
       "| finding | claim | paper | ours: difference per seed | verdict |",
@@ -486,6 +487,29 @@ def render(state: dict, findings, seeds) -> str:
       sections += ["", f"What a proper test would need: {finding.needs}."]
     sections.append("")
   return "\n".join(lines + [""] + sections)
+
+
+def provenance(state: dict) -> list[str]:
+  """Which code and corpus made the finished runs: one line when every run shares them, else one
+  line per combination, so a report that mixes them says so."""
+  groups: dict[tuple[str, str], list[str]] = {}
+  for key, variants in state["runs"].items():
+    for name, seeds in variants.items():
+      for seed, run in seeds.items():
+        group = (run.get("code", "not recorded"), run.get("corpus_sha256", "not recorded"))
+        groups.setdefault(group, []).append(f"{key}/{name}/{seed}")
+  def line(code, corpus):
+    return f"code `{code}`, corpus content sha256 `{corpus[:16]}`"
+  if not groups:
+    return []
+  if len(groups) == 1:
+    (code, corpus), = groups
+    return [f"Every run: {line(code, corpus)} (`xlm_jax.data.corpus.content_digest`: the "
+            "manifest without its build time).", ""]
+  return (["The runs were made with different code or corpora (content sha256: the manifest "
+           "without its build time; `xlm_jax.data.corpus.content_digest`):", ""] +
+          [f"- {line(code, corpus)}: {len(runs)} runs ({', '.join(runs)})"
+           for (code, corpus), runs in sorted(groups.items())] + [""])
 
 
 # The papers' numbers behind each claim, shown beside ours. Where the paper's table could not be
@@ -527,12 +551,29 @@ PAPER_NUMBERS = {
 
 
 def corpus_fingerprint(corpus_dir: str) -> tuple[str, str]:
-  from xlm_jax.data.corpus import resolve_corpus_dir
+  """(folder, content sha256) of the findings' corpus: the digest leaves out the manifest's build
+  time, so a rebuild of the same packages keeps it and a different corpus changes it."""
+  from xlm_jax.data.corpus import content_digest, read_manifest, resolve_corpus_dir
   folder = pathlib.Path(corpus_dir) if corpus_dir else pathlib.Path(
       resolve_corpus_dir("", "debian8"))
-  manifest = folder / "manifest.json"
-  digest = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else "not built"
-  return str(folder), digest
+  if not (folder / "manifest.json").is_file():
+    return str(folder), "not built"
+  return str(folder), content_digest(read_manifest(folder))
+
+
+def code_version() -> str:
+  """The commit the runs are made with, "+changes" when the code differs from it (the report's own
+  files are left out: the run rewrites them)."""
+  def git(*args) -> str:
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
+                          check=True).stdout.strip()
+  try:
+    head = git("rev-parse", "--short=10", "HEAD")
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", "xlm_jax", "data_prep",
+                  "experiments", "setup.py", "requirements.txt")
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown (not a git checkout)"
+  return head + ("+changes" if changed else "")
 
 
 def _write_atomically(path: pathlib.Path, text: str) -> None:
@@ -564,6 +605,12 @@ def main(argv=None) -> int:
     parser.error(f"unrecognized arguments: {[a for a in rest if not a.startswith('--config.')]}"
                  " (overrides are --config.<field>=<value>)")
   logging.basicConfig(level=logging.WARNING)
+  if args.smoke:
+    # The smoke checks the pipeline, not numbers, and compiling is most of its time: LLVM's
+    # cheapest code generation cut a smoke of the EMS finding from 131 s to 104 s (2 cores).
+    # Set before jax starts its backend, which reads XLA_FLAGS once.
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               " --xla_backend_optimization_level=0").strip()
   seeds = tuple(int(s) for s in args.seeds.split(","))
   if len(seeds) < 2:
     parser.error("--seeds: at least 2 seeds, or the verdicts cannot tell a finding from noise")
@@ -582,8 +629,9 @@ def main(argv=None) -> int:
   state = _read_json(state_path) or {"runs": {}}
   if state.get("smoke", args.smoke) != args.smoke:
     parser.error(f"{state_path} holds {'smoke' if state['smoke'] else 'full'} runs; use another --out")
-  corpus, digest = corpus_fingerprint(args.corpus_dir)
-  state.update(smoke=args.smoke, corpus=corpus, corpus_manifest_sha256=digest,
+  corpus, _ = corpus_fingerprint(args.corpus_dir)
+  code = code_version()
+  state.update(smoke=args.smoke, corpus=corpus,
                command="python -m experiments.repro " + " ".join(argv or sys.argv[1:]))
   jobs = [(f, v, s) for f in FINDINGS for s in seeds for v in f.variants]
 
@@ -613,8 +661,10 @@ def main(argv=None) -> int:
     folder = out / finding.key / variant.name.replace(" ", "_").replace("(", "").replace(
         ")", "").replace("+", "_") / f"seed{seed}"
     print(f"[repro] {finding.key} / {variant.name} / seed {seed} -> {folder}", flush=True)
-    slot[str(seed)] = run_one(finding, variant, seed, folder, args.smoke, languages,
-                              args.corpus_dir, extra)
+    result = run_one(finding, variant, seed, folder, args.smoke, languages, args.corpus_dir, extra)
+    # Provenance per run (a report is built over sessions): the code and the corpus it was made
+    # with; the first run may have built the corpus, so its digest is read after the run.
+    slot[str(seed)] = {**result, "code": code, "corpus_sha256": corpus_fingerprint(args.corpus_dir)[1]}
     save()
   save()
   print(f"[repro] report: {report}", flush=True)

@@ -15,7 +15,7 @@ from tensorflow_datasets.proto import tf_example_pb2
 
 from data_prep import build, cli, debian, gettext_corpus, hashed_order, splits, tfds_writer
 from data_prep.gettext_corpus import Message
-from xlm_jax.data import tokenizer_training
+from xlm_jax.data import corpus as corpus_lib, tokenizer_training
 from xlm_jax.data.corpus import Corpus, EmptySource
 from xlm_jax.data.tokenizer import Tokenizer
 
@@ -364,6 +364,47 @@ def test_existing_corpus_is_reused_not_rebuilt(small_corpus):
   assert again.manifest["created"] == created
   with pytest.raises(ValueError, match=r"lacks \['pl'\].*--force"):
     build.build_corpus(small_corpus.dir, ["en", "pl"], progress=False)
+
+
+def test_training_builds_a_recipes_whole_language_set_on_first_use(tmp_path, monkeypatch):
+  # A recipe's folder is shared by every run naming it: a first run on en/fr must build all of
+  # the recipe's languages (and any other one it asks for), not leave an en/fr corpus behind.
+  from xlm_jax import cli as train_cli
+  from xlm_jax import config as config_lib
+  built = []
+
+  class Stop(Exception):
+    pass
+
+  def fake_build(corpus_dir, languages, **kwargs):
+    built.append(tuple(languages))
+    raise Stop
+  monkeypatch.setattr(build, "build_corpus", fake_build)
+  for languages, want in ((("en", "fr"), build.DEFAULT_LANGUAGES),
+                          (("en", "en_trans", "ja"), build.DEFAULT_LANGUAGES),   # derived: its base
+                          (("en", "pl"), build.DEFAULT_LANGUAGES + ("pl",))):
+    config = config_lib.load_config("experiments/quickstart.py", [
+        f"data.corpus_dir={tmp_path / 'nowhere'}", f"data.languages={list(languages)!r}"])
+    with pytest.raises(Stop):
+      train_cli._ensure_corpus(config)
+    assert built.pop() == want
+
+
+def test_ensure_corpus_checks_only_the_runs_languages(small_corpus):
+  # An existing corpus with fewer languages than the recipe still serves a run on its languages.
+  assert build.ensure_corpus(small_corpus.dir, ["en", "de"],
+                             build_languages=build.DEFAULT_LANGUAGES).languages == small_corpus.languages
+  with pytest.raises(ValueError, match=r"build_languages \['en'\] lacks \['de'\]"):
+    build.ensure_corpus(small_corpus.dir, ["en", "de"], build_languages=["en"])
+
+
+def test_content_digest_ignores_the_build_time_only():
+  manifest = {"name": "debian8", "created": "2026-12-07T10:00:00+00:00", "build_seconds": {"total": 90},
+              "counts": {"en": {"mono_train": 10}}, "tokenizer": {"sha256": "ab"}}
+  rebuilt = {**manifest, "created": "2026-12-08T00:37:24+00:00", "build_seconds": {"total": 49}}
+  assert corpus_lib.content_digest(rebuilt) == corpus_lib.content_digest(manifest)
+  for changed in ({"counts": {"en": {"mono_train": 11}}}, {"tokenizer": {"sha256": "ac"}}):
+    assert corpus_lib.content_digest({**manifest, **changed}) != corpus_lib.content_digest(manifest)
 
 
 def test_stats_command(small_corpus, tmp_path, capsys):

@@ -69,6 +69,21 @@ def test_every_claim_and_metric_names_what_exists():
       assert set(finding.correlate) <= set(finding.metrics)
 
 
+def test_report_says_when_runs_were_made_with_different_code_or_corpora():
+  runs = {"ems": {"XTR+CL": {"0": {"code": "abc", "corpus_sha256": "c1" * 32},
+                             "1": {"code": "abc", "corpus_sha256": "c1" * 32}},
+                  "XTR": {"0": {"code": "def+changes", "corpus_sha256": "c1" * 32},
+                          "1": {}}}}   # a run from before provenance was recorded
+  lines = repro.provenance({"runs": runs})
+  assert lines[0].startswith("The runs were made with different code or corpora")
+  assert "- code `abc`, corpus content sha256 `" + "c1" * 8 + "`: 2 runs (ems/XTR+CL/0, ems/XTR+CL/1)" in lines
+  assert any("`def+changes`" in l and "1 runs (ems/XTR/0)" in l for l in lines)
+  assert any("`not recorded`" in l and "ems/XTR/1" in l for l in lines)
+  same = repro.provenance({"runs": {"ems": {"XTR+CL": runs["ems"]["XTR+CL"]}}})
+  assert same[0].startswith("Every run: code `abc`")
+  assert repro.provenance({"runs": {}}) == []
+
+
 # The default run smokes two findings: ALIGN-MLM (a derived language, fine-tuning, the correlation)
 # and EMS (parallel pairs, no fine-tuning), for the report's machinery and its resume. Every row of
 # every finding (~16 min of a CI worker, most of it compiling the Emerging-structure variants'
@@ -112,6 +127,11 @@ def test_smoke_runs_end_to_end_and_resumes(eval_corpus, tmp_path, only):  # noqa
   results = json.loads((out / "align_mlm" / "ALIGN-MLM" / "seed0" / "finetune" /
                         "results.json").read_text(encoding="utf-8"))
   assert set(results["test"]) == {"en", "en_trans+inv"}
+  # Every run records the code and the corpus that made it; one combination is one line.
+  assert {(run["code"], run["corpus_sha256"]) for variants in state["runs"].values()
+          for seeds in variants.values() for run in seeds.values()} == {
+              (repro.code_version(), repro.corpus_fingerprint(str(eval_corpus))[1])}
+  assert "Every run: code `" in report
   # A second call finds every run finished and only rewrites the report.
   again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert again.returncode == 0 and "[repro] " not in again.stdout.replace("[repro] report", ""), \

@@ -10,6 +10,7 @@ Every check fails with a message that names the path or language and says what t
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -26,6 +27,17 @@ SPLITS = ("train", "test")
 TFDS_VERSION = "1.0.0"
 MANIFEST_KEYS = ("name", "languages", "created", "packages", "heldout_programs", "counts", "dropped",
                  "tokenizer", "format_version")
+# Manifest fields that describe one build rather than the data: two builds of the same packages
+# differ only in them, so a corpus's identity (`content_digest`) leaves them out.
+BUILD_ONLY_KEYS = ("created", "build_seconds")
+
+
+def content_digest(manifest: dict) -> str:
+  """sha256 of a manifest without its build-only fields (canonical JSON): equal for two builds of
+  the same data (package versions and hashes, held-out programs, counts, tokenizer hash), so it
+  names the corpus a result was measured on; the manifest file's own hash changes with every build."""
+  content = {key: value for key, value in manifest.items() if key not in BUILD_ONLY_KEYS}
+  return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def resolve_corpus_dir(corpus_dir: str | os.PathLike = "", corpus: str = DEFAULT_CORPUS_NAME) -> pathlib.Path:
