@@ -312,6 +312,11 @@ def _read_json(path: pathlib.Path) -> dict | None:
     return None
 
 
+class Preempted(Exception):
+  """A command of a run was stopped by a signal (SIGTERM, a TPU VM's preemption) after saving its
+  checkpoint: the report stops here too, and a rerun resumes it."""
+
+
 def run_one(finding: Finding, variant: Variant, seed: int, folder: pathlib.Path, smoke: bool,
             languages: tuple[str, ...], corpus_dir: str, extra: tuple[str, ...] = ()) -> dict:
   """Pre-trains (and fine-tunes) one variant and seed, resuming or skipping what is done."""
@@ -327,6 +332,12 @@ def run_one(finding: Finding, variant: Variant, seed: int, folder: pathlib.Path,
       raise RuntimeError(f"pre-training {finding.key}/{variant.name}/seed {seed} exited with {code}")
     timings["pretrain_seconds"] = time.time() - started
     summary = _read_json(folder / "pretrain" / "summary.json")
+    if summary is None:
+      raise RuntimeError(f"pre-training {finding.key}/{variant.name}/seed {seed} wrote no "
+                         f"{folder / 'pretrain' / 'summary.json'}")
+    if summary.get("preempted"):
+      # The signal was meant for the whole report: no fine-tuning of a half-trained encoder.
+      raise Preempted(f"pre-training {finding.key}/{variant.name}/seed {seed}")
   finetuned = None
   if finding.finetune and variant.shown:
     finetuned = _read_json(folder / "finetune" / "results.json")
@@ -337,6 +348,11 @@ def run_one(finding: Finding, variant: Variant, seed: int, folder: pathlib.Path,
         raise RuntimeError(f"fine-tuning {finding.key}/{variant.name}/seed {seed} exited with {code}")
       timings["finetune_seconds"] = time.time() - started
       finetuned = _read_json(folder / "finetune" / "results.json")
+      if finetuned is None:
+        raise RuntimeError(f"fine-tuning {finding.key}/{variant.name}/seed {seed} wrote no "
+                           f"{folder / 'finetune' / 'results.json'}")
+      if finetuned.get("preempted"):
+        raise Preempted(f"fine-tuning {finding.key}/{variant.name}/seed {seed}")
   jax.clear_caches()   # one process runs every variant: drop the compiled steps of this one
   gc.collect()
   values = {name: read_metric(METRICS[name], summary, finetuned) for name in finding.metrics}
@@ -661,7 +677,14 @@ def main(argv=None) -> int:
     folder = out / finding.key / variant.name.replace(" ", "_").replace("(", "").replace(
         ")", "").replace("+", "_") / f"seed{seed}"
     print(f"[repro] {finding.key} / {variant.name} / seed {seed} -> {folder}", flush=True)
-    result = run_one(finding, variant, seed, folder, args.smoke, languages, args.corpus_dir, extra)
+    try:
+      result = run_one(finding, variant, seed, folder, args.smoke, languages, args.corpus_dir,
+                       extra)
+    except Preempted as stopped:
+      save()
+      print(f"[repro] {stopped} was stopped by a signal after saving its checkpoint; rerun the "
+            "same command to resume", flush=True)
+      return 1
     # Provenance per run (a report is built over sessions): the code and the corpus it was made
     # with; the first run may have built the corpus, so its digest is read after the run.
     slot[str(seed)] = {**result, "code": code, "corpus_sha256": corpus_fingerprint(args.corpus_dir)[1]}

@@ -7,6 +7,7 @@ pipeline and the report's shape, not the findings.
 """
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -67,6 +68,40 @@ def test_every_claim_and_metric_names_what_exists():
       assert not variant.init or variant.init in names, variant
     if finding.correlate:
       assert set(finding.correlate) <= set(finding.metrics)
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
+def test_a_preempted_command_stops_the_report_and_a_rerun_resumes(tmp_path, monkeypatch, stage):
+  # SIGTERM during a run: the trainer saves its checkpoint, exits 0 and says "preempted" in its
+  # summary. The report must stop there (no fine-tuning of a half-trained encoder), and a rerun
+  # must go on from it.
+  from xlm_jax import cli
+  calls = []
+
+  def fake_main(argv):
+    command, workdir = argv[0], pathlib.Path(argv[argv.index("--workdir") + 1])
+    calls.append(command)
+    workdir.mkdir(parents=True, exist_ok=True)
+    # The stage's command is stopped the first time only.
+    stopped = calls.count(command) == 1 and command == {"pretrain": "train",
+                                                        "finetune": "finetune"}[stage]
+    if command == "train":
+      (workdir / "summary.json").write_text(json.dumps(
+          {"preempted": stopped, "step": 1, "eval": {"retrieval/mean_p1": 0.5}}))
+    else:
+      (workdir / "results.json").write_text(json.dumps(
+          {"preempted": stopped, "test": {"en": {"accuracy": 0.6}, "fr": {"accuracy": 0.4}}}))
+    return 0
+  monkeypatch.setattr(cli, "main", fake_main)
+  finding = next(f for f in repro.FINDINGS if f.key == "xlm")
+  variant = finding.variants[0]
+  with pytest.raises(repro.Preempted, match=stage.replace("pretrain", "pre-training").replace(
+      "finetune", "fine-tuning")):
+    repro.run_one(finding, variant, 0, tmp_path, True, (), "")
+  assert calls == (["train"] if stage == "pretrain" else ["train", "finetune"])
+  result = repro.run_one(finding, variant, 0, tmp_path, True, (), "")   # the rerun resumes
+  assert calls[-1] == "finetune" and result["values"]["transfer"] == 0.4
+  assert calls.count("train") == (2 if stage == "pretrain" else 1)
 
 
 def test_report_says_when_runs_were_made_with_different_code_or_corpora():
