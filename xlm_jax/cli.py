@@ -72,10 +72,10 @@ def _ensure_corpus(config) -> None:
     # recipe's whole language set (and any other language this run asks for), not only this
     # run's: a first run on en/fr must not leave a corpus that the next run on 8 languages
     # cannot open, with a tokenizer trained on 2 languages under the 8-language corpus's name.
+    recipe_languages = tuple(dict.fromkeys(corpus_build.DEFAULT_LANGUAGES + base_languages))
     corpus_build.ensure_corpus(resolve_corpus_dir(config.data.corpus_dir, config.data.corpus),
-                               languages=base_languages,
-                               build_languages=tuple(dict.fromkeys(corpus_build.DEFAULT_LANGUAGES
-                                                                   + base_languages)), build_if_missing=True,
+                               languages=base_languages, build_languages=recipe_languages,
+                               build_if_missing=True,
                                vocab_size=config.data.vocab_size, seed=config.seed,
                                recipe=config.data.corpus)
   if jax.process_count() > 1:
