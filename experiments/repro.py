@@ -14,8 +14,9 @@ and results.json.
 
 Verdicts are per claim (a paper's direction, "A > B on metric m") and per seed: the claim is
 *reproduced* when A beats B under every seed, *not reproduced* when B beats (or ties) A under
-every seed, and *inconclusive* when the seeds disagree. The spread (each seed's value) is shown
-beside the mean, so a reader can judge the margins.
+every seed, and *inconclusive* when the seeds disagree, or *inconclusive (at chance)* when under
+some seed both sides of a transfer claim are no better than the majority class. The spread (each
+seed's value) is shown beside the mean, so a reader can judge the margins.
 
 Resumable: every run has its own workdirs under `--out` (pre-training resumes from its last
 checkpoint, fine-tuning too); runs recorded in the JSON beside the report are skipped; the report
@@ -53,10 +54,11 @@ class Metric:
   source: str            # "summary": the pre-training run's summary.json eval; "finetune": results.json
   key: str               # summary eval key, or finetune field (see `read_metric`)
   higher_is_better: bool = True
+  baseline: str = ""     # the METRICS key of the no-skill level a comparison must rise above
 
 
 METRICS = {
-    "transfer": Metric("zero-shot transfer acc.", "finetune", "transfer"),
+    "transfer": Metric("zero-shot transfer acc.", "finetune", "transfer", baseline="chance"),
     "en_acc": Metric("English acc.", "finetune", "en"),
     "chance": Metric("majority-class acc.", "finetune", "chance"),
     "alignment": Metric("alignment %", "summary", "alignment/mean_accuracy"),
@@ -369,15 +371,23 @@ def run_one(finding: Finding, variant: Variant, seed: int, folder: pathlib.Path,
 def claim_verdict(claim: Claim, runs: dict, seeds) -> tuple[str, list[float]]:
   """(verdict, per-seed differences better - worse, sign-flipped for lower-is-better metrics)."""
   metric = METRICS[claim.metric]
-  diffs = []
+  diffs, at_chance = [], False
   for seed in seeds:
-    a = runs.get(claim.better, {}).get(str(seed), {}).get("values", {}).get(claim.metric)
-    b = runs.get(claim.worse, {}).get(str(seed), {}).get("values", {}).get(claim.metric)
+    better = runs.get(claim.better, {}).get(str(seed), {}).get("values", {})
+    worse = runs.get(claim.worse, {}).get(str(seed), {}).get("values", {})
+    a, b = better.get(claim.metric), worse.get(claim.metric)
     if a is None or b is None:
       continue
     diffs.append((a - b) if metric.higher_is_better else (b - a))
+    if metric.baseline:
+      # Two classifiers that both predict no better than the majority class (a fine-tuning that
+      # collapsed to it, or an encoder that learned nothing) say nothing about the claim.
+      at_chance |= all(v.get(metric.baseline) is not None and value <= v[metric.baseline] + 1e-9
+                       for v, value in ((better, a), (worse, b)))
   if len(diffs) < len(seeds):
     return "pending", diffs
+  if at_chance:
+    return "inconclusive (at chance)", diffs
   if all(d > 0 for d in diffs):
     return "reproduced", diffs
   if all(d <= 0 for d in diffs):
@@ -461,7 +471,9 @@ def render(state: dict, findings, seeds) -> str:
       "Every number is a CPU-scale run on the Debian corpus, not the paper's setting: the question "
       "is whether each paper's *direction* shows up at this scale. A claim is reproduced when it "
       "holds under every seed, not reproduced when it fails under every seed, inconclusive when "
-      "the seeds disagree. Cells read `mean (seed 0, seed 1)`. How the runs are made: "
+      "the seeds disagree, and inconclusive (at chance) when under some seed both sides of a "
+      "transfer claim are no better than the majority class. Cells read `mean (seed 0, seed 1)`. "
+      "How the runs are made: "
       "`experiments/repro.py`.",
       "",
       *provenance(state),
@@ -499,7 +511,7 @@ def render(state: dict, findings, seeds) -> str:
         sections.append(f"| {variant.name} | " + " | ".join(
             _cell(runs, variant.name, m, seeds) for m in finding.metrics) + " |")
     verdicts = [claim_verdict(c, runs, seeds)[0] for c in finding.claims]
-    if any(v in ("not reproduced", "inconclusive") for v in verdicts):
+    if any(v == "not reproduced" or v.startswith("inconclusive") for v in verdicts):
       sections += ["", f"What a proper test would need: {finding.needs}."]
     sections.append("")
   return "\n".join(lines + [""] + sections)
@@ -650,6 +662,15 @@ def main(argv=None) -> int:
   state.update(smoke=args.smoke, corpus=corpus,
                command="python -m experiments.repro " + " ".join(argv or sys.argv[1:]))
   jobs = [(f, v, s) for f in FINDINGS for s in seeds for v in f.variants]
+  # A finding whose steps changed since its runs were recorded would mix two designs in one table.
+  stale = [f"{f.key}/{v.name}/seed {s}: {run['steps']} steps, now {variant_steps(f, v, args.smoke)}"
+           for f, v, s in jobs
+           if (run := state["runs"].get(f.key, {}).get(v.name, {}).get(str(s))) is not None
+           and run.get("steps") != variant_steps(f, v, args.smoke)]
+  if stale:
+    parser.error(f"{state_path} records runs made with other step counts ({'; '.join(stale)}); "
+                 f"delete those findings' entries from it and their folders under {out} to rerun "
+                 "them with the current design")
 
   def save() -> None:
     done = [(f, v, s) for f, v, s in jobs if str(s) in state["runs"].get(f.key, {}).get(v.name, {})]

@@ -47,6 +47,28 @@ def test_claim_verdict_flips_lower_is_better_metrics_and_waits_for_missing_runs(
   assert repro.claim_verdict(claim, runs, (0, 1))[0] == "pending"
 
 
+def test_transfer_claims_at_the_majority_class_are_inconclusive():
+  # Both classifiers at the majority-class accuracy under a seed: that seed cannot test the claim,
+  # however the other seed falls (a fine-tuning collapsed to the majority class ties at chance,
+  # which would otherwise read "not reproduced").
+  claim = repro.Claim("A", "B", "transfer", "x")
+
+  def runs(a, b, chance=0.29):
+    return {name: {str(seed): {"values": {"transfer": v, "chance": chance}}
+                   for seed, v in enumerate(values)} for name, values in (("A", a), ("B", b))}
+  assert repro.claim_verdict(claim, runs([0.29, 0.29], [0.29, 0.29]), (0, 1))[0] == \
+      "inconclusive (at chance)"
+  assert repro.claim_verdict(claim, runs([0.35, 0.29], [0.30, 0.25]), (0, 1))[0] == \
+      "inconclusive (at chance)"
+  assert repro.claim_verdict(claim, runs([0.35, 0.40], [0.30, 0.25]), (0, 1))[0] == "reproduced"
+  assert repro.claim_verdict(claim, runs([0.30, 0.25], [0.35, 0.40]), (0, 1))[0] == "not reproduced"
+  # A metric without a baseline (retrieval) is compared as it is.
+  retrieval = repro.Claim("A", "B", "retrieval", "x")
+  assert repro.claim_verdict(retrieval, _runs("retrieval", [("A", [0.002, 0.002]),
+                                                           ("B", [0.002, 0.002])]), (0, 1))[0] == \
+      "not reproduced"
+
+
 def test_spearman_matches_the_pearson_correlation_of_average_ranks():
   x = [0.3, 85.6, 64.2, 95.2, 10.0, 10.0]
   y = [56.7, 67.2, 65.3, 68.8, 60.0, 50.0]
@@ -102,6 +124,22 @@ def test_a_preempted_command_stops_the_report_and_a_rerun_resumes(tmp_path, monk
   result = repro.run_one(finding, variant, 0, tmp_path, True, (), "")   # the rerun resumes
   assert calls[-1] == "finetune" and result["values"]["transfer"] == 0.4
   assert calls.count("train") == (2 if stage == "pretrain" else 1)
+
+
+def test_runs_recorded_with_other_step_counts_are_refused_by_name(tmp_path, capsys):
+  report = tmp_path / "REPRODUCTION.md"
+  finding = next(f for f in repro.FINDINGS if f.key == "ems")
+  (tmp_path / "REPRODUCTION.json").write_text(json.dumps({"smoke": False, "runs": {"ems": {
+      "xtr_cl": {"0": {"steps": finding.steps, "values": {}}},
+      "cl_only": {"1": {"steps": finding.steps // 2, "values": {}}}}}}))
+  with pytest.raises(SystemExit) as stopped:
+    repro.main(["--out", str(tmp_path / "runs"), "--report", str(report), "--only", "ems",
+                "--corpus-dir", str(tmp_path / "no_corpus")])
+  assert stopped.value.code == 2
+  error = capsys.readouterr().err
+  assert f"ems/cl_only/seed 1: {finding.steps // 2} steps, now {finding.steps}" in error
+  assert "xtr_cl" not in error and "delete those findings' entries" in error
+  assert not report.exists()   # nothing ran, nothing was rewritten
 
 
 def test_report_says_when_runs_were_made_with_different_code_or_corpora():
