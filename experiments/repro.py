@@ -536,7 +536,7 @@ def provenance(state: dict) -> list[str]:
             "manifest without its build time).", ""]
   return (["The runs were made with different code or corpora (content sha256: the manifest "
            "without its build time; `xlm_jax.data.corpus.content_digest`):", ""] +
-          [f"- {line(code, corpus)}: {len(runs)} runs ({', '.join(runs)})"
+          [f"- {line(code, corpus)}: {len(runs)} run{'s' * (len(runs) > 1)} ({', '.join(runs)})"
            for (code, corpus), runs in sorted(groups.items())] + [""])
 
 

@@ -150,7 +150,7 @@ def test_report_says_when_runs_were_made_with_different_code_or_corpora():
   lines = repro.provenance({"runs": runs})
   assert lines[0].startswith("The runs were made with different code or corpora")
   assert "- code `abc`, corpus content sha256 `" + "c1" * 8 + "`: 2 runs (ems/XTR+CL/0, ems/XTR+CL/1)" in lines
-  assert any("`def+changes`" in l and "1 runs (ems/XTR/0)" in l for l in lines)
+  assert any("`def+changes`" in l and "1 run (ems/XTR/0)" in l for l in lines)
   assert any("`not recorded`" in l and "ems/XTR/1" in l for l in lines)
   same = repro.provenance({"runs": {"ems": {"XTR+CL": runs["ems"]["XTR+CL"]}}})
   assert same[0].startswith("Every run: code `abc`")
