@@ -1,6 +1,6 @@
 """Reproduction report: the papers' seed findings, re-run at CPU scale on the real corpus.
 
-    python -m experiments.repro                      # every finding, seeds 0 and 1 (~4 h, 2 cores)
+    python -m experiments.repro                      # every finding, seeds 0 and 1 (42 runs of ~10-20 min, 2 cores)
     python -m experiments.repro --only ems,emma_x    # some findings
     python -m experiments.repro --smoke --out /tmp/repro_smoke   # every row end to end, minutes
     python -m experiments.repro ... --config.<field>=<value>     # an override for every pre-training
