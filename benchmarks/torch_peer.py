@@ -19,7 +19,6 @@ import peer_protocol  # benchmarks/ is on sys.path[0]
 from peer_protocol import peak_rss_bytes
 
 
-
 def build_model(spec: dict):
   """The model: from the driver's Hugging Face folder (agreement mode) or from config."""
   dropout = {"hidden_dropout_prob": spec["dropout"],

@@ -275,7 +275,6 @@ def memory_stats(compiled) -> dict:
           for f in fields}
 
 
-
 @dataclasses.dataclass
 class Pieces:
   """Our step's parts, built as xlm_jax/train/trainer.py builds them."""

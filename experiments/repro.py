@@ -319,42 +319,44 @@ class Preempted(Exception):
   checkpoint: the report stops here too, and a rerun resumes it."""
 
 
+def _run_command(argv: list[str], result: pathlib.Path, what: str) -> tuple[dict, float]:
+  """Runs one in-process `xlm-jax` command; (the JSON it wrote to `result`, its wall seconds).
+  A command stopped by a signal after its checkpoint (its result says "preempted") raises
+  Preempted: the signal was meant for the whole report, which must not go on to fine-tune a
+  half-trained encoder."""
+  from xlm_jax import cli
+  started = time.time()
+  code = cli.main(argv)
+  if code:
+    raise RuntimeError(f"{what} exited with {code}")
+  seconds = time.time() - started
+  done = _read_json(result)
+  if done is None:
+    raise RuntimeError(f"{what} wrote no {result}")
+  if done.get("preempted"):
+    raise Preempted(what)
+  return done, seconds
+
+
 def run_one(finding: Finding, variant: Variant, seed: int, folder: pathlib.Path, smoke: bool,
             languages: tuple[str, ...], corpus_dir: str, extra: tuple[str, ...] = ()) -> dict:
   """Pre-trains (and fine-tunes) one variant and seed, resuming or skipping what is done."""
-  from xlm_jax import cli
   import jax
+  name = f"{finding.key}/{variant.name}/seed {seed}"
   timings = {}
-  summary = _read_json(folder / "pretrain" / "summary.json")
+  summary_path = folder / "pretrain" / "summary.json"
+  summary = _read_json(summary_path)
   if summary is None or summary.get("preempted") or summary.get("stopped_early"):
-    started = time.time()
-    code = cli.main(pretrain_args(finding, variant, seed, folder, smoke, languages, corpus_dir,
-                                  extra))
-    if code:
-      raise RuntimeError(f"pre-training {finding.key}/{variant.name}/seed {seed} exited with {code}")
-    timings["pretrain_seconds"] = time.time() - started
-    summary = _read_json(folder / "pretrain" / "summary.json")
-    if summary is None:
-      raise RuntimeError(f"pre-training {finding.key}/{variant.name}/seed {seed} wrote no "
-                         f"{folder / 'pretrain' / 'summary.json'}")
-    if summary.get("preempted"):
-      # The signal was meant for the whole report: no fine-tuning of a half-trained encoder.
-      raise Preempted(f"pre-training {finding.key}/{variant.name}/seed {seed}")
+    summary, timings["pretrain_seconds"] = _run_command(
+        pretrain_args(finding, variant, seed, folder, smoke, languages, corpus_dir, extra),
+        summary_path, f"pre-training {name}")
   finetuned = None
   if finding.finetune and variant.shown:
-    finetuned = _read_json(folder / "finetune" / "results.json")
+    results_path = folder / "finetune" / "results.json"
+    finetuned = _read_json(results_path)
     if finetuned is None or finetuned.get("preempted"):
-      started = time.time()
-      code = cli.main(finetune_args(folder, seed, smoke, corpus_dir))
-      if code:
-        raise RuntimeError(f"fine-tuning {finding.key}/{variant.name}/seed {seed} exited with {code}")
-      timings["finetune_seconds"] = time.time() - started
-      finetuned = _read_json(folder / "finetune" / "results.json")
-      if finetuned is None:
-        raise RuntimeError(f"fine-tuning {finding.key}/{variant.name}/seed {seed} wrote no "
-                           f"{folder / 'finetune' / 'results.json'}")
-      if finetuned.get("preempted"):
-        raise Preempted(f"fine-tuning {finding.key}/{variant.name}/seed {seed}")
+      finetuned, timings["finetune_seconds"] = _run_command(
+          finetune_args(folder, seed, smoke, corpus_dir), results_path, f"fine-tuning {name}")
   jax.clear_caches()   # one process runs every variant: drop the compiled steps of this one
   gc.collect()
   values = {name: read_metric(METRICS[name], summary, finetuned) for name in finding.metrics}
